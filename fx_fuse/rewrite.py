@@ -1,0 +1,562 @@
+"""The pass: find conv2d -> relu -> add sites, check the guards, replace each safe site
+with one call to ``fx_fuse::conv2d_relu_add``.
+
+Every guard is a named predicate that returns True when the site must be refused; its
+name is the reason ``explain`` shows, its docstring the explanation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import fx
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from . import ops
+from .patterns import (
+    Add,
+    Conv,
+    Relu,
+    alias_root,
+    match_add,
+    match_conv,
+    match_relu,
+    mutated_argument,
+    overrides_forward,
+)
+
+FUSED_OP = torch.ops.fx_fuse.conv2d_relu_add.default
+
+
+@dataclass
+class Site:
+    """One conv -> relu -> add candidate and what the pass decided about it."""
+
+    location: str
+    conv: str
+    relu: str
+    add: str
+    stride: Any
+    padding: Any
+    dilation: Any
+    groups: Any
+    input_shape: Optional[List]
+    weight_shape: Optional[List]
+    other: str
+    dtype: str
+    fused: bool
+    reason: str = ""  # the name of the guard that refused it
+    detail: str = ""  # what that guard means, or a note on a fused site
+
+
+@dataclass
+class _Candidate:
+    gm: fx.GraphModule
+    conv: Conv
+    relu: Relu
+    add: Add
+    other: Any
+    order: Dict[fx.Node, int]
+    relu_values: List[fx.Node]  # nodes that hold the relu output (conv too if in place)
+    later_readers: List[fx.Node] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------
+# Metadata
+
+
+def _value(gm: fx.GraphModule, arg) -> Any:
+    """What is known of an argument's value: a (fake) tensor, tensor metadata, a
+    parameter, a Python number, or None."""
+    if not isinstance(arg, fx.Node):
+        return arg
+    for key in ("val", "example_value", "tensor_meta"):
+        value = arg.meta.get(key)
+        if value is not None and hasattr(value, "shape") and hasattr(value, "dtype"):
+            return value
+    if arg.op == "get_attr":
+        try:
+            return _get_attr(gm, arg.target)
+        except AttributeError:
+            return None
+    return None
+
+
+def _get_attr(gm: fx.GraphModule, target: str):
+    value = gm
+    for atom in target.split("."):
+        value = getattr(value, atom)
+    return value
+
+
+def _is_tensor_like(value) -> bool:
+    return value is not None and hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def _weight_value(c: _Candidate):
+    if isinstance(c.conv.weight, str):
+        return c.conv.module.weight
+    return _value(c.gm, c.conv.weight)
+
+
+def _same(a, b) -> bool:
+    """a == b, proven without adding guards on symbolic sizes."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    return statically_known_true(a == b)
+
+
+def _same_shape(a, b) -> bool:
+    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+
+
+# ---------------------------------------------------------------------------------------
+# Normalised conv arguments
+
+
+def _pair(value) -> Optional[List]:
+    if isinstance(value, (list, tuple)):
+        value = list(value)
+        return value * 2 if len(value) == 1 else value
+    return [value, value]
+
+
+def _is_constant(value) -> bool:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def _same_padding(c: _Candidate) -> Optional[List[int]]:
+    """The symmetric padding that padding='same' stands for, or None when the kernel size
+    is unknown or the padding would be asymmetric."""
+    weight = _weight_value(c)
+    if not _is_tensor_like(weight) or len(weight.shape) != 4:
+        return None
+    dilation = _pair(c.conv.dilation)
+    totals = [dilation[i] * (weight.shape[2 + i] - 1) for i in range(2)]
+    if not all(isinstance(t, int) and t % 2 == 0 for t in totals):
+        return None
+    return [t // 2 for t in totals]
+
+
+def _padding(c: _Candidate) -> Optional[List[int]]:
+    padding = c.conv.padding
+    if padding == "valid":
+        return [0, 0]
+    if padding == "same":
+        return _same_padding(c)
+    return _pair(padding)
+
+
+# ---------------------------------------------------------------------------------------
+# Guards: each returns True when the site must be refused.
+
+
+def conv_is_not_2d(c: _Candidate) -> bool:
+    """Only 2-d convolutions are fused (conv1d and conv3d are not)."""
+    return c.conv.ndim not in (None, 2)
+
+
+def conv_is_transposed(c: _Candidate) -> bool:
+    """Transposed convolutions are not fused."""
+    return c.conv.transposed
+
+
+def conv_module_overrides_forward(c: _Candidate) -> bool:
+    """The Conv2d subclass defines its own forward, so it may compute something else."""
+    return c.conv.module is not None and overrides_forward(c.conv.module)
+
+
+def padding_mode_is_not_zeros(c: _Candidate) -> bool:
+    """padding_mode other than 'zeros' (reflect, replicate, circular) is not fused."""
+    return c.conv.padding_mode != "zeros"
+
+
+def conv_arguments_are_not_constants(c: _Candidate) -> bool:
+    """stride, dilation and groups must be constants in the graph."""
+    return not all(
+        _is_constant(v) for v in (c.conv.stride, c.conv.dilation, c.conv.groups)
+    ) or (c.conv.padding not in ("same", "valid") and not _is_constant(c.conv.padding))
+
+
+def same_padding_is_asymmetric(c: _Candidate) -> bool:
+    """padding='same' needs an odd dilated kernel to be symmetric (or a known weight)."""
+    return c.conv.padding == "same" and _same_padding(c) is None
+
+
+def add_alpha_is_not_one(c: _Candidate) -> bool:
+    """add(..., alpha=a) with a != 1 scales `other`; only alpha == 1 is fused."""
+    return not (isinstance(c.add.alpha, (int, float)) and c.add.alpha == 1)
+
+
+def add_writes_to_out(c: _Candidate) -> bool:
+    """add(..., out=t) writes into an existing tensor."""
+    return c.add.has_out
+
+
+def add_writes_into_other(c: _Candidate) -> bool:
+    """An in-place add into `other` (other += relu(conv(x))) mutates `other`."""
+    return c.add.inplace and c.add.lhs is c.other
+
+
+def other_is_the_relu_output(c: _Candidate) -> bool:
+    """relu(conv(x)) + relu(conv(x)) of the same node reads the intermediate twice."""
+    return c.other in c.relu_values
+
+
+def intermediate_is_graph_output(c: _Candidate) -> bool:
+    """The conv or relu output is returned from the graph, so it must be materialised."""
+    return any(user.op == "output" for user in _extra_readers(c))
+
+
+def intermediate_has_other_users(c: _Candidate) -> bool:
+    """The conv or relu output is read by another node, so it must be materialised."""
+    extra = _extra_readers(c)
+    if _add_updates_relu_output(c):
+        # ``y = relu(conv(x)); y += other``: readers after the add read the sum.
+        extra = [n for n in extra if c.order[n] < c.order[c.add.node]]
+    return bool(extra)
+
+
+def conv_changes_dtype(c: _Candidate) -> bool:
+    """The conv's output dtype differs from its input's (autocast region)."""
+    conv, inp = _value(c.gm, c.conv.node), _value(c.gm, c.conv.input)
+    return _is_tensor_like(conv) and _is_tensor_like(inp) and conv.dtype != inp.dtype
+
+
+def input_is_not_floating_point(c: _Candidate) -> bool:
+    """Only floating-point convolutions are fused."""
+    inp = _value(c.gm, c.conv.input)
+    return _is_tensor_like(inp) and not inp.dtype.is_floating_point
+
+
+def other_changes_shape(c: _Candidate) -> bool:
+    """`other` broadcasts the conv output to a larger shape."""
+    out, res, other = _relu_value(c), _value(c.gm, c.add.node), _value(c.gm, c.other)
+    if _is_tensor_like(out) and _is_tensor_like(res):
+        return not _same_shape(out.shape, res.shape)
+    if _is_tensor_like(out) and _is_tensor_like(other):
+        return not _broadcasts_to(other.shape, out.shape)
+    return False
+
+
+def other_changes_dtype(c: _Candidate) -> bool:
+    """`other` promotes the output to another dtype (type promotion)."""
+    out, res, other = _relu_value(c), _value(c.gm, c.add.node), _value(c.gm, c.other)
+    if isinstance(other, complex):
+        return True
+    if _is_tensor_like(out) and _is_tensor_like(res):
+        return out.dtype != res.dtype
+    if _is_tensor_like(out) and _is_tensor_like(other):
+        probe = torch.empty([1] * len(other.shape), dtype=other.dtype, device="meta")
+        return ops._add_result_dtype(out.dtype, probe) != out.dtype
+    return False
+
+
+def other_is_not_a_tensor_or_number(c: _Candidate) -> bool:
+    """`other` is neither a tensor nor a real Python number."""
+    if isinstance(c.other, fx.Node):
+        return False
+    return isinstance(c.other, bool) or not isinstance(c.other, (int, float))
+
+
+def conv_input_mutated_before_add(c: _Candidate) -> bool:
+    """The conv's input, weight or bias is modified in place between the conv and the
+    add, so the fused op (which runs where the add was) would read the new values."""
+    roots = {_root_key(alias_root(a)) for a in _conv_operands(c)}
+    start, end = c.order[c.conv.node], c.order[c.add.node]
+    for node in c.gm.graph.nodes:
+        if not start < c.order[node] < end or node is c.relu.node:
+            continue
+        written = mutated_argument(c.gm, node)
+        if written is not None and _root_key(alias_root(written)) in roots:
+            return True
+    return False
+
+
+GUARDS: Sequence[Callable[[_Candidate], bool]] = (
+    conv_is_not_2d,
+    conv_is_transposed,
+    conv_module_overrides_forward,
+    padding_mode_is_not_zeros,
+    conv_arguments_are_not_constants,
+    same_padding_is_asymmetric,
+    input_is_not_floating_point,
+    conv_changes_dtype,
+    add_alpha_is_not_one,
+    add_writes_to_out,
+    add_writes_into_other,
+    other_is_the_relu_output,
+    other_is_not_a_tensor_or_number,
+    intermediate_is_graph_output,
+    intermediate_has_other_users,
+    other_changes_shape,
+    other_changes_dtype,
+    conv_input_mutated_before_add,
+)
+
+
+def _broadcasts_to(shape, target) -> bool:
+    if len(shape) > len(target):
+        return False
+    return all(_same(s, 1) or _same(s, t) for s, t in zip(reversed(shape), reversed(target)))
+
+
+def _relu_value(c: _Candidate):
+    value = _value(c.gm, c.relu.node)
+    return value if _is_tensor_like(value) else _value(c.gm, c.conv.node)
+
+
+def _add_updates_relu_output(c: _Candidate) -> bool:
+    return c.add.inplace and c.add.lhs in c.relu_values
+
+
+def _extra_readers(c: _Candidate) -> List[fx.Node]:
+    """Readers of the conv or relu output other than the pattern's own relu and add."""
+    ours = {c.relu.node, c.add.node}
+    readers = []
+    for node in c.relu_values + ([] if c.conv.node in c.relu_values else [c.conv.node]):
+        readers.extend(user for user in node.users if user not in ours)
+    return readers
+
+
+def _conv_operands(c: _Candidate) -> List:
+    operands = [c.conv.input, c.conv.weight, c.conv.bias]
+    return [a for a in operands if isinstance(a, (fx.Node, str))]
+
+
+def _root_key(root):
+    if isinstance(root, str):
+        return ("attr", root)
+    if isinstance(root, fx.Node) and root.op == "get_attr":
+        return ("attr", root.target)
+    return root
+
+
+# ---------------------------------------------------------------------------------------
+# Finding candidates
+
+
+def _relu_of_conv(gm: fx.GraphModule, arg, add_node: fx.Node):
+    """(relu, conv) when ``arg`` holds relu(conv(...)), else None."""
+    if not isinstance(arg, fx.Node):
+        return None
+    relu = match_relu(gm, arg)
+    if relu is not None and isinstance(relu.input, fx.Node):
+        conv = match_conv(gm, relu.input)
+        return (relu, conv) if conv is not None else None
+    # ``c = conv(x); c.relu_(); c + other``: the add reads the conv node itself.
+    conv = match_conv(gm, arg)
+    if conv is None:
+        return None
+    for user in arg.users:
+        relu = match_relu(gm, user)
+        if relu is not None and relu.inplace and relu.input is arg and user is not add_node:
+            return relu, conv
+    return None
+
+
+def _candidates(gm: fx.GraphModule) -> Dict[fx.Node, List[_Candidate]]:
+    """For each add that reads relu(conv(...)), the readings of it as a site: one per
+    operand that is such a chain (``relu(conv1(x)) + relu(conv2(x))`` has two)."""
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    found: Dict[fx.Node, List[_Candidate]] = {}
+    for node in gm.graph.nodes:
+        add = match_add(gm, node)
+        if add is None:
+            continue
+        for mine, other in ((add.lhs, add.rhs), (add.rhs, add.lhs)):
+            pair = _relu_of_conv(gm, mine, node)
+            if pair is None:
+                continue
+            relu, conv = pair
+            if relu.inplace and order[relu.node] > order[node]:
+                continue
+            values = [relu.node] + ([conv.node] if relu.inplace else [])
+            found.setdefault(node, []).append(
+                _Candidate(gm, conv, relu, add, other, order, values)
+            )
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# Rewriting
+
+
+def _shape(value) -> Optional[List]:
+    return list(value.shape) if _is_tensor_like(value) else None
+
+
+def _describe_other(c: _Candidate) -> str:
+    value = _value(c.gm, c.other)
+    if isinstance(value, (int, float, complex)):
+        return f"scalar {value}"
+    if _is_tensor_like(value):
+        return f"{list(value.shape)} {str(value.dtype).replace('torch.', '')}"
+    return "tensor (shape unknown)"
+
+
+def _location(c: _Candidate) -> str:
+    """The conv's module path and the user's source line, where the graph records them."""
+    node = c.conv.node
+    path = node.target if node.op == "call_module" else ""
+    stack = node.meta.get("nn_module_stack")
+    if not path and stack:
+        path = _clean_module_path(list(stack.values())[-1][0])
+    where = path or c.add.node.name
+    line = _user_source_line(c.add.node.meta.get("stack_trace") or "")
+    return f"{where} ({line})" if line else where
+
+
+def _clean_module_path(path: str) -> str:
+    """``L['self'].block._modules['conv']`` -> ``block.conv``."""
+    path = re.sub(r"^L\['[^']*'\]\.?", "", path)
+    return re.sub(r"\._modules\['([^']*)'\]|\['([^']*)'\]", r".\1\2", path).lstrip(".")
+
+
+def _user_source_line(stack_trace: str) -> str:
+    """``file.py:12`` of the innermost frame outside torch itself."""
+    for file, line in reversed(re.findall(r'File "([^"]+)", line (\d+)', stack_trace)):
+        if f"{os.sep}torch{os.sep}" not in file:
+            return f"{os.path.basename(file)}:{line}"
+    return ""
+
+
+def _site(c: _Candidate, reason: str, detail: str) -> Site:
+    inp, weight = _value(c.gm, c.conv.input), _weight_value(c)
+    dtype = inp.dtype if _is_tensor_like(inp) else None
+    return Site(
+        location=_location(c),
+        conv=c.conv.spelling,
+        relu=c.relu.spelling,
+        add=c.add.spelling,
+        stride=_pair(c.conv.stride),
+        padding=c.conv.padding if isinstance(c.conv.padding, str) else _pair(c.conv.padding),
+        dilation=_pair(c.conv.dilation),
+        groups=c.conv.groups,
+        input_shape=_shape(inp),
+        weight_shape=_shape(weight),
+        other=_describe_other(c),
+        dtype=str(dtype).replace("torch.", "") if dtype is not None else "?",
+        fused=not reason,
+        reason=reason,
+        detail=detail,
+    )
+
+
+def _refusal(c: _Candidate) -> Optional[Callable]:
+    for guard in GUARDS:
+        if guard(c):
+            return guard
+    return None
+
+
+def _operand_node(c: _Candidate, arg) -> Optional[fx.Node]:
+    if arg is None or isinstance(arg, fx.Node):
+        return arg
+    return c.gm.graph.get_attr(arg)
+
+
+def _other_node(c: _Candidate) -> fx.Node:
+    if isinstance(c.other, fx.Node):
+        return c.other
+    inp = _value(c.gm, c.conv.input)
+    device = inp.device if _is_tensor_like(inp) and hasattr(inp, "device") else None
+    aten_graph = isinstance(c.conv.node.target, torch._ops.OpOverload)
+    make = torch.ops.aten.scalar_tensor.default if aten_graph else torch.scalar_tensor
+    return c.gm.graph.call_function(
+        make, (float(c.other),), {"dtype": torch.float64, "device": device}
+    )
+
+
+def _replace(c: _Candidate) -> fx.Node:
+    graph = c.gm.graph
+    with graph.inserting_before(c.add.node):
+        args = (
+            _operand_node(c, c.conv.input),
+            _operand_node(c, c.conv.weight),
+            _operand_node(c, c.conv.bias),
+            _other_node(c),
+            _pair(c.conv.stride),
+            _padding(c),
+            _pair(c.conv.dilation),
+            c.conv.groups,
+        )
+        fused = graph.call_function(FUSED_OP, args)
+    fused.meta.update(c.add.node.meta)
+    if _add_updates_relu_output(c):
+        for reader in _extra_readers(c):
+            for value in c.relu_values:
+                reader.replace_input_with(value, fused)
+    c.add.node.replace_all_uses_with(fused)
+    # Erase exactly the nodes this rewrite made dead. A graph-wide eliminate_dead_code()
+    # would also drop the user's own unused in-place calls such as ``x.add_(1)``.
+    for node in (c.add.node, c.relu.node, c.conv.node):
+        if not node.users:
+            graph.erase_node(node)
+    return fused
+
+
+def rewrite(gm: fx.GraphModule) -> List[Site]:
+    """Fuse every safe conv2d -> relu -> add site of ``gm`` in place; return a Site for
+    every candidate, fused or refused, in graph order."""
+    sites: Dict[fx.Node, Site] = {}
+    while True:
+        # Look again after each rewrite: it replaces nodes that later sites may read.
+        pending = [cs for add, cs in _candidates(gm).items() if add not in sites]
+        if not pending:
+            break
+        refusals = [(c, _refusal(c)) for c in pending[0]]
+        safe = [c for c, guard in refusals if guard is None]
+        if not safe:
+            c, guard = refusals[0]
+            sites[c.add.node] = _site(c, guard.__name__, _doc(guard))
+            continue
+        c = safe[0]
+        note = "" if _shapes_known(c) else "shapes unknown: checked when it runs"
+        site = _site(c, "", note)
+        sites[_replace(c)] = site
+    gm.graph.lint()
+    gm.recompile()
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    return [sites[n] for n in sorted(sites, key=order.__getitem__)]
+
+
+def _doc(guard: Callable) -> str:
+    return (guard.__doc__ or "").strip().split("\n")[0]
+
+
+def _shapes_known(c: _Candidate) -> bool:
+    return _is_tensor_like(_relu_value(c)) and (
+        _is_tensor_like(_value(c.gm, c.add.node)) or not isinstance(c.other, fx.Node)
+    )
+
+
+def _propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence) -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    FakeTensorProp(gm, mode).propagate(*example_inputs)
+
+
+def fuse(module: torch.nn.Module, *example_inputs) -> fx.GraphModule:
+    """Replace every safe ``conv2d -> relu -> add`` in ``module`` with one call to
+    ``fx_fuse::conv2d_relu_add``.
+
+    ``module`` is an ``nn.Module`` (symbolically traced first) or an ``fx.GraphModule``
+    (a Dynamo graph, a ``symbolic_trace`` graph, or an ATen graph such as
+    ``torch.export.export(...).module()``), which is rewritten in place. With
+    ``example_inputs``, shapes and dtypes are propagated first (with fake tensors, no
+    arithmetic), so the shape and dtype guards can decide at rewrite time; without them,
+    graphs that carry no metadata are checked by the op when it runs.
+    """
+    gm = module if isinstance(module, fx.GraphModule) else fx.symbolic_trace(module)
+    if example_inputs:
+        _propagate_shapes(gm, example_inputs)
+    rewrite(gm)
+    return gm
