@@ -1,0 +1,112 @@
+"""The CUDA implementation of ``fx_fuse::conv2d_relu_add``: prepares the tensors and calls
+the fused kernel (``kernels/``, built on first use by ``_build``), or the reference (ATen)
+composition for the cases the kernel does not cover, announced once per reason.
+
+Arguments arrive validated by ``ops.check_args`` (stride / padding / dilation normalized to
+2-element lists).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Optional, Set
+
+import torch
+from torch import Tensor
+from torch._prims_common import suggest_memory_format
+
+from . import _build, ops
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# dtypes of `other` the kernel reads directly; anything else is converted to fp32 first
+_OTHER_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_INT32_MAX = 2**31 - 1
+
+_warned: Set[str] = set()
+_capability: Dict[int, tuple] = {}
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"{ops.OP_NAME}: {reason}; running the reference (ATen) path", stacklevel=4)
+
+
+def _device_capability(device: torch.device) -> tuple:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _capability:
+        _capability[index] = torch.cuda.get_device_capability(index)
+    return _capability[index]
+
+
+def _max_table_offset(x: Tensor, weight: Tensor, dilation) -> int:
+    """The largest element offset of a (c, kh, kw) tap from a pixel's base: the kernel keeps
+    it in 32 bits."""
+    c, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
+    return (
+        (c - 1) * x.stride(1)
+        + dilation[0] * (kh - 1) * x.stride(2)
+        + dilation[1] * (kw - 1) * x.stride(3)
+    )
+
+
+def unsupported_reason(input: Tensor, weight: Tensor, groups: int) -> Optional[str]:
+    """Why the fused kernel cannot run these arguments, or None when it can."""
+    if input.dtype not in _KERNEL_DTYPES:
+        return f"the fused kernel does not handle {input.dtype}"
+    if groups != 1:
+        return "the fused kernel does not handle groups > 1"
+    if _device_capability(input.device) < (8, 0):
+        return "the fused kernel needs a GPU of compute capability 8.0 or newer"
+    if weight.shape[1] == 0:
+        return "the fused kernel does not handle zero input channels"
+    return None
+
+
+def conv2d_relu_add(input, weight, bias, other, stride, padding, dilation, groups) -> Tensor:
+    reason = unsupported_reason(input, weight, groups)
+    if reason is None and (
+        dilation[0] * (weight.shape[2] - 1) > 32767 or dilation[1] * (weight.shape[3] - 1) > 32767
+    ):
+        reason = "the fused kernel does not handle a dilated kernel extent over 32767"
+    if reason is not None:
+        _warn_once(reason)
+        return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
+
+    out_format = ops.output_memory_format(input, weight)
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    # Read the input in its own layout (NCHW or channels-last), made dense in it explicitly.
+    x = x.contiguous(memory_format=suggest_memory_format(x))
+    if _max_table_offset(x, weight, dilation) > _INT32_MAX:
+        _warn_once("the fused kernel does not handle an input image of 2^31 or more elements")
+        return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
+
+    out_shape = ops.output_shape(x, weight, stride, padding, dilation)
+    out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=out_format)
+    if out.numel() > 0:
+        if bias is not None:
+            bias = bias.contiguous()
+        scalar = 0.0
+        if other.device.type != "cuda":
+            # A 0-dim CPU tensor (Python numbers arrive as 0-dim float64): read on the host,
+            # no device sync.
+            scalar = float(other.item())
+            other_t = None
+        else:
+            if other.dtype not in _OTHER_DTYPES:
+                other = other.to(torch.float32)
+            other_t = other.expand(out_shape)
+        _build.load().conv2d_relu_add_out(
+            x,
+            weight,
+            bias,
+            other_t,
+            scalar,
+            list(stride),
+            list(padding),
+            list(dilation),
+            bool(torch.backends.cudnn.allow_tf32),
+            out,
+        )
+    return out.squeeze(0) if unbatched else out

@@ -1,0 +1,17 @@
+// Entry points of the instantiation files, called by the binding.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "params.h"
+
+namespace fx_fuse {
+
+void launch_conv_tf32(const ConvParams& p, bool avec, int tile, cudaStream_t stream);
+void launch_conv_f32x3(const ConvParams& p, bool avec, int tile, cudaStream_t stream);
+void launch_conv_f16(const ConvParams& p, bool avec, int tile, cudaStream_t stream);
+void launch_conv_bf16(const ConvParams& p, bool avec, int tile, cudaStream_t stream);
+// elem_bytes: 4 (fp32), 2 (fp16 / bf16: the same bits are copied)
+void launch_prep(const PrepParams& p, int elem_bytes, cudaStream_t stream);
+
+}  // namespace fx_fuse

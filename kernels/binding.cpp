@@ -1,0 +1,165 @@
+// Python binding: prepares the kernel's parameters from tensors and launches it on the
+// current stream. Shapes and dtypes were validated by fx_fuse/ops.py (check_args) and the
+// cases the kernel does not cover were routed to the reference by fx_fuse/_cuda.py; the
+// checks here guard the kernel's own assumptions.
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+#include <cstdint>
+#include <limits>
+
+#include "api.h"
+
+namespace fx_fuse {
+namespace {
+
+constexpr const char* kOp = "fx_fuse::conv2d_relu_add";
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+int other_kind(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return kOtherF32;
+    case at::kHalf: return kOtherF16;
+    case at::kBFloat16: return kOtherBF16;
+    case at::kDouble: return kOtherF64;
+    default: TORCH_CHECK(false, kOp, ": unsupported dtype of `other` in the kernel: ", t);
+  }
+}
+
+// Fills `out` (N, Cout, OH, OW), any strides, with relu(conv2d(x, weight) + bias) + other.
+// `other` is either a tensor already expanded to out's shape (0 strides where it
+// broadcasts) or absent, and then `other_scalar` is added.
+void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
+                         const c10::optional<at::Tensor>& bias,
+                         const c10::optional<at::Tensor>& other, double other_scalar,
+                         std::vector<int64_t> stride, std::vector<int64_t> padding,
+                         std::vector<int64_t> dilation, bool allow_tf32, at::Tensor out) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 4, kOp, ": expected a 4-D CUDA input, got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.device() == x.device() &&
+                  weight.scalar_type() == x.scalar_type(),
+              kOp, ": expected a 4-D weight of the input's dtype and device");
+  TORCH_CHECK(out.dim() == 4 && out.device() == x.device() && out.scalar_type() == x.scalar_type(),
+              kOp, ": expected a 4-D output of the input's dtype and device");
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, kOp,
+              ": expected 2-element stride, padding and dilation");
+  const c10::cuda::CUDAGuard guard(x.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Cout = weight.size(0), KH = weight.size(2), KW = weight.size(3);
+  TORCH_CHECK(weight.size(1) == C, kOp, ": groups > 1 is not handled by the kernel");
+  const int64_t OH = out.size(2), OW = out.size(3);
+  TORCH_CHECK(out.size(0) == N && out.size(1) == Cout, kOp, ": output shape mismatch");
+  if (out.numel() == 0) return;
+
+  const auto dtype = x.scalar_type();
+  const int elem = static_cast<int>(x.element_size());
+  const int vec = 16 / elem;
+  const int bk = kSliceBytes / elem;
+  const int tile = Cout <= 64 ? kTile128x64 : kTile128x128;
+  const int bn = tile == kTile128x64 ? 64 : 128;
+  const int64_t K = C * KH * KW;
+  const int64_t K_pad = (K + bk - 1) / bk * bk;
+  const int64_t Cout_pad = (Cout + bn - 1) / bn * bn;
+  constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
+  TORCH_CHECK(K_pad < kI32 && Cout_pad < kI32 && H < kI32 && W < kI32 && OH * OW < kI32, kOp,
+              ": sizes beyond the kernel's 32-bit limits");
+
+  // K order: channels innermost when the input is channels-last, so that one 16-byte chunk
+  // of K is contiguous in memory.
+  const bool cin_inner = C > 1 && x.stride(1) == 1;
+  const bool avec = cin_inner && C % vec == 0 && aligned16(x.data_ptr()) &&
+                    x.stride(3) % vec == 0 && x.stride(2) % vec == 0 && x.stride(0) % vec == 0;
+
+  auto wprep = at::empty({Cout_pad * K_pad}, x.options());
+  auto table = at::empty({2 * K_pad}, x.options().dtype(at::kInt));
+
+  PrepParams pp{};
+  pp.w = weight.data_ptr();
+  pp.w_so = weight.stride(0);
+  pp.w_sc = weight.stride(1);
+  pp.w_sh = weight.stride(2);
+  pp.w_sw = weight.stride(3);
+  pp.wprep = wprep.data_ptr();
+  pp.table = reinterpret_cast<int2*>(table.data_ptr<int32_t>());
+  pp.Cout = static_cast<int>(Cout);
+  pp.Cout_pad = static_cast<int>(Cout_pad);
+  pp.Cin = static_cast<int>(C);
+  pp.KH = static_cast<int>(KH);
+  pp.KW = static_cast<int>(KW);
+  pp.K = static_cast<int>(K);
+  pp.K_pad = static_cast<int>(K_pad);
+  pp.cin_inner = cin_inner ? 1 : 0;
+  pp.x_sc = x.stride(1);
+  pp.x_sh = x.stride(2);
+  pp.x_sw = x.stride(3);
+  pp.dil_h = static_cast<int>(dilation[0]);
+  pp.dil_w = static_cast<int>(dilation[1]);
+  pp.round_tf32 = (dtype == at::kFloat && allow_tf32) ? 1 : 0;
+  launch_prep(pp, elem, stream);
+
+  ConvParams p{};
+  p.x = x.data_ptr();
+  p.wprep = wprep.data_ptr();
+  p.table = pp.table;
+  p.bias = bias.has_value() && bias->defined() ? bias->data_ptr() : nullptr;
+  p.out = out.data_ptr();
+  p.M = N * OH * OW;
+  p.Cout = static_cast<int>(Cout);
+  p.K = static_cast<int>(K);
+  p.K_pad = static_cast<int>(K_pad);
+  p.H = static_cast<int>(H);
+  p.W = static_cast<int>(W);
+  p.OH = static_cast<int>(OH);
+  p.OW = static_cast<int>(OW);
+  p.stride_h = static_cast<int>(stride[0]);
+  p.stride_w = static_cast<int>(stride[1]);
+  p.pad_h = static_cast<int>(padding[0]);
+  p.pad_w = static_cast<int>(padding[1]);
+  p.x_sn = x.stride(0);
+  p.x_sh = x.stride(2);
+  p.x_sw = x.stride(3);
+  if (other.has_value() && other->defined()) {
+    const auto& o = *other;
+    TORCH_CHECK(o.dim() == 4 && o.device() == x.device(), kOp,
+                ": expected `other` expanded to the 4-D output on its device");
+    p.other = o.data_ptr();
+    p.other_kind = other_kind(o.scalar_type());
+    p.o_sn = o.stride(0);
+    p.o_sc = o.stride(1);
+    p.o_sh = o.stride(2);
+    p.o_sw = o.stride(3);
+  } else {
+    p.other = nullptr;
+    p.other_kind = kOtherScalar;
+  }
+  p.other_scalar = static_cast<float>(other_scalar);
+  p.y_sn = out.stride(0);
+  p.y_sc = out.stride(1);
+  p.y_sh = out.stride(2);
+  p.y_sw = out.stride(3);
+
+  const bool tf32 = dtype == at::kFloat && allow_tf32;
+  switch (dtype) {
+    case at::kFloat:
+      if (tf32) launch_conv_tf32(p, avec, tile, stream);
+      else launch_conv_f32x3(p, avec, tile, stream);
+      break;
+    case at::kHalf: launch_conv_f16(p, avec, tile, stream); break;
+    case at::kBFloat16: launch_conv_bf16(p, avec, tile, stream); break;
+    default: TORCH_CHECK(false, kOp, ": the kernel does not handle dtype ", dtype);
+  }
+}
+
+}  // namespace
+}  // namespace fx_fuse
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fx_fuse::conv2d_relu_add fused CUDA kernel";
+  m.def("conv2d_relu_add_out", &fx_fuse::conv2d_relu_add_out, "fill `out` with the fused op",
+        pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("other"),
+        pybind11::arg("other_scalar"), pybind11::arg("stride"), pybind11::arg("padding"),
+        pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("out"));
+}

@@ -1,0 +1,11 @@
+// Instantiation of the fused kernel for Math::kF16.
+#include "api.h"
+#include "launch.cuh"
+
+namespace fx_fuse {
+
+void launch_conv_f16(const ConvParams& p, bool avec, int tile, cudaStream_t stream) {
+  launch_conv<Math::kF16>(p, avec, tile, stream);
+}
+
+}  // namespace fx_fuse

@@ -1,0 +1,459 @@
+// Device templates of the fused conv2d -> +bias -> relu -> +other kernel.
+//
+// Implicit GEMM on the tensor cores (mma.sync, sm_80 and later):
+//   M = N * OH * OW (output pixels), N = Cout, K = Cin * KH * KW.
+// A (pixels x K) is gathered from the input on the fly through a K-table (one entry per k:
+// the element's offset from the pixel's base and its (dh, dw) shift for the bounds check),
+// so any stride / padding / dilation / layout works without an im2col buffer.
+// B (Cout x K) comes from a small prepared copy of the weights ([Cout_pad][K_pad], in the
+// same K order, zero padded, TF32-rounded when TF32 is on), read with cp.async.
+// The epilogue adds the bias, applies relu (NaN propagates as in torch.relu), adds
+// `other` (any broadcast, given by strides, or a scalar) and stores the output once.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "params.h"
+
+namespace fx_fuse {
+
+template <Math M> struct MathTraits;
+template <> struct MathTraits<Math::kTF32> { using T = float; };
+template <> struct MathTraits<Math::kF32x3> { using T = float; };
+template <> struct MathTraits<Math::kF16> { using T = __half; };
+template <> struct MathTraits<Math::kBF16> { using T = __nv_bfloat16; };
+
+
+// Per-CTA information about one output pixel (one row of the A tile).
+struct RowInfo {
+  int64_t x_off;  // n * x_sn + ih0 * x_sh + iw0 * x_sw
+  int64_t y_off;  // n * y_sn + oh * y_sh + ow * y_sw
+  int64_t o_off;  // n * o_sn + oh * o_sh + ow * o_sw
+  int ih0, iw0;   // top-left input coordinate; far negative for rows past M
+};
+
+__device__ __forceinline__ uint32_t f32_to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n"); }
+
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 3xTF32: x = big + small, both TF32; the small part of an Inf/NaN is 0 so that the
+// products keep eager's Inf instead of turning it into NaN (inf - inf).
+__device__ __forceinline__ void split_tf32(uint32_t x, uint32_t& big, uint32_t& small) {
+  const float f = __uint_as_float(x);  // x may alias big: read it first
+  big = f32_to_tf32(f);
+  const float rest = f - __uint_as_float(big);
+  small = (fabsf(rest) < INFINITY) ? f32_to_tf32(rest) : 0u;
+}
+
+template <typename T> __device__ __forceinline__ float to_float(T v);
+template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ float load_other(const ConvParams& p, int64_t off) {
+  switch (p.other_kind) {
+    case kOtherF32: return __ldg(static_cast<const float*>(p.other) + off);
+    case kOtherF16: return __half2float(__ldg(static_cast<const __half*>(p.other) + off));
+    case kOtherBF16:
+      return __bfloat162float(__ldg(static_cast<const __nv_bfloat16*>(p.other) + off));
+    case kOtherF64: return static_cast<float>(__ldg(static_cast<const double*>(p.other) + off));
+    default: return p.other_scalar;
+  }
+}
+
+// Raw 16-bit load through the read-only path (works for __half and __nv_bfloat16 alike).
+template <typename T> __device__ __forceinline__ uint32_t ldg_bits(const T* p);
+template <> __device__ __forceinline__ uint32_t ldg_bits<float>(const float* p) {
+  return __float_as_uint(__ldg(p));
+}
+template <> __device__ __forceinline__ uint32_t ldg_bits<__half>(const __half* p) {
+  return __ldg(reinterpret_cast<const unsigned short*>(p));
+}
+template <> __device__ __forceinline__ uint32_t ldg_bits<__nv_bfloat16>(const __nv_bfloat16* p) {
+  return __ldg(reinterpret_cast<const unsigned short*>(p));
+}
+
+// Shared memory of one CTA, in bytes.
+template <int BM, int BN>
+constexpr int conv_smem_bytes() {
+  return 2 * (BM + BN) * kRowStride + BM * static_cast<int>(sizeof(RowInfo));
+}
+
+// MATH: the tensor-core arithmetic; AVEC: the A gather reads 16-byte vectors of channels
+// (channels-last input, C % VEC == 0, aligned), otherwise one element at a time.
+// BM x BN: the CTA tile; WM x WN: its warps.
+template <Math MATH, bool AVEC, int BM, int BN, int WM, int WN, int MINB>
+__global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const ConvParams p) {
+  using T = typename MathTraits<MATH>::T;
+  constexpr int THREADS = WM * WN * 32;
+  constexpr int VEC = 16 / sizeof(T);        // elements per 16-byte chunk
+  constexpr int BK = kSliceBytes / sizeof(T);  // K per slice
+  constexpr int CHUNKS = kSliceBytes / 16;   // 16-byte chunks per row slice (8)
+  constexpr int WTM = BM / WM, WTN = BN / WN;
+  constexpr int MT = WTM / 16, NT = WTN / 8;
+  constexpr int NA = BM * CHUNKS / THREADS;  // A chunks per thread per slice
+  constexpr int NB = BN * CHUNKS / THREADS;  // B chunks per thread per slice
+  static_assert(THREADS % BM == 0 || AVEC, "scalar gather: one pixel per thread");
+  static_assert(NA * THREADS == BM * CHUNKS && NB * THREADS == BN * CHUNKS, "tile/threads");
+  static_assert(NT % 2 == 0 && WTM % 16 == 0, "warp tile");
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  unsigned char* sA = smem;
+  unsigned char* sB = smem + 2 * BM * kRowStride;
+  RowInfo* rows = reinterpret_cast<RowInfo*>(sB + 2 * BN * kRowStride);
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5;
+  const int warp_m = warp / WN, warp_n = warp % WN;
+  const int n_tiles = (p.Cout + BN - 1) / BN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x / n_tiles) * BM;
+  const int n0 = static_cast<int>(blockIdx.x % n_tiles) * BN;
+
+  for (int r = tid; r < BM; r += THREADS) {
+    const int64_t m = m0 + r;
+    RowInfo ri;
+    if (m < p.M) {
+      const int64_t plane = static_cast<int64_t>(p.OH) * p.OW;
+      const int64_t n = m / plane;
+      const int rem = static_cast<int>(m - n * plane);
+      const int oh = rem / p.OW, ow = rem - (rem / p.OW) * p.OW;
+      ri.ih0 = oh * p.stride_h - p.pad_h;
+      ri.iw0 = ow * p.stride_w - p.pad_w;
+      ri.x_off = n * p.x_sn + static_cast<int64_t>(ri.ih0) * p.x_sh +
+                 static_cast<int64_t>(ri.iw0) * p.x_sw;
+      ri.y_off = n * p.y_sn + oh * p.y_sh + ow * p.y_sw;
+      ri.o_off = n * p.o_sn + oh * p.o_sh + ow * p.o_sw;
+    } else {
+      ri.ih0 = ri.iw0 = -(1 << 30);
+      ri.x_off = ri.y_off = ri.o_off = 0;
+    }
+    rows[r] = ri;
+  }
+  __syncthreads();
+
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ wp = static_cast<const T*>(p.wprep);
+  const unsigned H = static_cast<unsigned>(p.H), W = static_cast<unsigned>(p.W);
+
+  // Scalar gather: thread -> one pixel (row), chunks kv0, kv0 + KVSTEP, ...
+  constexpr int KVSTEP = AVEC ? 1 : THREADS / BM;
+  const int my_row = AVEC ? 0 : tid % BM;
+  const int kv0 = AVEC ? tid % CHUNKS : tid / BM;
+  int my_ih0 = 0, my_iw0 = 0;
+  const T* my_x = x;
+  if (!AVEC) {
+    my_ih0 = rows[my_row].ih0;
+    my_iw0 = rows[my_row].iw0;
+    my_x = x + rows[my_row].x_off;
+  }
+
+  uint4 stage[NA];
+
+  auto load_a = [&](int k0) {
+    if constexpr (AVEC) {
+      const int k = k0 + kv0 * VEC;
+      const int2 t = __ldg(p.table + k);
+      const int dh = t.y >> 16, dw = t.y & 0xffff;
+      const bool kok = k < p.K;
+#pragma unroll
+      for (int j = 0; j < NA; ++j) {
+        const RowInfo& ri = rows[tid / CHUNKS + j * (THREADS / CHUNKS)];
+        const bool ok = kok && static_cast<unsigned>(ri.ih0 + dh) < H &&
+                        static_cast<unsigned>(ri.iw0 + dw) < W;
+        stage[j] = ok ? __ldg(reinterpret_cast<const uint4*>(x + ri.x_off + t.x))
+                      : make_uint4(0, 0, 0, 0);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < NA; ++j) {
+        const int kb = k0 + (kv0 + j * KVSTEP) * VEC;
+        uint32_t v[VEC];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          const int2 t = __ldg(p.table + kb + e);
+          const bool ok = (kb + e) < p.K &&
+                          static_cast<unsigned>(my_ih0 + (t.y >> 16)) < H &&
+                          static_cast<unsigned>(my_iw0 + (t.y & 0xffff)) < W;
+          v[e] = ok ? ldg_bits(my_x + t.x) : 0u;
+        }
+        if constexpr (sizeof(T) == 4) {
+          stage[j] = make_uint4(v[0], v[1], v[2], v[3]);
+        } else {
+          stage[j] = make_uint4(v[0] | (v[1] << 16), v[2] | (v[3] << 16), v[4] | (v[5] << 16),
+                                v[6] | (v[7] << 16));
+        }
+      }
+    }
+    if constexpr (MATH == Math::kTF32) {
+#pragma unroll
+      for (int j = 0; j < NA; ++j) {
+        stage[j].x = f32_to_tf32(__uint_as_float(stage[j].x));
+        stage[j].y = f32_to_tf32(__uint_as_float(stage[j].y));
+        stage[j].z = f32_to_tf32(__uint_as_float(stage[j].z));
+        stage[j].w = f32_to_tf32(__uint_as_float(stage[j].w));
+      }
+    }
+  };
+
+  auto store_a = [&](int buf) {
+    unsigned char* base = sA + buf * BM * kRowStride;
+#pragma unroll
+    for (int j = 0; j < NA; ++j) {
+      int row, kv;
+      if constexpr (AVEC) {
+        row = tid / CHUNKS + j * (THREADS / CHUNKS);
+        kv = kv0;
+      } else {
+        row = my_row;
+        kv = kv0 + j * KVSTEP;
+      }
+      *reinterpret_cast<uint4*>(base + row * kRowStride + kv * 16) = stage[j];
+    }
+  };
+
+  auto load_b = [&](int k0, int buf) {
+    const uint32_t base = smem_u32(sB + buf * BN * kRowStride);
+#pragma unroll
+    for (int j = 0; j < NB; ++j) {
+      const int c = tid + j * THREADS;
+      const int row = c / CHUNKS, kc = c % CHUNKS;
+      cp_async_16(base + row * kRowStride + kc * 16,
+                  wp + static_cast<int64_t>(n0 + row) * p.K_pad + k0 + kc * VEC);
+    }
+    cp_async_commit();
+  };
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+  // ldmatrix lane addresses (bytes within a buffer). A: matrices (rows 0-7 | 8-15) x
+  // (k bytes 0-15 | 16-31) -> a0..a3; B: (k 0-15 | 16-31) x (n 0-7 | 8-15) -> b0,b1 of two
+  // n-tiles.
+  const int a_lane = (warp_m * WTM + (lane & 7) + ((lane >> 3) & 1) * 8) * kRowStride +
+                     (lane >> 4) * 16;
+  const int b_lane = (warp_n * WTN + (lane & 7) + (lane >> 4) * 8) * kRowStride +
+                     ((lane >> 3) & 1) * 16;
+
+  auto compute = [&](int buf) {
+    const uint32_t a_base = smem_u32(sA + buf * BM * kRowStride) + a_lane;
+    const uint32_t b_base = smem_u32(sB + buf * BN * kRowStride) + b_lane;
+#pragma unroll
+    for (int kk = 0; kk < kSliceBytes / 32; ++kk) {
+      uint32_t b[NT][2];
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        uint32_t r[4];
+        ldmatrix_x4(r, b_base + np * 16 * kRowStride + kk * 32);
+        b[2 * np][0] = r[0];
+        b[2 * np][1] = r[1];
+        b[2 * np + 1][0] = r[2];
+        b[2 * np + 1][1] = r[3];
+      }
+      // 3xTF32: split each operand once per k-step (B here, A per m-tile below).
+      uint32_t bs[NT][2];
+      if constexpr (MATH == Math::kF32x3) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) split_tf32(b[nt][e], b[nt][e], bs[nt][e]);
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        uint32_t a[4];
+        ldmatrix_x4(a, a_base + mt * 16 * kRowStride + kk * 32);
+        if constexpr (MATH == Math::kF32x3) {
+          uint32_t as[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) split_tf32(a[e], a[e], as[e]);
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            mma_tf32(acc[mt][nt], as, b[nt][0], b[nt][1]);
+            mma_tf32(acc[mt][nt], a, bs[nt][0], bs[nt][1]);
+            mma_tf32(acc[mt][nt], a, b[nt][0], b[nt][1]);
+          }
+        } else {
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            if constexpr (MATH == Math::kTF32) {
+              mma_tf32(acc[mt][nt], a, b[nt][0], b[nt][1]);
+            } else if constexpr (MATH == Math::kF16) {
+              mma_f16(acc[mt][nt], a, b[nt][0], b[nt][1]);
+            } else {
+              mma_bf16(acc[mt][nt], a, b[nt][0], b[nt][1]);
+            }
+          }
+        }
+      }
+    }
+  };
+
+  // Main loop: register-staged A (gather + TF32 rounding), cp.async B, two buffers,
+  // one barrier per slice.
+  const int KT = p.K_pad / BK;
+  load_b(0, 0);
+  load_a(0);
+  store_a(0);
+  cp_async_wait_all();
+  __syncthreads();
+  for (int kt = 0; kt < KT; ++kt) {
+    const int cur = kt & 1;
+    const bool more = kt + 1 < KT;
+    if (more) {
+      load_b((kt + 1) * BK, cur ^ 1);
+      load_a((kt + 1) * BK);
+    }
+    compute(cur);
+    if (more) {
+      store_a(cur ^ 1);
+      cp_async_wait_all();
+    }
+    __syncthreads();
+  }
+
+  // Epilogue: + bias, relu (NaN stays NaN: only v < 0 becomes 0), + other, one store.
+  const int g = lane >> 2, tq = lane & 3;
+  T* __restrict__ out = static_cast<T*>(p.out);
+  const T* __restrict__ bias = static_cast<const T*>(p.bias);
+  float bv[NT][2];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int co = n0 + warp_n * WTN + nt * 8 + 2 * tq + e;
+      bv[nt][e] = (bias != nullptr && co < p.Cout) ? to_float(bias[co]) : 0.f;
+    }
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = warp_m * WTM + mt * 16 + g + 8 * h;
+      if (m0 + r >= p.M) continue;
+      const int64_t y_off = rows[r].y_off, o_off = rows[r].o_off;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int co = n0 + warp_n * WTN + nt * 8 + 2 * tq + e;
+          if (co >= p.Cout) continue;
+          float v = acc[mt][nt][2 * h + e] + bv[nt][e];
+          v = v < 0.f ? 0.f : v;
+          v += load_other(p, o_off + co * p.o_sc);
+          out[y_off + co * p.y_sc] = from_float<T>(v);
+        }
+    }
+}
+
+// Weight preparation and the K-table (PrepParams in params.h).
+__device__ __forceinline__ void decompose_k(const PrepParams& p, int k, int& c, int& kh,
+                                            int& kw) {
+  if (p.cin_inner) {
+    c = k % p.Cin;
+    const int r = k / p.Cin;
+    kw = r % p.KW;
+    kh = r / p.KW;
+  } else {
+    kw = k % p.KW;
+    const int r = k / p.KW;
+    kh = r % p.KH;
+    c = r / p.KH;
+  }
+}
+
+template <typename T>
+__global__ void conv_prep_kernel(const PrepParams p) {
+  const int64_t total = static_cast<int64_t>(p.Cout_pad) * p.K_pad;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+       i < total + p.K_pad; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if (i < total) {
+      const int co = static_cast<int>(i / p.K_pad), k = static_cast<int>(i % p.K_pad);
+      T v = from_float<T>(0.f);
+      if (co < p.Cout && k < p.K) {
+        int c, kh, kw;
+        decompose_k(p, k, c, kh, kw);
+        v = static_cast<const T*>(p.w)[co * p.w_so + c * p.w_sc + kh * p.w_sh + kw * p.w_sw];
+        if constexpr (sizeof(T) == 4) {
+          if (p.round_tf32) v = __uint_as_float(f32_to_tf32(v));
+        }
+      }
+      static_cast<T*>(p.wprep)[i] = v;
+    } else {
+      const int k = static_cast<int>(i - total);
+      int2 t = make_int2(0, 0);
+      if (k < p.K) {
+        int c, kh, kw;
+        decompose_k(p, k, c, kh, kw);
+        const int dh = kh * p.dil_h, dw = kw * p.dil_w;
+        t.x = static_cast<int>(c * p.x_sc + dh * p.x_sh + dw * p.x_sw);
+        t.y = static_cast<int>((static_cast<uint32_t>(dh) << 16) | static_cast<uint32_t>(dw));
+      }
+      p.table[k] = t;
+    }
+  }
+}
+
+}  // namespace fx_fuse

@@ -1,0 +1,47 @@
+// Host launch templates of the fused kernel (included by the small instantiation files,
+// one per arithmetic, so that ninja compiles them in parallel).
+#pragma once
+
+#include <c10/cuda/CUDAException.h>
+
+#include "conv_relu_add.cuh"
+
+namespace fx_fuse {
+
+template <Math MATH, bool AVEC, int BM, int BN, int WM, int WN, int MINB>
+void launch_tile(const ConvParams& p, cudaStream_t stream) {
+  constexpr int smem = conv_smem_bytes<BM, BN>();
+  auto kernel = conv_relu_add_kernel<MATH, AVEC, BM, BN, WM, WN, MINB>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const int64_t m_tiles = (p.M + BM - 1) / BM;
+  const int64_t n_tiles = (p.Cout + BN - 1) / BN;
+  kernel<<<static_cast<unsigned>(m_tiles * n_tiles), WM * WN * 32, smem, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Two CTAs per SM (<= 128 registers) where that fits without spills; the 3xTF32 split
+// and the 16-bit scalar gather need more registers, and run one CTA per SM.
+template <Math MATH>
+void launch_conv(const ConvParams& p, bool avec, int tile, cudaStream_t stream) {
+  constexpr int kMinBlocks = MATH == Math::kTF32 ? 2 : 1;
+  constexpr int kMinBlocksSmall = MATH == Math::kF32x3 ? 1 : 2;
+  if (tile == kTile128x128) {
+    if (avec) launch_tile<MATH, true, 128, 128, 2, 4, kMinBlocks>(p, stream);
+    else launch_tile<MATH, false, 128, 128, 2, 4, kMinBlocks>(p, stream);
+  } else {
+    if (avec) launch_tile<MATH, true, 128, 64, 4, 2, kMinBlocksSmall>(p, stream);
+    else launch_tile<MATH, false, 128, 64, 4, 2, kMinBlocksSmall>(p, stream);
+  }
+}
+
+template <typename T>
+void launch_prep_t(const PrepParams& p, cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(p.Cout_pad) * p.K_pad + p.K_pad;
+  const int threads = 256;
+  const int64_t blocks = (total + threads - 1) / threads;
+  conv_prep_kernel<T><<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), threads, 0,
+                        stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace fx_fuse

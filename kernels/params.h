@@ -1,0 +1,56 @@
+// Kernel parameters shared by the host binding and the device code (plain C++, no CUDA).
+#pragma once
+
+#include <cstdint>
+
+#include <vector_types.h>
+
+namespace fx_fuse {
+
+// One K-slice of a tile row is 128 bytes (32 fp32 or 64 16-bit elements); rows are padded
+// to 144 bytes so that ldmatrix (8 rows x 16 B) and the 16-byte staging stores hit 8
+// distinct 16-byte bank groups (144 / 16 = 9, odd).
+constexpr int kSliceBytes = 128;
+constexpr int kRowStride = 144;
+
+// Tile configurations. 128x128 with 8 warps (2 x 4, warp tile 64x32) for Cout > 64;
+// 128x64 (4 x 2, warp tile 32x32) when Cout <= 64 so that half the MMAs are not padding.
+enum TileConfig : int { kTile128x128 = 0, kTile128x64 = 1 };
+
+enum class Math : int { kTF32 = 0, kF32x3 = 1, kF16 = 2, kBF16 = 3 };
+
+enum OtherKind : int { kOtherScalar = 0, kOtherF32 = 1, kOtherF16 = 2, kOtherBF16 = 3, kOtherF64 = 4 };
+
+struct ConvParams {
+  const void* x;        // input (N, C, H, W) with strides x_s*, elements of T
+  const void* wprep;    // [Cout_pad][K_pad] weights in the kernel's K order
+  const int2* table;    // [K_pad] {offset from the pixel base, dh << 16 | dw}
+  const void* bias;     // [Cout] or nullptr
+  const void* other;    // strided over the output's (n, c, h, w); nullptr: other_scalar
+  void* out;            // strided output (y_s*)
+  int64_t M;            // N * OH * OW
+  int Cout, K, K_pad;
+  int H, W, OH, OW;
+  int stride_h, stride_w, pad_h, pad_w;
+  int64_t x_sn, x_sh, x_sw;
+  int other_kind;
+  float other_scalar;
+  int64_t o_sn, o_sc, o_sh, o_sw;
+  int64_t y_sn, y_sc, y_sh, y_sw;
+};
+
+// Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,
+// (kh, kw, c) for channels-last (so a 16-byte chunk of K is 16 bytes of one pixel).
+struct PrepParams {
+  const void* w;  // (Cout, Cin, KH, KW) with strides w_s*
+  int64_t w_so, w_sc, w_sh, w_sw;
+  void* wprep;    // [Cout_pad][K_pad]
+  int2* table;    // [K_pad]
+  int Cout, Cout_pad, Cin, KH, KW, K, K_pad;
+  int cin_inner;
+  int64_t x_sc, x_sh, x_sw;
+  int dil_h, dil_w;
+  int round_tf32;
+};
+
+}  // namespace fx_fuse
