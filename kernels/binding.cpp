@@ -58,7 +58,8 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   const int elem = static_cast<int>(x.element_size());
   const int vec = 16 / elem;
   const int bk = kSliceBytes / elem;
-  const int tile = Cout <= 64 ? kTile128x64 : kTile128x128;
+  const bool f32x3 = dtype == at::kFloat && !allow_tf32;
+  const int tile = (Cout <= 64 || f32x3) ? kTile128x64 : kTile128x128;
   const int bn = tile == kTile128x64 ? 64 : 128;
   const int64_t K = C * KH * KW;
   const int64_t K_pad = (K + bk - 1) / bk * bk;

@@ -85,13 +85,16 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// 3xTF32: x = big + small, both TF32; the small part of an Inf/NaN is 0 so that the
-// products keep eager's Inf instead of turning it into NaN (inf - inf).
+// 3xTF32: x = big + small, both TF32. Where the small part would be 0 (x exact in TF32,
+// or x = +-Inf / NaN, whose rest is NaN) it is the smallest normal float with x's sign
+// instead: then Inf * small keeps Inf's sign (eager gives Inf there, 0 * Inf would give
+// NaN), and for finite operands the extra |x| * 2^-126 is far below fp32 resolution.
 __device__ __forceinline__ void split_tf32(uint32_t x, uint32_t& big, uint32_t& small) {
   const float f = __uint_as_float(x);  // x may alias big: read it first
   big = f32_to_tf32(f);
   const float rest = f - __uint_as_float(big);
-  small = (fabsf(rest) < INFINITY) ? f32_to_tf32(rest) : 0u;
+  small = (rest != 0.f && fabsf(rest) < INFINITY) ? f32_to_tf32(rest)
+                                                  : ((x & 0x80000000u) | 0x00800000u);
 }
 
 template <typename T> __device__ __forceinline__ float to_float(T v);

@@ -25,9 +25,13 @@ template <Math MATH>
 void launch_conv(const ConvParams& p, bool avec, int tile, cudaStream_t stream) {
   constexpr int kMinBlocks = MATH == Math::kTF32 ? 2 : 1;
   constexpr int kMinBlocksSmall = MATH == Math::kF32x3 ? 1 : 2;
-  if (tile == kTile128x128) {
-    if (avec) launch_tile<MATH, true, 128, 128, 2, 4, kMinBlocks>(p, stream);
-    else launch_tile<MATH, false, 128, 128, 2, 4, kMinBlocks>(p, stream);
+  // 3xTF32 triples the MMAs and the fragment registers: 128x64 tiles only (128x128
+  // needs 254 registers and spills).
+  if (MATH != Math::kF32x3 && tile == kTile128x128) {
+    if constexpr (MATH != Math::kF32x3) {
+      if (avec) launch_tile<MATH, true, 128, 128, 2, 4, kMinBlocks>(p, stream);
+      else launch_tile<MATH, false, 128, 128, 2, 4, kMinBlocks>(p, stream);
+    }
   } else {
     if (avec) launch_tile<MATH, true, 128, 64, 4, 2, kMinBlocksSmall>(p, stream);
     else launch_tile<MATH, false, 128, 64, 4, 2, kMinBlocksSmall>(p, stream);

@@ -1,0 +1,33 @@
+"""Shared timing helpers of the benchmarks: do_bench medians (Triton flushes the L2 before
+every call, so small problems are timed cold, as in a network), FLOP counts, and a table."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Sequence
+
+import torch
+
+
+def bench_ms(fn: Callable[[], object], warmup_ms: int = 50, rep_ms: int = 300) -> Dict[str, float]:
+    """Median, p20 and p80 in milliseconds (``triton.testing.do_bench``, CUDA events)."""
+    from triton.testing import do_bench
+
+    fn()  # compile / build / autotune outside the timed region
+    torch.cuda.synchronize()
+    med, p20, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+    return {"ms": med, "p20": p20, "p80": p80}
+
+
+def conv_flops(n: int, cin: int, cout: int, oh: int, ow: int, kh: int, kw: int) -> float:
+    """Multiply-adds of the convolution counted as 2 FLOPs (the epilogue is not counted)."""
+    return 2.0 * n * cout * oh * ow * cin * kh * kw
+
+
+def tflops(flops: float, ms: float) -> float:
+    return flops / (ms * 1e-3) / 1e12
+
+
+def table(rows: List[Sequence], headers: Sequence[str]) -> str:
+    from tabulate import tabulate
+
+    return tabulate(rows, headers=headers, floatfmt=".3f")

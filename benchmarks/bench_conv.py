@@ -1,0 +1,141 @@
+"""Benchmark relu(conv2d(x)) + bias: eager, Inductor (``torch.compile`` default) and fx_fuse
+(``torch.compile(backend="fx_fuse")`` when that backend is registered, else the op called
+directly), in no_grad and in grad mode (parameters requiring grad, as KernelBench and
+training call it). Prints a table of median ms, TFLOP/s and speedups.
+
+    python benchmarks/bench_conv.py                  # everything
+    python benchmarks/bench_conv.py --only headline  # names containing "headline"
+    python benchmarks/bench_conv.py --modes no_grad --no-inductor
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import bench_ms, conv_flops, table, tflops  # noqa: E402
+
+import fx_fuse  # noqa: E402
+
+
+@dataclass
+class Case:
+    name: str
+    x_shape: Tuple[int, int, int, int]
+    cout: int
+    k: int
+    stride: int = 1
+    padding: int = 0
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    tf32: bool = True
+
+
+CASES = [
+    Case("headline fp32 NCHW", (128, 64, 128, 128), 128, 3),
+    Case("headline fp32 channels_last", (128, 64, 128, 128), 128, 3, channels_last=True),
+    Case("headline bf16", (128, 64, 128, 128), 128, 3, dtype=torch.bfloat16),
+    Case("headline fp32 TF32 off", (128, 64, 128, 128), 128, 3, tf32=False),
+    Case("resnet 3x3 56px", (32, 64, 56, 56), 64, 3, padding=1),
+    Case("resnet 3x3 28px", (32, 128, 28, 28), 128, 3, padding=1),
+    Case("resnet 3x3 14px", (32, 256, 14, 14), 256, 3, padding=1),
+    Case("stem 7x7 s2", (32, 3, 224, 224), 64, 7, stride=2, padding=3),
+    Case("tiny 16px", (1, 16, 16, 16), 16, 3, padding=1),
+]
+
+
+class ConvReluAdd(nn.Module):
+    """KernelBench level 2 problem 1: conv -> relu -> + bias (Cout, 1, 1)."""
+
+    def __init__(self, cin, cout, k, stride, padding):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, padding)
+        self.bias = nn.Parameter(torch.randn(cout, 1, 1) * 0.02)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x)) + self.bias
+
+
+def fx_fuse_backend_registered() -> bool:
+    import torch._dynamo
+
+    return "fx_fuse" in torch._dynamo.list_backends()
+
+
+def run_case(case: Case, mode: str, inductor: bool, backend: bool):
+    torch.backends.cudnn.allow_tf32 = case.tf32
+    torch.backends.cuda.matmul.allow_tf32 = case.tf32
+    n, cin, h, w = case.x_shape
+    model = ConvReluAdd(cin, case.cout, case.k, case.stride, case.padding).cuda().to(case.dtype)
+    x = torch.rand(case.x_shape, device="cuda", dtype=case.dtype)
+    if case.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.requires_grad_(mode == "grad")
+    ctx = torch.no_grad if mode == "no_grad" else contextlib.nullcontext
+
+    if backend:
+        fused_fn = torch.compile(model, backend="fx_fuse")
+    else:
+        conv = model.conv
+
+        def fused_fn(x):
+            return fx_fuse.conv2d_relu_add(
+                x, conv.weight, conv.bias, model.bias, conv.stride, conv.padding
+            )
+
+    fns = {"eager": model, "fx_fuse": fused_fn}
+    if inductor:
+        fns["inductor"] = torch.compile(model)
+    times = {}
+    with ctx():
+        ref = model(x)
+        out = fused_fn(x)
+        err = (out.float() - ref.float()).abs().max().item()
+        for name, fn in fns.items():
+            times[name] = bench_ms(lambda fn=fn: fn(x))["ms"]
+    oh = (h + 2 * case.padding - case.k) // case.stride + 1
+    ow = (w + 2 * case.padding - case.k) // case.stride + 1
+    flops = conv_flops(n, cin, case.cout, oh, ow, case.k, case.k)
+    return times, flops, err
+
+
+def main(argv: Optional[list] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run the cases whose name contains this")
+    parser.add_argument("--modes", default="no_grad,grad")
+    parser.add_argument("--no-inductor", action="store_true")
+    parser.add_argument("--direct", action="store_true", help="call the op, not the backend")
+    args = parser.parse_args(argv)
+    backend = fx_fuse_backend_registered() and not args.direct
+    how = "torch.compile(backend='fx_fuse')" if backend else "the op called directly"
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, fx_fuse via {how}")
+    rows = []
+    for case in CASES:
+        if args.only not in case.name:
+            continue
+        for mode in args.modes.split(","):
+            times, flops, err = run_case(case, mode, not args.no_inductor, backend)
+            ind = times.get("inductor", float("nan"))
+            best_peer = min(times["eager"], ind) if ind == ind else times["eager"]
+            rows.append([
+                case.name, mode, times["eager"], ind, times["fx_fuse"],
+                tflops(flops, times["fx_fuse"]), times["eager"] / times["fx_fuse"],
+                ind / times["fx_fuse"], best_peer / times["fx_fuse"], f"{err:.1e}",
+            ])
+            print(rows[-1], flush=True)
+    headers = ["case", "mode", "eager ms", "inductor ms", "fx_fuse ms", "fx_fuse TFLOP/s",
+               "x eager", "x inductor", "x best peer", "max|diff|"]
+    print(table(rows, headers))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Small launches of every kernel variant, for compute-sanitizer (memcheck, racecheck)."""
+
+import torch
+import torch.nn.functional as F
+
+import fx_fuse
+from fx_fuse import ops
+
+OP = torch.ops.fx_fuse.conv2d_relu_add.default
+
+
+def case(n, c, h, w, cout, k, stride, pad, dil, dtype, cl, tf32, other_kind):
+    torch.backends.cudnn.allow_tf32 = tf32
+    x = torch.randn(n, c, h, w, device="cuda").to(dtype)
+    wt = (torch.randn(cout, c, k, k, device="cuda") / (c * k * k) ** 0.5).to(dtype)
+    b = torch.randn(cout, device="cuda").to(dtype)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    args = ([stride] * 2, [pad] * 2, [dil] * 2)
+    oh, ow = ops.output_shape(x, wt, *args)[2:]
+    other = {
+        "full": torch.randn(n, cout, oh, ow, device="cuda").to(dtype),
+        "chan": torch.randn(cout, 1, 1, device="cuda").to(dtype),
+        "scalar": ops.scalar_other(0.5),
+    }[other_kind]
+    out = OP(x, wt, b, other, *args, 1)
+    ref = torch.relu(F.conv2d(x.double(), wt.double(), b.double(), *args)) + (
+        other.double() if other.device.type == "cuda" else other.item()
+    )
+    rel = ((out.double() - ref).norm() / ref.norm()).item()
+    print(f"{str(dtype):15s} cl={cl!s:5} tf32={tf32!s:5} C={c:3d} Cout={cout:3d} rel={rel:.2e}")
+    assert rel < 2e-2
+
+
+torch.manual_seed(0)
+for dtype, tf32 in ((torch.float32, True), (torch.float32, False), (torch.float16, True),
+                    (torch.bfloat16, True)):
+    for cl in (False, True):
+        case(2, 8, 11, 13, 130, 3, 1, 1, 1, dtype, cl, tf32, "full")
+        case(1, 3, 9, 9, 7, 3, 2, 0, 2, dtype, cl, tf32, "chan")
+        case(2, 16, 6, 5, 40, 1, 1, 0, 1, dtype, cl, tf32, "scalar")
+torch.cuda.synchronize()
+print("sanitize cases done")

@@ -1,0 +1,87 @@
+"""CI compile check of the fused kernel: builds it with nvcc (no GPU needed), loads the
+extension, and reads ptxas's resource report: the main kernels must not spill.
+
+Skips where nvcc or a CUDA build of torch is missing."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from fx_fuse import _build
+
+ARCH = "9.0"  # sm_90a: the target of the fast path; the others share the same templates
+
+
+def _skip_reason():
+    if torch.version.cuda is None:
+        return "torch is not a CUDA build"
+    if _build.nvcc_path() is None:
+        return "nvcc not found (set CUDA_HOME)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    import os
+
+    cache = tmp_path_factory.mktemp("fx_fuse_cache")
+    saved = os.environ.get("FX_FUSE_CACHE_DIR")
+    os.environ["FX_FUSE_CACHE_DIR"] = str(cache)
+    try:
+        module = _build.build(ARCH)
+        log = (_build.build_dir_for(ARCH) / "build.log").read_text(errors="replace")
+    finally:
+        if saved is None:
+            os.environ.pop("FX_FUSE_CACHE_DIR")
+        else:
+            os.environ["FX_FUSE_CACHE_DIR"] = saved
+    return module, log
+
+
+def test_extension_exposes_the_kernel_entry_point(built):
+    module, _ = built
+    assert callable(module.conv2d_relu_add_out)
+
+
+def test_cuda_implementation_is_registered():
+    import fx_fuse  # noqa: F401
+
+    op = torch.ops.fx_fuse.conv2d_relu_add.default
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CUDA")
+
+
+def _ptxas_reports(log: str):
+    """(kernel name, spill store bytes, spill load bytes) for every compiled entry."""
+    pattern = re.compile(
+        r"Compiling entry function '(?P<name>[^']+)' for '(?P<arch>[^']+)'.*?"
+        r"(?P<st>\d+) bytes spill stores, (?P<ld>\d+) bytes spill loads",
+        re.S,
+    )
+    return [(m["name"], int(m["st"]), int(m["ld"])) for m in pattern.finditer(log)]
+
+
+def test_main_kernels_do_not_spill(built):
+    _, log = built
+    reports = [r for r in _ptxas_reports(log) if "conv_relu_add_kernel" in r[0]]
+    # 4 arithmetics x {scalar, vector gather} x {128x128, 128x64}, less 3xTF32's 128x128
+    assert len(reports) == 14, f"expected 14 main kernels in the ptxas report, got {len(reports)}"
+    spilling = [r for r in reports if r[1] or r[2]]
+    assert not spilling, f"kernels spilling registers: {spilling}"
+
+
+def test_bad_arch_list_is_rejected():
+    with pytest.raises(ValueError, match="conv2d_relu_add"):
+        _build._parse_arch_list("7.5")
+    assert _build._parse_arch_list("9.0") == ["-gencode=arch=compute_90a,code=sm_90a"]
+    assert "-gencode=arch=compute_80,code=compute_80" in _build._parse_arch_list("8.0+PTX")
+
+
+def test_sources_found():
+    root = _build.kernels_dir()
+    assert (root / "binding.cpp").is_file() and (root / "conv_relu_add.cuh").is_file()

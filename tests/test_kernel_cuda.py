@@ -1,0 +1,362 @@
+"""GPU tests of the fused CUDA kernel behind ``fx_fuse::conv2d_relu_add``.
+
+Every result is compared with a float64 reference computed from the same (fresh, random)
+inputs; the output memory is poisoned with NaN before each call so that an element the
+kernel does not write shows up. Skipped without CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fx_fuse  # noqa: F401  (registers the op)
+from fx_fuse import ops
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+OP = torch.ops.fx_fuse.conv2d_relu_add.default
+DEV = "cuda"
+
+# (name, dtype, allow_tf32) -> (max ||out - ref|| / ||ref||, atol / max|ref|, rtol)
+POLICIES = {
+    "tf32": (torch.float32, True, (3e-3, 5e-3, 1e-2)),
+    "fp32": (torch.float32, False, (1e-5, 2e-5, 1e-4)),
+    "fp16": (torch.float16, True, (2e-3, 4e-3, 1e-2)),
+    "bf16": (torch.bfloat16, True, (1e-2, 3e-2, 5e-2)),
+}
+
+# (N, C, H, W, Cout, KH, KW, stride, padding, dilation)
+CONFIGS = [
+    (2, 3, 9, 11, 7, 3, 3, 1, 0, 1),
+    (1, 1, 5, 5, 1, 3, 3, 1, 1, 1),
+    (2, 5, 7, 7, 16, 3, 3, 2, 1, 1),
+    (3, 16, 12, 10, 32, 1, 1, 1, 0, 1),
+    (2, 8, 13, 17, 130, 3, 5, (2, 1), (1, 2), (2, 1)),
+    (1, 64, 14, 14, 64, 3, 3, 1, 1, 1),
+    (2, 3, 23, 23, 24, 7, 7, 2, 3, 1),
+    (1, 4, 3, 3, 5, 3, 3, 1, 0, 1),
+    (2, 32, 9, 9, 48, 3, 3, 1, 2, 2),
+    (1, 12, 6, 40, 20, 2, 4, (1, 3), (0, 1), (1, 2)),
+    (5, 40, 8, 8, 200, 3, 3, 1, 1, 1),
+    (1, 24, 30, 30, 70, 3, 3, 3, 0, 1),
+    (4, 128, 6, 6, 256, 3, 3, 1, 1, 1),
+]
+
+
+@pytest.fixture(autouse=True)
+def _restore_tf32_flags():
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _pair(v):
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+def poison(numel: int, dtype: torch.dtype) -> None:
+    """Fill the caching allocator's free memory of that size with NaN, so that an output
+    allocated next starts as NaN."""
+    for _ in range(2):
+        junk = torch.full((numel,), float("nan"), dtype=dtype, device=DEV)
+        del junk
+
+
+def reference64(x, w, b, other, stride, padding, dilation, groups=1):
+    conv = F.conv2d(
+        x.double(), w.double(), None if b is None else b.double(), stride, padding, dilation,
+        groups,
+    )
+    o = other.double() if isinstance(other, torch.Tensor) else other
+    if isinstance(o, torch.Tensor) and o.device.type == "cpu":
+        o = o.item()
+    return torch.relu(conv) + o
+
+
+def make(cfg, dtype, layout="nchw", seed=None):
+    n, c, h, w, cout, kh, kw, stride, padding, dilation = cfg
+    x = torch.randn(n, c, h, w, device=DEV).to(dtype)
+    wt = (torch.randn(cout, c, kh, kw, device=DEV) / math.sqrt(c * kh * kw)).to(dtype)
+    b = torch.randn(cout, device=DEV).to(dtype)
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+        wt = wt.contiguous(memory_format=torch.channels_last)
+    return x, wt, b, _pair(stride), _pair(padding), _pair(dilation)
+
+
+def run_op(x, w, b, other, stride, padding, dilation, groups=1):
+    shape = ops.output_shape(x, w, stride, padding, dilation)
+    poison(math.prod(shape) + 4096, x.dtype)
+    out = OP(x, w, b, other, stride, padding, dilation, groups)
+    torch.cuda.synchronize()
+    return out
+
+
+def assert_close64(out, ref, policy):
+    rel_tol, atol_scale, rtol = POLICIES[policy][2]
+    out64 = out.double()
+    assert not torch.isnan(out64).any(), "NaN in the output (unwritten or wrong elements)"
+    rel = ((out64 - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    assert rel < rel_tol, f"relative error {rel:.3e} >= {rel_tol:.1e} ({policy})"
+    scale = ref.abs().max().item() or 1.0
+    torch.testing.assert_close(out64, ref, atol=atol_scale * scale, rtol=rtol)
+
+
+def set_policy(policy):
+    dtype, tf32, _ = POLICIES[policy]
+    torch.backends.cudnn.allow_tf32 = tf32
+    return dtype
+
+
+def expected_format(x, w):
+    return ops.output_memory_format(x, w)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("policy", list(POLICIES))
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "x".join(map(str, c[:7])))
+def test_matches_float64_reference(cfg, policy, layout):
+    dtype = set_policy(policy)
+    x, w, b, stride, padding, dilation = make(cfg, dtype, layout)
+    cout = w.shape[0]
+    other = torch.randn(cout, 1, 1, device=DEV).to(dtype)
+    out = run_op(x, w, b, other, stride, padding, dilation)
+    ref = reference64(x, w, b, other, stride, padding, dilation)
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert out.is_contiguous(memory_format=expected_format(x, w))
+    assert_close64(out, ref, policy)
+
+
+def _others(cfg_out_shape, dtype):
+    n, c, oh, ow = cfg_out_shape
+    return {
+        "full_nchw": torch.randn(n, c, oh, ow, device=DEV).to(dtype),
+        "full_cl": torch.randn(n, c, oh, ow, device=DEV)
+        .to(dtype)
+        .contiguous(memory_format=torch.channels_last),
+        "full_noncontig": torch.randn(n, c, ow, oh, device=DEV).to(dtype).transpose(2, 3),
+        "c11": torch.randn(c, 1, 1, device=DEV).to(dtype),
+        "1c11": torch.randn(1, c, 1, 1, device=DEV).to(dtype),
+        "111w": torch.randn(1, 1, 1, ow, device=DEV).to(dtype),
+        "1h1": torch.randn(oh, 1, device=DEV).to(dtype),
+        "n111": torch.randn(n, 1, 1, 1, device=DEV).to(dtype),
+        "chw": torch.randn(c, oh, ow, device=DEV).to(dtype),
+        "0dim_cuda": torch.randn((), device=DEV).to(dtype),
+        "0dim_cuda_f64": torch.randn((), device=DEV, dtype=torch.float64),
+        "0dim_cpu_f64": ops.scalar_other(0.7),
+        "0dim_cpu_int": torch.tensor(3),
+        "int_c11": torch.randint(-3, 4, (c, 1, 1), device=DEV, dtype=torch.int32),
+        "fp16_full": torch.randn(n, c, oh, ow, device=DEV).half(),
+        "bf16_c11": torch.randn(c, 1, 1, device=DEV).bfloat16(),
+    }
+
+
+OTHER_KINDS = [
+    "full_nchw", "full_cl", "full_noncontig", "c11", "1c11", "111w", "1h1", "n111", "chw",
+    "0dim_cuda", "0dim_cuda_f64", "0dim_cpu_f64", "0dim_cpu_int", "int_c11", "fp16_full",
+    "bf16_c11",
+]
+
+
+@pytest.mark.parametrize("policy", ["tf32", "fp16"])
+@pytest.mark.parametrize("kind", OTHER_KINDS)
+def test_every_kind_of_other(kind, policy):
+    dtype = set_policy(policy)
+    cfg = (2, 6, 11, 9, 10, 3, 3, 1, 1, 1)
+    x, w, b, stride, padding, dilation = make(cfg, dtype)
+    shape = ops.output_shape(x, w, stride, padding, dilation)
+    other = _others(shape, dtype)[kind]
+    if dtype == torch.float16 and kind in ("fp16_full", "bf16_c11"):
+        other = other.to(dtype)  # a bf16 tensor would promote an fp16 result to fp32
+    out = run_op(x, w, b, other, stride, padding, dilation)
+    ref = reference64(x, w, b, other, stride, padding, dilation)
+    assert out.dtype == dtype
+    assert_close64(out, ref, policy)
+
+
+@pytest.mark.parametrize("policy", ["tf32", "bf16"])
+def test_unbatched_input_and_no_bias(policy):
+    dtype = set_policy(policy)
+    x, w, _, stride, padding, dilation = make((1, 5, 10, 12, 9, 3, 3, 1, 1, 1), dtype)
+    x3 = x[0]
+    other = torch.randn(9, 1, 1, device=DEV).to(dtype)
+    out = run_op(x3, w, None, other, stride, padding, dilation)
+    assert out.dim() == 3 and out.is_contiguous()
+    assert_close64(out, reference64(x3, w, None, other, stride, padding, dilation), policy)
+
+
+@pytest.mark.parametrize("policy", ["tf32", "fp32", "fp16"])
+def test_non_contiguous_input_and_weight(policy):
+    dtype = set_policy(policy)
+    big = torch.randn(3, 12, 20, 26, device=DEV).to(dtype)
+    x = big[:, 2:10, ::2, 1::2]  # strided view in every dim
+    wbig = (torch.randn(14, 8, 5, 3, device=DEV) / 8).to(dtype)
+    w = wbig.transpose(2, 3)  # (14, 8, 3, 5), non-contiguous
+    b = torch.randn(14, device=DEV).to(dtype)[::1]
+    other = torch.randn(14, 1, 1, device=DEV).to(dtype)
+    args = ([1, 2], [1, 0], [1, 1])
+    out = run_op(x, w, b, other, *args)
+    assert_close64(out, reference64(x, w, b, other, *args), policy)
+    # channels-last weight with an NCHW input: channels-last output, like eager
+    wcl = w.contiguous(memory_format=torch.channels_last)
+    out = run_op(x.contiguous(), wcl, b, other, *args)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_close64(out, reference64(x, w, b, other, *args), policy)
+
+
+@pytest.mark.parametrize("policy", ["tf32", "fp32", "fp16"])
+def test_nan_and_inf_like_eager(policy):
+    dtype = set_policy(policy)
+    x, w, b, stride, padding, dilation = make((2, 4, 12, 12, 6, 3, 3, 1, 1, 1), dtype)
+    x[0, 1, 3, 4] = float("nan")
+    x[1, 2, 7, 7] = float("inf")
+    x[1, 0, 2, 9] = float("-inf")
+    b[2] = float("nan")
+    other = torch.randn(6, 1, 1, device=DEV).to(dtype)
+    out = run_op(x, w, b, other, stride, padding, dilation)
+    eager = torch.relu(F.conv2d(x, w, b, stride, padding, dilation)) + other
+    assert torch.equal(torch.isnan(out), torch.isnan(eager))
+    assert torch.equal(torch.isinf(out), torch.isinf(eager))
+    assert torch.equal(out[torch.isinf(out)], eager[torch.isinf(eager)])
+    finite = torch.isfinite(eager)
+    ref = reference64(x, w, b, other, stride, padding, dilation)
+    rel_tol, atol_scale, rtol = POLICIES[policy][2]
+    torch.testing.assert_close(
+        out.double()[finite], ref[finite], atol=atol_scale * ref[finite].abs().max().item(),
+        rtol=rtol,
+    )
+    # relu(nan) is nan, relu(-x) is 0: an all-negative channel gives exactly `other`
+    w2 = w.clone()
+    w2[0].zero_()
+    b2 = b.clone()
+    b2[0] = -1.0
+    x2 = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    out = run_op(x2, w2, b2, other, stride, padding, dilation)
+    assert torch.equal(out[:, 0], other[0].expand_as(out[:, 0]))
+
+
+def test_current_stream_is_used():
+    set_policy("tf32")
+    x_src, w, b, stride, padding, dilation = make((4, 16, 32, 32, 32, 3, 3, 1, 1, 1), torch.float32)
+    other = torch.randn(32, 1, 1, device=DEV)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        x = torch.zeros_like(x_src)
+        torch.cuda._sleep(50_000_000)  # ~tens of ms: the copy below lands late on `stream`
+        x.copy_(x_src)
+        out = OP(x, w, b, other, stride, padding, dilation, 1)
+    stream.synchronize()
+    assert_close64(out, reference64(x_src, w, b, other, stride, padding, dilation), "tf32")
+
+
+def test_poisoned_outputs_twice():
+    set_policy("tf32")
+    x, w, b, stride, padding, dilation = make((3, 7, 19, 21, 33, 3, 3, 1, 1, 1), torch.float32)
+    other = torch.randn(3, 33, 19, 21, device=DEV)
+    ref = reference64(x, w, b, other, stride, padding, dilation)
+    for _ in range(2):
+        assert_close64(run_op(x, w, b, other, stride, padding, dilation), ref, "tf32")
+
+
+def _opcheck_samples():
+    samples = []
+    for dtype, layout in ((torch.float32, "nchw"), (torch.float16, "cl"), (torch.bfloat16, "nchw")):
+        x, w, b, stride, padding, dilation = make((2, 4, 9, 8, 6, 3, 3, 1, 1, 1), dtype, layout)
+        samples.append((x, w, b, torch.randn(6, 1, 1, device=DEV).to(dtype), stride, padding,
+                        dilation, 1))
+    x, w, b, stride, padding, dilation = make((2, 3, 9, 8, 5, 3, 2, 2, 1, 2), torch.float32)
+    samples.append((x, w, None, ops.scalar_other(1.5), stride, padding, dilation, 1))
+    samples.append((x[0], w, b, torch.randn(5, 4, 1, device=DEV), stride, padding, dilation, 1))
+    return samples
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_opcheck(index):
+    torch.library.opcheck(OP, _opcheck_samples()[index])
+
+
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_grads_match_eager(layout):
+    set_policy("fp32")
+    x, w, b, stride, padding, dilation = make((2, 5, 10, 9, 7, 3, 3, 1, 1, 1), torch.float32,
+                                              layout)
+    other = torch.randn(7, 1, 1, device=DEV)
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b, other)]
+    out = OP(*leaves, stride, padding, dilation, 1)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves, grad)
+    eager_leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b, other)]
+    xe, we, be, oe = eager_leaves
+    eager = torch.relu(F.conv2d(xe, we, be, stride, padding, dilation)) + oe
+    want = torch.autograd.grad(eager, eager_leaves, grad)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
+def test_fallbacks_are_announced_and_correct():
+    set_policy("fp32")
+    x, w, b, stride, padding, dilation = make((2, 4, 8, 8, 6, 3, 3, 1, 1, 1), torch.float64)
+    other = torch.randn(6, 1, 1, device=DEV, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = OP(x, w, b, other, stride, padding, dilation, 1)
+    assert_close64(out, reference64(x, w, b, other, stride, padding, dilation), "fp32")
+    from fx_fuse import _cuda
+
+    if "the fused kernel does not handle torch.float64" not in _cuda._warned:
+        pytest.fail("float64 fallback was not announced")
+    assert all("reference (ATen) path" in str(c.message) for c in caught)
+    xg = torch.randn(2, 8, 9, 9, device=DEV)
+    wg = torch.randn(6, 4, 3, 3, device=DEV)
+    out = OP(xg, wg, None, ops.scalar_other(0.0), [1, 1], [1, 1], [1, 1], 2)
+    ref = reference64(xg, wg, None, 0.0, [1, 1], [1, 1], [1, 1], groups=2)
+    assert_close64(out, ref, "fp32")
+    assert "the fused kernel does not handle groups > 1" in _cuda._warned
+
+
+def test_kernelbench_headline_criterion():
+    """KernelBench level 2 problem 1: relu(conv(x)) + bias, torch.rand inputs, default
+    TF32 flags, allclose(atol=rtol=1e-4)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(64, 128, 3).to(DEV)
+    bias = torch.nn.Parameter(torch.randn(128, 1, 1, device=DEV))
+    x = torch.rand(128, 64, 128, 128, device=DEV)
+    with torch.no_grad():
+        eager = torch.relu(conv(x)) + bias
+        fused = OP(x, conv.weight, conv.bias, bias, [1, 1], [0, 0], [1, 1], 1)
+    # grad mode (parameters require grad, as KernelBench calls it)
+    fused_grad = OP(x, conv.weight, conv.bias, bias, [1, 1], [0, 0], [1, 1], 1)
+    for out in (fused, fused_grad):
+        diff = (out - eager).abs().max().item()
+        assert torch.allclose(eager, out, atol=1e-4, rtol=1e-4), f"max |diff| {diff:.3e}"
+
+
+def test_output_over_2_31_elements():
+    free, _ = torch.cuda.mem_get_info()
+    if free < 14 * 2**30:
+        pytest.skip("needs ~14 GB of free GPU memory")
+    set_policy("fp16")
+    n, c, h, w_, cout = 17, 4, 1024, 1024, 128  # output 17*128*1024*1024 > 2^31 elements
+    x = torch.randn(n, c, h, w_, device=DEV, dtype=torch.float16)
+    w = (torch.randn(cout, c, 3, 3, device=DEV) / 6).half()
+    b = torch.randn(cout, device=DEV).half()
+    other = torch.randn(cout, 1, 1, device=DEV).half()
+    out = OP(x, w, b, other, [1, 1], [1, 1], [1, 1], 1)
+    assert out.numel() > 2**31
+    for i in (0, n - 2, n - 1):
+        ref = reference64(x[i : i + 1], w, b, other, [1, 1], [1, 1], [1, 1])
+        assert_close64(out[i : i + 1], ref, "fp16")
+    del out
+    # channels-last: the last pixels of the last image sit past 2^31 too
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    del x
+    out = OP(xcl, w, b, other, [1, 1], [1, 1], [1, 1], 1)
+    i = n - 1
+    ref = reference64(xcl[i : i + 1], w, b, other, [1, 1], [1, 1], [1, 1])
+    assert_close64(out[i : i + 1], ref, "fp16")
