@@ -9,6 +9,7 @@ bound by name, or returns None.
 
 from __future__ import annotations
 
+import inspect
 import operator
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -83,8 +84,11 @@ _CONV_FUNCTIONS = {
 }
 _CONV_TRANSPOSE_FUNCTIONS = {
     torch.conv_transpose1d: 1,
-    torch.conv_transpose2d: 2,
+    torch.conv_transpose2d: 2,  # also F.conv_transpose2d
     torch.conv_transpose3d: 3,
+    aten.conv_transpose1d.default: 1,
+    aten.conv_transpose2d.input: 2,  # what torch.export records for ConvTranspose2d
+    aten.conv_transpose3d.input: 3,
 }
 _CONVOLUTION_OVERLOADS = (aten.convolution.default, aten._convolution.default)
 _CONV_MODULES = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
@@ -190,10 +194,16 @@ def match_relu(gm: fx.GraphModule, node: fx.Node) -> Optional[Relu]:
 
 
 _CLAMP_FUNCTIONS = {torch.clamp: False, torch.clip: False, torch.clamp_: True,
-                    aten.clamp.default: False, aten.clamp_.default: True}
+                    torch.clip_: True, aten.clamp.default: False, aten.clamp_.default: True,
+                    aten.clip.default: False, aten.clip_.default: True}
 _CLAMP_METHODS = {"clamp": False, "clip": False, "clamp_": True, "clip_": True}
 _CLAMP_MIN = {torch.clamp_min: False, torch.clamp_min_: True, aten.clamp_min.default: False,
               aten.clamp_min_.default: True}
+
+
+# F.threshold in symbolic_trace graphs, torch.threshold(_) in Dynamo graphs, ATen in export.
+_THRESHOLD_FUNCTIONS = {F.threshold: False, torch.threshold: False, torch.threshold_: True,
+                        aten.threshold.default: False, aten.threshold_.default: True}
 
 
 def _match_relu_equivalent(node: fx.Node) -> Optional[Relu]:
@@ -216,10 +226,11 @@ def _match_relu_equivalent(node: fx.Node) -> Optional[Relu]:
         if _is_zero(args.get("min")):
             inplace = _CLAMP_MIN.get(target, str(target).endswith("_"))
             return Relu(node, spelling, args["input"], inplace)
-    if node.op == "call_function" and target in (F.threshold, aten.threshold.default):
+    threshold_inplace = _THRESHOLD_FUNCTIONS.get(target) if node.op == "call_function" else None
+    if threshold_inplace is not None:
         args = _bind(node, ("input", "threshold", "value", "inplace"), {"inplace": False})
         if _is_zero(args.get("threshold")) and _is_zero(args.get("value")):
-            return Relu(node, spelling, args["input"], bool(args["inplace"]))
+            return Relu(node, spelling, args["input"], threshold_inplace or bool(args["inplace"]))
     return None
 
 
@@ -311,8 +322,10 @@ def mutated_argument(gm: fx.GraphModule, node: fx.Node) -> Optional[Argument]:
         name = getattr(target, "__name__", "")
         if name.endswith("_") and not name.endswith("__"):
             return first
-        if node.kwargs.get("inplace") or node.kwargs.get("out") is not None:
-            return node.kwargs.get("out", first)
+        if node.kwargs.get("out") is not None:
+            return node.kwargs["out"]
+        if _inplace_flag(target, node):
+            return first
         return None
     if node.op == "call_method":
         name = node.target
@@ -325,6 +338,24 @@ def mutated_argument(gm: fx.GraphModule, node: fx.Node) -> Optional[Argument]:
     if module is not None and getattr(module, "inplace", False):
         return first
     return None
+
+
+def _inplace_flag(target, node: fx.Node) -> bool:
+    """``inplace=True`` by keyword or by position (``F.relu(x, True)``,
+    ``F.dropout(x, 0.5, True, True)``)."""
+    if node.kwargs.get("inplace"):
+        return True
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # builtins without a Python signature
+        return False
+    if "inplace" not in signature.parameters:
+        return False
+    try:
+        bound = signature.bind(*node.args, **node.kwargs)
+    except TypeError:
+        return False
+    return bool(bound.arguments.get("inplace", False))
 
 
 def alias_root(node: Argument) -> Argument:

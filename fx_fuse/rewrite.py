@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -62,7 +62,6 @@ class _Candidate:
     other: Any
     order: Dict[fx.Node, int]
     relu_values: List[fx.Node]  # nodes that hold the relu output (conv too if in place)
-    later_readers: List[fx.Node] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------
@@ -95,6 +94,24 @@ def _get_attr(gm: fx.GraphModule, target: str):
 
 def _is_tensor_like(value) -> bool:
     return value is not None and hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def _recorded(gm: fx.GraphModule, arg) -> Any:
+    """What the graph records of an argument, numbers included: a (fake) tensor, tensor
+    metadata, a parameter, an int / float / SymInt / SymFloat, or None when unknown."""
+    value = _value(gm, arg)
+    if value is not None or not isinstance(arg, fx.Node):
+        return value
+    for key in ("val", "example_value"):
+        if arg.meta.get(key) is not None:
+            return arg.meta[key]
+    return None
+
+
+def _is_real_number(value) -> bool:
+    return isinstance(value, (int, float, torch.SymInt, torch.SymFloat)) and not isinstance(
+        value, bool
+    )
 
 
 def _weight_value(c: _Candidate):
@@ -210,16 +227,12 @@ def other_is_the_relu_output(c: _Candidate) -> bool:
 
 def intermediate_is_graph_output(c: _Candidate) -> bool:
     """The conv or relu output is returned from the graph, so it must be materialised."""
-    return any(user.op == "output" for user in _extra_readers(c))
+    return any(user.op == "output" for user in _readers_of_intermediate(c))
 
 
 def intermediate_has_other_users(c: _Candidate) -> bool:
     """The conv or relu output is read by another node, so it must be materialised."""
-    extra = _extra_readers(c)
-    if _add_updates_relu_output(c):
-        # ``y = relu(conv(x)); y += other``: readers after the add read the sum.
-        extra = [n for n in extra if c.order[n] < c.order[c.add.node]]
-    return bool(extra)
+    return bool(_readers_of_intermediate(c))
 
 
 def conv_changes_dtype(c: _Candidate) -> bool:
@@ -259,9 +272,10 @@ def other_changes_dtype(c: _Candidate) -> bool:
 
 def other_is_not_a_tensor_or_number(c: _Candidate) -> bool:
     """`other` is neither a tensor nor a real Python number."""
-    if isinstance(c.other, fx.Node):
+    value = _recorded(c.gm, c.other)
+    if isinstance(c.other, fx.Node) and (value is None or _is_tensor_like(value)):
         return False
-    return isinstance(c.other, bool) or not isinstance(c.other, (int, float))
+    return not _is_real_number(value)
 
 
 def conv_input_mutated_before_add(c: _Candidate) -> bool:
@@ -322,6 +336,16 @@ def _extra_readers(c: _Candidate) -> List[fx.Node]:
     for node in c.relu_values + ([] if c.conv.node in c.relu_values else [c.conv.node]):
         readers.extend(user for user in node.users if user not in ours)
     return readers
+
+
+def _readers_of_intermediate(c: _Candidate) -> List[fx.Node]:
+    """Extra readers that see the conv or relu output itself. After
+    ``y = relu(conv(x)); y.add_(other)`` the variable holds the sum, so readers after the
+    add (``return y`` included) read the op's result, not the intermediate."""
+    extra = _extra_readers(c)
+    if _add_updates_relu_output(c):
+        extra = [n for n in extra if c.order[n] < c.order[c.add.node]]
+    return extra
 
 
 def _conv_operands(c: _Candidate) -> List:
@@ -461,16 +485,27 @@ def _operand_node(c: _Candidate, arg) -> Optional[fx.Node]:
     return c.gm.graph.get_attr(arg)
 
 
+def _other_as_tensor(other):
+    """``other`` as the op takes it, for graphs that do not record whether it is a tensor
+    or a number (a ``symbolic_trace`` graph fused without example inputs)."""
+    return other if isinstance(other, torch.Tensor) else ops.scalar_other(other)
+
+
 def _other_node(c: _Candidate) -> fx.Node:
-    if isinstance(c.other, fx.Node):
+    """The op's ``other``: a tensor node as it is; a number (a constant or a node that
+    holds an int / float, such as a SymInt graph input) as a 0-dim float64 tensor, which
+    adds like the number itself."""
+    graph, value = c.gm.graph, _recorded(c.gm, c.other)
+    if isinstance(c.other, fx.Node) and _is_tensor_like(value):
         return c.other
+    if value is None:
+        return graph.call_function(_other_as_tensor, (c.other,))
     inp = _value(c.gm, c.conv.input)
     device = inp.device if _is_tensor_like(inp) and hasattr(inp, "device") else None
     aten_graph = isinstance(c.conv.node.target, torch._ops.OpOverload)
     make = torch.ops.aten.scalar_tensor.default if aten_graph else torch.scalar_tensor
-    return c.gm.graph.call_function(
-        make, (float(c.other),), {"dtype": torch.float64, "device": device}
-    )
+    number = c.other if isinstance(c.other, fx.Node) else float(c.other)
+    return graph.call_function(make, (number,), {"dtype": torch.float64, "device": device})
 
 
 def _replace(c: _Candidate) -> fx.Node:
@@ -527,7 +562,9 @@ def rewrite(gm: fx.GraphModule) -> List[Site]:
 
 
 def _doc(guard: Callable) -> str:
-    return (guard.__doc__ or "").strip().split("\n")[0]
+    """The guard's first docstring paragraph, on one line."""
+    paragraph = (guard.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(paragraph.split())
 
 
 def _shapes_known(c: _Candidate) -> bool:
