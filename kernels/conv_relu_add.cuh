@@ -85,16 +85,19 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// 3xTF32: x = big + small, both TF32. Where the small part would be 0 (x exact in TF32,
-// or x = +-Inf / NaN, whose rest is NaN) it is the smallest normal float with x's sign
-// instead: then Inf * small keeps Inf's sign (eager gives Inf there, 0 * Inf would give
-// NaN), and for finite operands the extra |x| * 2^-126 is far below fp32 resolution.
-__device__ __forceinline__ void split_tf32(uint32_t x, uint32_t& big, uint32_t& small) {
-  const float f = __uint_as_float(x);  // x may alias big: read it first
+// 3xTF32: x = big + small, both TF32 (small = 0 for Inf / NaN, whose rest is NaN), and
+// fin = big where x is finite, else 0. The product is small_a * fin_b + fin_a * small_b +
+// big_a * big_b: for finite operands the usual 3xTF32 terms; an Inf operand meets only
+// big * big (Inf with the right sign, as in eager) and never 0 * Inf or an Inf of the
+// other sign from the correction terms.
+__device__ __forceinline__ void split_tf32(uint32_t x, uint32_t& big, uint32_t& small,
+                                           uint32_t& fin) {
+  const float f = __uint_as_float(x);
   big = f32_to_tf32(f);
   const float rest = f - __uint_as_float(big);
-  small = (rest != 0.f && fabsf(rest) < INFINITY) ? f32_to_tf32(rest)
-                                                  : ((x & 0x80000000u) | 0x00800000u);
+  const bool finite = fabsf(f) < INFINITY;
+  small = finite ? f32_to_tf32(rest) : 0u;
+  fin = finite ? big : 0u;
 }
 
 template <typename T> __device__ __forceinline__ float to_float(T v);
@@ -318,25 +321,25 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
         b[2 * np + 1][1] = r[3];
       }
       // 3xTF32: split each operand once per k-step (B here, A per m-tile below).
-      uint32_t bs[NT][2];
+      uint32_t bs[NT][2], bf[NT][2];
       if constexpr (MATH == Math::kF32x3) {
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) split_tf32(b[nt][e], b[nt][e], bs[nt][e]);
+          for (int e = 0; e < 2; ++e) split_tf32(b[nt][e], b[nt][e], bs[nt][e], bf[nt][e]);
       }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         uint32_t a[4];
         ldmatrix_x4(a, a_base + mt * 16 * kRowStride + kk * 32);
         if constexpr (MATH == Math::kF32x3) {
-          uint32_t as[4];
+          uint32_t as[4], af[4];
 #pragma unroll
-          for (int e = 0; e < 4; ++e) split_tf32(a[e], a[e], as[e]);
+          for (int e = 0; e < 4; ++e) split_tf32(a[e], a[e], as[e], af[e]);
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
-            mma_tf32(acc[mt][nt], as, b[nt][0], b[nt][1]);
-            mma_tf32(acc[mt][nt], a, bs[nt][0], bs[nt][1]);
+            mma_tf32(acc[mt][nt], as, bf[nt][0], bf[nt][1]);
+            mma_tf32(acc[mt][nt], af, bs[nt][0], bs[nt][1]);
             mma_tf32(acc[mt][nt], a, b[nt][0], b[nt][1]);
           }
         } else {
