@@ -294,10 +294,33 @@ _VIEW_METHODS = frozenset({
     "__getitem__", "movedim", "swapaxes", "unfold", "diagonal", "real", "imag",
     "view_as_real", "view_as_complex", "split_with_sizes", "tensor_split", "to",
     "type_as", "float", "half", "bfloat16", "double", "cuda", "cpu", "clone",
+    # These return their input, or a view of it, too.
+    "swapdims", "moveaxis", "adjoint", "alias", "conj", "resolve_conj", "resolve_neg",
+    "positive", "type", "hsplit", "vsplit", "dsplit", "align_to", "rename", "refine_names",
+    "squeeze_", "unsqueeze_", "t_", "as_strided_", "detach_", "requires_grad_",
 })
-_VIEW_FUNCTIONS = frozenset({operator.getitem} | {
+_VIEW_FUNCTIONS = frozenset({
+    operator.getitem,
+    torch._C._autograd._get_data_attr,  # ``x.data`` in Dynamo graphs
+} | {
     getattr(torch, name) for name in _VIEW_METHODS if hasattr(torch, name)
 })
+# ``x.data``, ``x.mT``... are ``getattr`` calls in symbolic_trace graphs.
+_VIEW_ATTRIBUTES = frozenset({"data", "T", "mT", "H", "mH", "real", "imag"})
+
+
+def _returns_alias(target) -> bool:
+    """An ATen op whose output may share its input's storage (per its schema); for an
+    overload packet (``torch.ops.aten.mT`` in Dynamo graphs), any of its overloads."""
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        overloads = [getattr(target, name) for name in target.overloads()]
+    elif isinstance(target, torch._ops.OpOverload):
+        overloads = [target]
+    else:
+        return False
+    return any(
+        o._schema.returns and o._schema.returns[0].alias_info is not None for o in overloads
+    )
 
 
 _INPLACE_OPERATORS = frozenset({
@@ -366,10 +389,12 @@ def alias_root(node: Argument) -> Argument:
             (node.op == "call_method" and target in _VIEW_METHODS)
             or (node.op == "call_function" and target in _VIEW_FUNCTIONS)
             or (
-                isinstance(target, torch._ops.OpOverload)
-                and target._schema.returns
-                and target._schema.returns[0].alias_info is not None
+                node.op == "call_function"
+                and target is getattr
+                and len(node.args) > 1
+                and node.args[1] in _VIEW_ATTRIBUTES
             )
+            or _returns_alias(target)
         )
         if not is_view:
             break

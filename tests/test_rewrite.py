@@ -320,6 +320,18 @@ def input_view_mutated(m, x, y):
     return m.add(r, m.other_of(x, y))
 
 
+def input_data_mutated(m, x, y):
+    r = m.relu(m.conv(x))
+    x.data.mul_(2)
+    return m.add(r, m.other_of(x, y))
+
+
+def input_mT_mutated(m, x, y):
+    r = m.relu(m.conv(x))
+    x.mT.mul_(2)
+    return m.add(r, m.other_of(x, y))
+
+
 def input_setitem(m, x, y):
     r = m.relu(m.conv(x))
     x[0] = 0
@@ -606,8 +618,12 @@ REFUSED_CASES: List[Case] = [
     _refused("y.add_(relu(conv(x)))", "add_writes_into_other", add="Tensor.add_-into-other"),
     *[
         _refused(body.__name__, "conv_input_mutated_before_add", body=body)
-        for body in (input_mutated, input_view_mutated, input_relu_inplace_positional)
+        for body in (input_mutated, input_view_mutated, input_relu_inplace_positional,
+                     input_mT_mutated)
     ],
+    # torch.export cannot trace ``x.data``.
+    _refused("x.data.mul_", "conv_input_mutated_before_add", body=input_data_mutated,
+             fronts=("trace", "fuse", "compile")),
     # symbolic_trace cannot record item assignment.
     _refused("x[0]=0", "conv_input_mutated_before_add", body=input_setitem,
              fronts=("compile", "export")),
