@@ -332,6 +332,26 @@ def input_mT_mutated(m, x, y):
     return m.add(r, m.other_of(x, y))
 
 
+def bias_mutated(m, x, y):
+    r = m.relu(m.conv(x))
+    m.conv.bias.data.zero_()
+    return m.add(r, m.other_of(x, y))
+
+
+def complex_other(m, x, y):
+    return m.add(m.relu(m.conv(x)), 1j)
+
+
+def bool_other(m, x, y):
+    return m.add(m.relu(m.conv(x)), True)
+
+
+def conv_shape_read(m, x, y):
+    """The conv output's shape is read to reshape ``other``."""
+    c = m.conv(x)
+    return m.add(m.relu(c), y.reshape(c.shape[0], -1, c.shape[2], c.shape[3]))
+
+
 def input_setitem(m, x, y):
     r = m.relu(m.conv(x))
     x[0] = 0
@@ -624,6 +644,16 @@ REFUSED_CASES: List[Case] = [
     # torch.export cannot trace ``x.data``.
     _refused("x.data.mul_", "conv_input_mutated_before_add", body=input_data_mutated,
              fronts=("trace", "fuse", "compile")),
+    _refused("conv.bias.data.zero_", "conv_input_mutated_before_add", body=bias_mutated,
+             fronts=("trace", "fuse", "compile")),
+    _refused("complex-scalar", "other_is_not_a_tensor_or_number", body=complex_other),
+    # A bool other would add 1 or 0; rare enough to leave unfused.
+    _refused("bool-scalar", "other_is_not_a_tensor_or_number", body=bool_other),
+    # Known limitation: a symbolic_trace graph reads ``c.shape`` through a getattr node,
+    # which counts as a user of the conv output. Dynamo and export resolve it statically.
+    _refused("conv-shape-read", "intermediate_has_other_users", body=conv_shape_read,
+             by_front={f: Case("conv-shape-read", body=conv_shape_read)
+                       for f in ("compile", "export")}),
     # symbolic_trace cannot record item assignment.
     _refused("x[0]=0", "conv_input_mutated_before_add", body=input_setitem,
              fronts=("compile", "export")),
