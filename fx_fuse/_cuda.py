@@ -39,14 +39,15 @@ def _device_capability(device: torch.device) -> tuple:
     return _capability[index]
 
 
-def _max_table_offset(x: Tensor, weight: Tensor, dilation) -> int:
-    """The largest element offset of a (c, kh, kw) tap from a pixel's base: the kernel keeps
-    it in 32 bits."""
+def _max_image_offset(x: Tensor, weight: Tensor, padding, dilation) -> int:
+    """A bound on every element offset the kernel forms inside one image (window origin plus
+    the (c, kh, kw) tap, padding included): the kernel keeps these in 32 bits."""
     c, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
+    h, w = x.shape[2], x.shape[3]
     return (
         (c - 1) * x.stride(1)
-        + dilation[0] * (kh - 1) * x.stride(2)
-        + dilation[1] * (kw - 1) * x.stride(3)
+        + (h + padding[0] + dilation[0] * (kh - 1)) * x.stride(2)
+        + (w + padding[1] + dilation[1] * (kw - 1)) * x.stride(3)
     )
 
 
@@ -78,7 +79,7 @@ def conv2d_relu_add(input, weight, bias, other, stride, padding, dilation, group
     x = input.unsqueeze(0) if unbatched else input
     # Read the input in its own layout (NCHW or channels-last), made dense in it explicitly.
     x = x.contiguous(memory_format=suggest_memory_format(x))
-    if _max_table_offset(x, weight, dilation) > _INT32_MAX:
+    if _max_image_offset(x, weight, padding, dilation) > _INT32_MAX:
         _warn_once("the fused kernel does not handle an input image of 2^31 or more elements")
         return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
 

@@ -59,7 +59,9 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   const int vec = 16 / elem;
   const int bk = kSliceBytes / elem;
   const bool f32x3 = dtype == at::kFloat && !allow_tf32;
-  const int tile = (Cout <= 64 || f32x3) ? kTile128x64 : kTile128x128;
+  const int64_t K_pad_max = (C * KH * KW + 63) / 64 * 64;
+  const int tile =
+      (Cout <= 64 || f32x3 || K_pad_max > kSmemTableEntries) ? kTile128x64 : kTile128x128;
   const int bn = tile == kTile128x64 ? 64 : 128;
   const int64_t K = C * KH * KW;
   const int64_t K_pad = (K + bk - 1) / bk * bk;

@@ -30,11 +30,14 @@ template <> struct MathTraits<Math::kBF16> { using T = __nv_bfloat16; };
 
 // Per-CTA information about one output pixel (one row of the A tile).
 struct RowInfo {
-  int64_t x_off;  // n * x_sn + ih0 * x_sh + iw0 * x_sw
+  int64_t x_img;  // n * x_sn: the pixel's image
   int64_t y_off;  // n * y_sn + oh * y_sh + ow * y_sw
   int64_t o_off;  // n * o_sn + oh * o_sh + ow * o_sw
+  int x_pix;      // ih0 * x_sh + iw0 * x_sw: the window's origin inside the image (32-bit)
   int ih0, iw0;   // top-left input coordinate; far negative for rows past M
+  int unused;
 };
+
 
 __device__ __forceinline__ uint32_t f32_to_tf32(float x) {
   uint32_t r;
@@ -127,19 +130,32 @@ __device__ __forceinline__ float load_other(const ConvParams& p, int64_t off) {
   }
 }
 
-// Raw 16-bit load through the read-only path (works for __half and __nv_bfloat16 alike).
-template <typename T> __device__ __forceinline__ uint32_t ldg_bits(const T* p);
-template <> __device__ __forceinline__ uint32_t ldg_bits<float>(const float* p) {
-  return __float_as_uint(__ldg(p));
+// Predicated loads through the read-only path, 0 where the predicate is false (no branch,
+// so the compiler batches a thread's gathers and their latencies overlap).
+template <int BYTES> __device__ __forceinline__ uint32_t ldg_pred(const void* ptr, bool pred);
+template <> __device__ __forceinline__ uint32_t ldg_pred<4>(const void* ptr, bool pred) {
+  uint32_t v;
+  asm("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n mov.b32 %0, 0;\n"
+      " @p ld.global.nc.b32 %0, [%1];\n}\n"
+      : "=r"(v) : "l"(ptr), "r"(static_cast<int>(pred)));
+  return v;
 }
-template <> __device__ __forceinline__ uint32_t ldg_bits<__half>(const __half* p) {
-  return __ldg(reinterpret_cast<const unsigned short*>(p));
+template <> __device__ __forceinline__ uint32_t ldg_pred<2>(const void* ptr, bool pred) {
+  unsigned short v;
+  asm("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n mov.b16 %0, 0;\n"
+      " @p ld.global.nc.b16 %0, [%1];\n}\n"
+      : "=h"(v) : "l"(ptr), "r"(static_cast<int>(pred)));
+  return v;
 }
-template <> __device__ __forceinline__ uint32_t ldg_bits<__nv_bfloat16>(const __nv_bfloat16* p) {
-  return __ldg(reinterpret_cast<const unsigned short*>(p));
+__device__ __forceinline__ uint4 ldg_pred_v4(const void* ptr, bool pred) {
+  uint4 v;
+  asm("{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n"
+      " mov.b32 %2, 0;\n mov.b32 %3, 0;\n @p ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n}\n"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(ptr), "r"(static_cast<int>(pred)));
+  return v;
 }
 
-// Shared memory of one CTA, in bytes.
+// Shared memory of one CTA, in bytes, without the K-table (K_pad * 8 more when it fits).
 template <int BM, int BN>
 constexpr int conv_smem_bytes() {
   return 2 * (BM + BN) * kRowStride + BM * static_cast<int>(sizeof(RowInfo));
@@ -167,6 +183,7 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
   unsigned char* sA = smem;
   unsigned char* sB = smem + 2 * BM * kRowStride;
   RowInfo* rows = reinterpret_cast<RowInfo*>(sB + 2 * BN * kRowStride);
+  int2* s_table = reinterpret_cast<int2*>(rows + BM);
 
   const int tid = threadIdx.x;
   const int lane = tid & 31, warp = tid >> 5;
@@ -185,16 +202,27 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
       const int oh = rem / p.OW, ow = rem - (rem / p.OW) * p.OW;
       ri.ih0 = oh * p.stride_h - p.pad_h;
       ri.iw0 = ow * p.stride_w - p.pad_w;
-      ri.x_off = n * p.x_sn + static_cast<int64_t>(ri.ih0) * p.x_sh +
-                 static_cast<int64_t>(ri.iw0) * p.x_sw;
+      ri.x_img = n * p.x_sn;
+      ri.x_pix = static_cast<int>(ri.ih0 * p.x_sh + ri.iw0 * p.x_sw);
       ri.y_off = n * p.y_sn + oh * p.y_sh + ow * p.y_sw;
       ri.o_off = n * p.o_sn + oh * p.o_sh + ow * p.o_sw;
     } else {
       ri.ih0 = ri.iw0 = -(1 << 30);
-      ri.x_off = ri.y_off = ri.o_off = 0;
+      ri.x_img = ri.y_off = ri.o_off = 0;
+      ri.x_pix = 0;
     }
+    ri.unused = 0;
     rows[r] = ri;
   }
+  // The K-table: in shared memory when small (LDS instead of a dependent global load in
+  // front of every gather), else read from global memory.
+  // A generic pointer to the table costs the 128x128 kernels the registers they lack.
+  constexpr bool kSmemTableOnly = BN == 128;
+  const bool table_in_smem = kSmemTableOnly || p.K_pad <= kSmemTableEntries;
+  if (table_in_smem) {
+    for (int k = tid; k < p.K_pad; k += THREADS) s_table[k] = p.table[k];
+  }
+  const int2* table = (kSmemTableOnly || table_in_smem) ? s_table : p.table;
   __syncthreads();
 
   const T* __restrict__ x = static_cast<const T*>(p.x);
@@ -205,20 +233,12 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
   constexpr int KVSTEP = AVEC ? 1 : THREADS / BM;
   const int my_row = AVEC ? 0 : tid % BM;
   const int kv0 = AVEC ? tid % CHUNKS : tid / BM;
-  int my_ih0 = 0, my_iw0 = 0;
-  const T* my_x = x;
-  if (!AVEC) {
-    my_ih0 = rows[my_row].ih0;
-    my_iw0 = rows[my_row].iw0;
-    my_x = x + rows[my_row].x_off;
-  }
-
   uint4 stage[NA];
 
   auto load_a = [&](int k0) {
     if constexpr (AVEC) {
       const int k = k0 + kv0 * VEC;
-      const int2 t = __ldg(p.table + k);
+      const int2 t = table[k];
       const int dh = t.y >> 16, dw = t.y & 0xffff;
       const bool kok = k < p.K;
 #pragma unroll
@@ -226,21 +246,29 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
         const RowInfo& ri = rows[tid / CHUNKS + j * (THREADS / CHUNKS)];
         const bool ok = kok && static_cast<unsigned>(ri.ih0 + dh) < H &&
                         static_cast<unsigned>(ri.iw0 + dw) < W;
-        stage[j] = ok ? __ldg(reinterpret_cast<const uint4*>(x + ri.x_off + t.x))
-                      : make_uint4(0, 0, 0, 0);
+        stage[j] = ldg_pred_v4(x + ri.x_img + (ri.x_pix + t.x), ok);
       }
     } else {
+      // The pixel's data is re-read from shared memory on every slice rather than kept in
+      // registers across the MMAs (128-register budget at two CTAs per SM).
+      const int my_ih0 = rows[my_row].ih0, my_iw0 = rows[my_row].iw0;
+      const int my_pix = rows[my_row].x_pix;
+      const T* my_img = x + rows[my_row].x_img;
 #pragma unroll
       for (int j = 0; j < NA; ++j) {
         const int kb = k0 + (kv0 + j * KVSTEP) * VEC;
         uint32_t v[VEC];
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          const int2 t = __ldg(p.table + kb + e);
-          const bool ok = (kb + e) < p.K &&
-                          static_cast<unsigned>(my_ih0 + (t.y >> 16)) < H &&
-                          static_cast<unsigned>(my_iw0 + (t.y & 0xffff)) < W;
-          v[e] = ok ? ldg_bits(my_x + t.x) : 0u;
+        for (int e = 0; e < VEC; e += 2) {
+          const int4 t2 = *reinterpret_cast<const int4*>(table + kb + e);  // two entries
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int off = h ? t2.z : t2.x, dhw = h ? t2.w : t2.y;
+            const bool ok = (kb + e + h) < p.K &&
+                            static_cast<unsigned>(my_ih0 + (dhw >> 16)) < H &&
+                            static_cast<unsigned>(my_iw0 + (dhw & 0xffff)) < W;
+            v[e + h] = ldg_pred<sizeof(T)>(my_img + (my_pix + off), ok);
+          }
         }
         if constexpr (sizeof(T) == 4) {
           stage[j] = make_uint4(v[0], v[1], v[2], v[3]);
@@ -308,7 +336,9 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
   auto compute = [&](int buf) {
     const uint32_t a_base = smem_u32(sA + buf * BM * kRowStride) + a_lane;
     const uint32_t b_base = smem_u32(sB + buf * BN * kRowStride) + b_lane;
-#pragma unroll
+    // 3xTF32 keeps one k-step's split operands live at a time (unrolled, the compiler
+    // hoists all four and spills).
+#pragma unroll(MATH == Math::kF32x3 ? 1 : 4)
     for (int kk = 0; kk < kSliceBytes / 32; ++kk) {
       uint32_t b[NT][2];
 #pragma unroll

@@ -10,9 +10,15 @@ namespace fx_fuse {
 
 template <Math MATH, bool AVEC, int BM, int BN, int WM, int WN, int MINB>
 void launch_tile(const ConvParams& p, cudaStream_t stream) {
-  constexpr int smem = conv_smem_bytes<BM, BN>();
+  constexpr int base = conv_smem_bytes<BM, BN>();
+  constexpr int max_smem = base + kSmemTableEntries * 8;
+  const int smem = base + (p.K_pad <= kSmemTableEntries ? p.K_pad * 8 : 0);
+  TORCH_CHECK(BN != 128 || p.K_pad <= kSmemTableEntries,
+              "fx_fuse::conv2d_relu_add: internal error: 128x128 tiles need K <= ",
+              kSmemTableEntries);
   auto kernel = conv_relu_add_kernel<MATH, AVEC, BM, BN, WM, WN, MINB>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  C10_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem));
   const int64_t m_tiles = (p.M + BM - 1) / BM;
   const int64_t n_tiles = (p.Cout + BN - 1) / BN;
   kernel<<<static_cast<unsigned>(m_tiles * n_tiles), WM * WN * 32, smem, stream>>>(p);

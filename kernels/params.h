@@ -17,6 +17,10 @@ constexpr int kRowStride = 144;
 // 128x64 (4 x 2, warp tile 32x32) when Cout <= 64 so that half the MMAs are not padding.
 enum TileConfig : int { kTile128x128 = 0, kTile128x64 = 1 };
 
+// The K-table sits in shared memory when it has at most this many entries (32 KB); the
+// 128x128 kernels require it there (the launcher picks 128x64 tiles for longer K).
+constexpr int kSmemTableEntries = 4096;
+
 enum class Math : int { kTF32 = 0, kF32x3 = 1, kF16 = 2, kBF16 = 3 };
 
 enum OtherKind : int { kOtherScalar = 0, kOtherF32 = 1, kOtherF16 = 2, kOtherBF16 = 3, kOtherF64 = 4 };
