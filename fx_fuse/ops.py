@@ -8,6 +8,7 @@ where ``other`` broadcasts to the conv output without changing its shape or dtyp
 
 from __future__ import annotations
 
+import contextlib
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -188,10 +189,19 @@ def _describe(x) -> str:
     return f"{type(x).__name__}"
 
 
+def autocast_disabled(device: torch.device):
+    """The op computes in its inputs' dtype whatever autocast says: the rewrite has already
+    chosen that dtype, so the ATen convs it calls must not be autocast again."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def reference(input, weight, bias, other, stride, padding, dilation, groups) -> Tensor:
     """relu(conv2d(...)) + other from ATen ops, written straight into an output of the
     op's memory format. Runs on every device."""
-    conv = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    with autocast_disabled(input.device):
+        conv = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
     out = torch.empty(
         conv.shape,
         dtype=conv.dtype,
@@ -273,7 +283,7 @@ def _backward(ctx, grad):
         unbatched = input.dim() == 3
         batched_input = input.unsqueeze(0) if unbatched else input
         batched_grad = grad.unsqueeze(0) if unbatched else grad
-        with torch.no_grad():
+        with torch.no_grad(), autocast_disabled(input.device):
             conv = F.conv2d(batched_input, weight, bias, stride, padding, dilation, groups)
         grad_conv = torch.ops.aten.threshold_backward(batched_grad, conv, 0)
         grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(

@@ -235,6 +235,55 @@ def _match_relu_equivalent(node: fx.Node) -> Optional[Relu]:
 
 
 # ---------------------------------------------------------------------------------------
+# Dtype conversions (autocast and explicit casts between the conv, the relu and the add)
+
+
+@dataclass
+class Cast:
+    node: fx.Node
+    spelling: str
+    input: Argument
+    dtype: torch.dtype
+
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_CAST_METHODS = {"float": torch.float32, "half": torch.float16, "bfloat16": torch.bfloat16,
+                 "double": torch.float64}
+_CAST_OVERLOADS = (aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout,
+                   torch.ops.prims.convert_element_type.default)
+
+
+def match_cast(gm: fx.GraphModule, node: fx.Node) -> Optional[Cast]:
+    """A conversion to a floating dtype that changes nothing else (no device, no copy to
+    another layout): ``.float()``, ``.half()``, ``.to(dtype)``, ``.type(dtype)``,
+    ``aten._to_copy(dtype=...)``, ``prims.convert_element_type``."""
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    rest = list(node.args[1:])
+    kwargs = dict(node.kwargs)
+    if node.op == "call_method" and node.target in _CAST_METHODS:
+        dtype = _CAST_METHODS[node.target]
+        kwargs.pop("memory_format", None)
+    elif (node.op == "call_method" and node.target in ("to", "type")) or (
+        node.op == "call_function" and node.target in _CAST_OVERLOADS
+    ):
+        dtype = kwargs.pop("dtype", None)
+        if dtype is None and rest and isinstance(rest[0], torch.dtype):
+            dtype = rest.pop(0)
+        for key in ("non_blocking", "copy", "memory_format", "layout"):
+            kwargs.pop(key, None)
+        if kwargs.pop("device", None) is not None:
+            return None
+        rest = [a for a in rest if a is not False]  # non_blocking / copy passed by position
+    else:
+        return None
+    if dtype not in _FLOAT_DTYPES or rest or kwargs:
+        return None
+    spelling = f"Tensor.{node.target}" if node.op == "call_method" else _spelling(node.target)
+    return Cast(node, spelling, node.args[0], dtype)
+
+
+# ---------------------------------------------------------------------------------------
 # Addition
 
 

@@ -23,6 +23,7 @@ from .patterns import (
     Relu,
     alias_root,
     match_add,
+    match_cast,
     match_conv,
     match_relu,
     mutated_argument,
@@ -61,7 +62,16 @@ class _Candidate:
     add: Add
     other: Any
     order: Dict[fx.Node, int]
-    relu_values: List[fx.Node]  # nodes that hold the relu output (conv too if in place)
+    chain: List[fx.Node]  # conv, relu and any dtype conversions around the relu
+    operand: fx.Node  # the chain node the add reads
+    relu_values: List[fx.Node]  # nodes that hold what the add reads (aliases in place)
+
+    @property
+    def converts(self) -> bool:
+        """The chain converts dtypes: explicit casts, or an autocast conv."""
+        conv, inp = _value(self.gm, self.conv.node), _value(self.gm, self.conv.input)
+        autocast = _is_tensor_like(conv) and _is_tensor_like(inp) and conv.dtype != inp.dtype
+        return autocast or len(self.chain) > 2
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,10 +245,10 @@ def intermediate_has_other_users(c: _Candidate) -> bool:
     return bool(_readers_of_intermediate(c))
 
 
-def conv_changes_dtype(c: _Candidate) -> bool:
-    """The conv's output dtype differs from its input's (autocast region)."""
-    conv, inp = _value(c.gm, c.conv.node), _value(c.gm, c.conv.input)
-    return _is_tensor_like(conv) and _is_tensor_like(inp) and conv.dtype != inp.dtype
+def conversion_dtype_is_unknown(c: _Candidate) -> bool:
+    """The chain converts dtypes (autocast or casts around the relu) but the graph records
+    no dtypes to say which one the result has; give fuse() example inputs."""
+    return c.converts and _result_dtype(c) is None
 
 
 def input_is_not_floating_point(c: _Candidate) -> bool:
@@ -262,6 +272,8 @@ def other_changes_dtype(c: _Candidate) -> bool:
     out, res, other = _relu_value(c), _value(c.gm, c.add.node), _value(c.gm, c.other)
     if isinstance(other, complex):
         return True
+    if c.converts:  # the op computes in the add's result dtype; it must be floating
+        return res.dtype not in ops._FLOAT_DTYPES
     if _is_tensor_like(out) and _is_tensor_like(res):
         return out.dtype != res.dtype
     if _is_tensor_like(out) and _is_tensor_like(other):
@@ -284,7 +296,7 @@ def conv_input_mutated_before_add(c: _Candidate) -> bool:
     roots = {_root_key(alias_root(a)) for a in _conv_operands(c)}
     start, end = c.order[c.conv.node], c.order[c.add.node]
     for node in c.gm.graph.nodes:
-        if not start < c.order[node] < end or node is c.relu.node:
+        if not start < c.order[node] < end or node in c.chain:
             continue
         written = mutated_argument(c.gm, node)
         if written is not None and _root_key(alias_root(written)) in roots:
@@ -300,7 +312,7 @@ GUARDS: Sequence[Callable[[_Candidate], bool]] = (
     conv_arguments_are_not_constants,
     same_padding_is_asymmetric,
     input_is_not_floating_point,
-    conv_changes_dtype,
+    conversion_dtype_is_unknown,
     add_alpha_is_not_one,
     add_writes_to_out,
     add_writes_into_other,
@@ -321,8 +333,23 @@ def _broadcasts_to(shape, target) -> bool:
 
 
 def _relu_value(c: _Candidate):
-    value = _value(c.gm, c.relu.node)
-    return value if _is_tensor_like(value) else _value(c.gm, c.conv.node)
+    """What the add reads from the chain."""
+    for node in (c.operand, c.relu.node, c.conv.node):
+        value = _value(c.gm, node)
+        if _is_tensor_like(value):
+            return value
+    return None
+
+
+def _result_dtype(c: _Candidate) -> Optional[torch.dtype]:
+    """The dtype the op computes and returns: the add's result dtype, where recorded."""
+    res = _value(c.gm, c.add.node)
+    if _is_tensor_like(res):
+        return res.dtype
+    if not c.converts:
+        inp = _value(c.gm, c.conv.input)
+        return inp.dtype if _is_tensor_like(inp) else None
+    return None
 
 
 def _add_updates_relu_output(c: _Candidate) -> bool:
@@ -330,12 +357,26 @@ def _add_updates_relu_output(c: _Candidate) -> bool:
 
 
 def _extra_readers(c: _Candidate) -> List[fx.Node]:
-    """Readers of the conv or relu output other than the pattern's own relu and add."""
-    ours = {c.relu.node, c.add.node}
-    readers = []
-    for node in c.relu_values + ([] if c.conv.node in c.relu_values else [c.conv.node]):
-        readers.extend(user for user in node.users if user not in ours)
-    return readers
+    """Readers of the chain's intermediates other than the chain itself, the add and
+    export's metadata assertions (which only check a dtype or a device)."""
+    ours = set(c.chain) | {c.add.node}
+    return [
+        user
+        for node in c.chain
+        for user in node.users
+        if user not in ours and not _is_metadata_assertion(user)
+    ]
+
+
+def _is_metadata_assertion(node: fx.Node) -> bool:
+    return node.target in _METADATA_ASSERTIONS
+
+
+_METADATA_ASSERTIONS = tuple(
+    getattr(torch.ops.aten, name).default
+    for name in ("_assert_tensor_metadata",)
+    if hasattr(torch.ops.aten, name)
+)
 
 
 def _readers_of_intermediate(c: _Candidate) -> List[fx.Node]:
@@ -365,23 +406,48 @@ def _root_key(root):
 # Finding candidates
 
 
-def _relu_of_conv(gm: fx.GraphModule, arg, add_node: fx.Node):
-    """(relu, conv) when ``arg`` holds relu(conv(...)), else None."""
-    if not isinstance(arg, fx.Node):
-        return None
-    relu = match_relu(gm, arg)
-    if relu is not None and isinstance(relu.input, fx.Node):
-        conv = match_conv(gm, relu.input)
-        return (relu, conv) if conv is not None else None
-    # ``c = conv(x); c.relu_(); c + other``: the add reads the conv node itself.
-    conv = match_conv(gm, arg)
-    if conv is None:
-        return None
-    for user in arg.users:
+def _inplace_relu_reading(gm: fx.GraphModule, node: fx.Node, add_node: fx.Node):
+    """``c = conv(x); c.relu_(); c + other``: the add reads the node relu_ wrote to."""
+    for user in node.users:
         relu = match_relu(gm, user)
-        if relu is not None and relu.inplace and relu.input is arg and user is not add_node:
-            return relu, conv
+        if relu is not None and relu.inplace and relu.input is node and user is not add_node:
+            return relu
     return None
+
+
+def _walk_casts(gm: fx.GraphModule, node, stop):
+    """Follow dtype conversions back from ``node`` to the first node where ``stop`` gives
+    a record; return (record, the conversions in graph order) or None."""
+    casts = []
+    while isinstance(node, fx.Node):
+        found = stop(node)
+        if found is not None:
+            return found, casts
+        cast = match_cast(gm, node)
+        if cast is None:
+            return None
+        casts.insert(0, node)
+        node = cast.input
+    return None
+
+
+def _chain_of(gm: fx.GraphModule, operand, add_node: fx.Node):
+    """(conv, relu, chain) when ``operand`` holds relu(conv(...)), allowing dtype
+    conversions between the conv and the relu and between the relu and the add."""
+    found = _walk_casts(
+        gm,
+        operand,
+        lambda n: match_relu(gm, n) or _inplace_relu_reading(gm, n, add_node),
+    )
+    if found is None:
+        return None
+    relu, after = found
+    found = _walk_casts(gm, relu.input, lambda n: match_conv(gm, n))
+    if found is None:
+        return None
+    conv, before = found
+    chain = [conv.node, *before, relu.node, *after]
+    return conv, relu, list(dict.fromkeys(chain))
 
 
 def _candidates(gm: fx.GraphModule) -> Dict[fx.Node, List[_Candidate]]:
@@ -394,15 +460,18 @@ def _candidates(gm: fx.GraphModule) -> Dict[fx.Node, List[_Candidate]]:
         if add is None:
             continue
         for mine, other in ((add.lhs, add.rhs), (add.rhs, add.lhs)):
-            pair = _relu_of_conv(gm, mine, node)
-            if pair is None:
+            match = _chain_of(gm, mine, node)
+            if match is None:
                 continue
-            relu, conv = pair
+            conv, relu, chain = match
             if relu.inplace and order[relu.node] > order[node]:
                 continue
-            values = [relu.node] + ([conv.node] if relu.inplace else [])
+            if mine is relu.node or mine is relu.input:
+                values = [relu.node] + ([relu.input] if relu.inplace else [])
+            else:
+                values = [mine]
             found.setdefault(node, []).append(
-                _Candidate(gm, conv, relu, add, other, order, values)
+                _Candidate(gm, conv, relu, add, other, order, chain, mine, values)
             )
     return found
 
@@ -452,7 +521,7 @@ def _user_source_line(stack_trace: str) -> str:
 
 def _site(c: _Candidate, reason: str, detail: str) -> Site:
     inp, weight = _value(c.gm, c.conv.input), _weight_value(c)
-    dtype = inp.dtype if _is_tensor_like(inp) else None
+    dtype = _result_dtype(c) or (inp.dtype if _is_tensor_like(inp) else None)
     return Site(
         location=_location(c),
         conv=c.conv.spelling,
@@ -508,13 +577,24 @@ def _other_node(c: _Candidate) -> fx.Node:
     return graph.call_function(make, (number,), {"dtype": torch.float64, "device": device})
 
 
+def _converted(c: _Candidate, node: Optional[fx.Node]) -> Optional[fx.Node]:
+    """``node`` cast to the op's dtype where the chain converts dtypes (autocast or casts
+    around the relu): the op computes in the add's result dtype."""
+    dtype, value = _result_dtype(c), _value(c.gm, node)
+    if node is None or not c.converts or not _is_tensor_like(value) or value.dtype == dtype:
+        return node
+    if isinstance(c.conv.node.target, torch._ops.OpOverload):  # an ATen graph
+        return c.gm.graph.call_function(torch.ops.aten._to_copy.default, (node,), {"dtype": dtype})
+    return c.gm.graph.call_method("to", (node, dtype))
+
+
 def _replace(c: _Candidate) -> fx.Node:
     graph = c.gm.graph
     with graph.inserting_before(c.add.node):
         args = (
-            _operand_node(c, c.conv.input),
-            _operand_node(c, c.conv.weight),
-            _operand_node(c, c.conv.bias),
+            _converted(c, _operand_node(c, c.conv.input)),
+            _converted(c, _operand_node(c, c.conv.weight)),
+            _converted(c, _operand_node(c, c.conv.bias)),
             _other_node(c),
             _pair(c.conv.stride),
             _padding(c),
@@ -530,15 +610,26 @@ def _replace(c: _Candidate) -> fx.Node:
     c.add.node.replace_all_uses_with(fused)
     # Erase exactly the nodes this rewrite made dead. A graph-wide eliminate_dead_code()
     # would also drop the user's own unused in-place calls such as ``x.add_(1)``.
-    for node in (c.add.node, c.relu.node, c.conv.node):
+    for node in [c.add.node, *reversed(c.chain)]:
+        for user in [u for u in node.users if _is_metadata_assertion(u)]:
+            graph.erase_node(user)
         if not node.users:
             graph.erase_node(node)
     return fused
 
 
 def rewrite(gm: fx.GraphModule) -> List[Site]:
-    """Fuse every safe conv2d -> relu -> add site of ``gm`` in place; return a Site for
-    every candidate, fused or refused, in graph order."""
+    """Fuse every safe conv2d -> relu -> add site of ``gm`` in place, and of the graphs
+    nested in it (the bodies of higher-order ops such as export's autocast regions);
+    return a Site for every candidate, fused or refused, in graph order."""
+    sites = _rewrite_graph(gm)
+    for child in gm.children():
+        if isinstance(child, fx.GraphModule):
+            sites.extend(rewrite(child))
+    return sites
+
+
+def _rewrite_graph(gm: fx.GraphModule) -> List[Site]:
     sites: Dict[fx.Node, Site] = {}
     while True:
         # Look again after each rewrite: it replaces nodes that later sites may read.
@@ -553,6 +644,8 @@ def rewrite(gm: fx.GraphModule) -> List[Site]:
             continue
         c = safe[0]
         note = "" if _shapes_known(c) else "shapes unknown: checked when it runs"
+        if c.converts:
+            note = f"computes in {str(_result_dtype(c)).replace('torch.', '')}, the add's dtype"
         site = _site(c, "", note)
         sites[_replace(c)] = site
     gm.graph.lint()

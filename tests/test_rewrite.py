@@ -364,11 +364,6 @@ def input_relu_inplace_positional(m, x, y):
     return m.add(r, m.other_of(x, y))
 
 
-def autocast_bf16(m, x, y):
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        return chain(m, x, y)
-
-
 def two_sites(m, x, y):
     """Two sites in one graph, the second in a nested block."""
     first = m.add(m.relu(m.conv(x)), m.other_of(x, y))
@@ -657,8 +652,6 @@ REFUSED_CASES: List[Case] = [
     # symbolic_trace cannot record item assignment.
     _refused("x[0]=0", "conv_input_mutated_before_add", body=input_setitem,
              fronts=("compile", "export")),
-    # Only Dynamo records autocast: the conv's output is bfloat16, its input float32.
-    _refused("autocast-bf16", "conv_changes_dtype", body=autocast_bf16, fronts=("compile",)),
 ]
 
 
