@@ -71,6 +71,7 @@ def fx_fuse_backend_registered() -> bool:
 
 
 def run_case(case: Case, mode: str, inductor: bool, backend: bool):
+    torch._dynamo.reset()  # every case compiles fresh (one model class, many instances)
     torch.backends.cudnn.allow_tf32 = case.tf32
     torch.backends.cuda.matmul.allow_tf32 = case.tf32
     n, cin, h, w = case.x_shape
@@ -115,6 +116,9 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("--no-inductor", action="store_true")
     parser.add_argument("--direct", action="store_true", help="call the op, not the backend")
     args = parser.parse_args(argv)
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = 64
     backend = fx_fuse_backend_registered() and not args.direct
     how = "torch.compile(backend='fx_fuse')" if backend else "the op called directly"
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, fx_fuse via {how}")

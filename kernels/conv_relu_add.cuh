@@ -59,7 +59,6 @@ __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n"); }
 
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
@@ -155,15 +154,42 @@ __device__ __forceinline__ uint4 ldg_pred_v4(const void* ptr, bool pred) {
   return v;
 }
 
+// Pipeline depth of the shared-memory ring (A and B slices).
+constexpr int kStages = 3;
+
+// Tile rows are 128 bytes (one K slice); 16-byte chunk c of row r sits at chunk
+// c ^ (r & 7), so that ldmatrix (8 rows x 16 B) and 16-byte stores of 8 consecutive rows
+// hit 8 distinct bank groups without padding.
+__device__ __forceinline__ int swizzle(int row, int chunk) {
+  return row * kSliceBytes + ((chunk ^ (row & 7)) << 4);
+}
+
 // Shared memory of one CTA, in bytes, without the K-table (K_pad * 8 more when it fits).
 template <int BM, int BN>
 constexpr int conv_smem_bytes() {
-  return 2 * (BM + BN) * kRowStride + BM * static_cast<int>(sizeof(RowInfo));
+  return kStages * (BM + BN) * kSliceBytes + BM * static_cast<int>(sizeof(RowInfo));
+}
+
+__device__ __forceinline__ void cp_async_16_zfill(uint32_t dst, const void* src, bool pred) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(pred ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_4_zfill(uint32_t dst, const void* src, bool pred) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
+               "r"(pred ? 4 : 0));
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 // MATH: the tensor-core arithmetic; AVEC: the A gather reads 16-byte vectors of channels
 // (channels-last input, C % VEC == 0, aligned), otherwise one element at a time.
 // BM x BN: the CTA tile; WM x WN: its warps.
+//
+// Pipeline: a ring of kStages slices filled by cp.async (A gathered with zero-fill, B from
+// the prepared weights), kStages - 1 slices in flight while one is multiplied; fp32 A is
+// rounded to TF32 in place by the thread that gathered it, before the slice's barrier.
+// 16-bit element-wise gathers (no 2-byte cp.async) go through registers one slice ahead.
 template <Math MATH, bool AVEC, int BM, int BN, int WM, int WN, int MINB>
 __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const ConvParams p) {
   using T = typename MathTraits<MATH>::T;
@@ -175,14 +201,15 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
   constexpr int MT = WTM / 16, NT = WTN / 8;
   constexpr int NA = BM * CHUNKS / THREADS;  // A chunks per thread per slice
   constexpr int NB = BN * CHUNKS / THREADS;  // B chunks per thread per slice
+  constexpr bool kRegA = !AVEC && sizeof(T) == 2;  // A through registers
   static_assert(THREADS % BM == 0 || AVEC, "scalar gather: one pixel per thread");
   static_assert(NA * THREADS == BM * CHUNKS && NB * THREADS == BN * CHUNKS, "tile/threads");
   static_assert(NT % 2 == 0 && WTM % 16 == 0, "warp tile");
 
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem[];
   unsigned char* sA = smem;
-  unsigned char* sB = smem + 2 * BM * kRowStride;
-  RowInfo* rows = reinterpret_cast<RowInfo*>(sB + 2 * BN * kRowStride);
+  unsigned char* sB = smem + kStages * BM * kSliceBytes;
+  RowInfo* rows = reinterpret_cast<RowInfo*>(sB + kStages * BN * kSliceBytes);
   int2* s_table = reinterpret_cast<int2*>(rows + BM);
 
   const int tid = threadIdx.x;
@@ -215,8 +242,8 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
     rows[r] = ri;
   }
   // The K-table: in shared memory when small (LDS instead of a dependent global load in
-  // front of every gather), else read from global memory.
-  // A generic pointer to the table costs the 128x128 kernels the registers they lack.
+  // front of every gather), else read from global memory. A generic pointer to the table
+  // costs the 128x128 kernels registers they lack: they require the shared copy.
   constexpr bool kSmemTableOnly = BN == 128;
   const bool table_in_smem = kSmemTableOnly || p.K_pad <= kSmemTableEntries;
   if (table_in_smem) {
@@ -229,13 +256,20 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
   const T* __restrict__ wp = static_cast<const T*>(p.wprep);
   const unsigned H = static_cast<unsigned>(p.H), W = static_cast<unsigned>(p.W);
 
-  // Scalar gather: thread -> one pixel (row), chunks kv0, kv0 + KVSTEP, ...
+  // Which A chunks this thread gathers: AVEC: rows tid / 8 + j * THREADS / 8, chunk tid % 8
+  // (8 lanes read one pixel's 128 contiguous bytes); element-wise: one pixel (row
+  // tid % BM, so a warp reads 32 neighbouring pixels), chunks kv0 + j * KVSTEP.
   constexpr int KVSTEP = AVEC ? 1 : THREADS / BM;
   const int my_row = AVEC ? 0 : tid % BM;
   const int kv0 = AVEC ? tid % CHUNKS : tid / BM;
-  uint4 stage[NA];
+  auto a_row = [&](int j) { return AVEC ? tid / CHUNKS + j * (THREADS / CHUNKS) : my_row; };
+  auto a_chunk = [&](int j) { return AVEC ? kv0 : kv0 + j * KVSTEP; };
 
-  auto load_a = [&](int k0) {
+  uint4 stage[kRegA ? NA : 1];
+
+  // Issue the gather of A's slice at k0 (into ring buffer buf, or registers for kRegA).
+  auto issue_a = [&](int k0, int buf) {
+    const uint32_t base = smem_u32(sA + buf * BM * kSliceBytes);
     if constexpr (AVEC) {
       const int k = k0 + kv0 * VEC;
       const int2 t = table[k];
@@ -243,10 +277,11 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
       const bool kok = k < p.K;
 #pragma unroll
       for (int j = 0; j < NA; ++j) {
-        const RowInfo& ri = rows[tid / CHUNKS + j * (THREADS / CHUNKS)];
+        const RowInfo& ri = rows[a_row(j)];
         const bool ok = kok && static_cast<unsigned>(ri.ih0 + dh) < H &&
                         static_cast<unsigned>(ri.iw0 + dw) < W;
-        stage[j] = ldg_pred_v4(x + ri.x_img + (ri.x_pix + t.x), ok);
+        const T* src = ok ? x + ri.x_img + (ri.x_pix + t.x) : x;
+        cp_async_16_zfill(base + swizzle(a_row(j), kv0), src, ok);
       }
     } else {
       // The pixel's data is re-read from shared memory on every slice rather than kept in
@@ -256,7 +291,7 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
       const T* my_img = x + rows[my_row].x_img;
 #pragma unroll
       for (int j = 0; j < NA; ++j) {
-        const int kb = k0 + (kv0 + j * KVSTEP) * VEC;
+        const int kb = k0 + a_chunk(j) * VEC;
         uint32_t v[VEC];
 #pragma unroll
         for (int e = 0; e < VEC; e += 2) {
@@ -267,54 +302,53 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
             const bool ok = (kb + e + h) < p.K &&
                             static_cast<unsigned>(my_ih0 + (dhw >> 16)) < H &&
                             static_cast<unsigned>(my_iw0 + (dhw & 0xffff)) < W;
-            v[e + h] = ldg_pred<sizeof(T)>(my_img + (my_pix + off), ok);
+            if constexpr (kRegA) {
+              v[e + h] = ldg_pred<sizeof(T)>(my_img + (my_pix + off), ok);
+            } else {
+              const T* src = ok ? my_img + (my_pix + off) : x;
+              cp_async_4_zfill(base + swizzle(my_row, a_chunk(j)) + (e + h) * 4, src, ok);
+            }
           }
         }
-        if constexpr (sizeof(T) == 4) {
-          stage[j] = make_uint4(v[0], v[1], v[2], v[3]);
-        } else {
+        if constexpr (kRegA) {
           stage[j] = make_uint4(v[0] | (v[1] << 16), v[2] | (v[3] << 16), v[4] | (v[5] << 16),
                                 v[6] | (v[7] << 16));
         }
       }
     }
-    if constexpr (MATH == Math::kTF32) {
+  };
+
+  // After the slice's cp.async group landed: round this thread's own fp32 A chunks to TF32
+  // in place (kTF32), or store the register-staged chunks (kRegA).
+  auto finish_a = [&](int buf) {
+    unsigned char* base = sA + buf * BM * kSliceBytes;
+    if constexpr (kRegA) {
+#pragma unroll
+      for (int j = 0; j < NA; ++j)
+        *reinterpret_cast<uint4*>(base + swizzle(a_row(j), a_chunk(j))) = stage[j];
+    } else if constexpr (MATH == Math::kTF32) {
 #pragma unroll
       for (int j = 0; j < NA; ++j) {
-        stage[j].x = f32_to_tf32(__uint_as_float(stage[j].x));
-        stage[j].y = f32_to_tf32(__uint_as_float(stage[j].y));
-        stage[j].z = f32_to_tf32(__uint_as_float(stage[j].z));
-        stage[j].w = f32_to_tf32(__uint_as_float(stage[j].w));
+        uint4* q = reinterpret_cast<uint4*>(base + swizzle(a_row(j), a_chunk(j)));
+        uint4 v = *q;
+        v.x = f32_to_tf32(__uint_as_float(v.x));
+        v.y = f32_to_tf32(__uint_as_float(v.y));
+        v.z = f32_to_tf32(__uint_as_float(v.z));
+        v.w = f32_to_tf32(__uint_as_float(v.w));
+        *q = v;
       }
     }
   };
 
-  auto store_a = [&](int buf) {
-    unsigned char* base = sA + buf * BM * kRowStride;
-#pragma unroll
-    for (int j = 0; j < NA; ++j) {
-      int row, kv;
-      if constexpr (AVEC) {
-        row = tid / CHUNKS + j * (THREADS / CHUNKS);
-        kv = kv0;
-      } else {
-        row = my_row;
-        kv = kv0 + j * KVSTEP;
-      }
-      *reinterpret_cast<uint4*>(base + row * kRowStride + kv * 16) = stage[j];
-    }
-  };
-
-  auto load_b = [&](int k0, int buf) {
-    const uint32_t base = smem_u32(sB + buf * BN * kRowStride);
+  auto issue_b = [&](int k0, int buf) {
+    const uint32_t base = smem_u32(sB + buf * BN * kSliceBytes);
 #pragma unroll
     for (int j = 0; j < NB; ++j) {
       const int c = tid + j * THREADS;
       const int row = c / CHUNKS, kc = c % CHUNKS;
-      cp_async_16(base + row * kRowStride + kc * 16,
+      cp_async_16(base + swizzle(row, kc),
                   wp + static_cast<int64_t>(n0 + row) * p.K_pad + k0 + kc * VEC);
     }
-    cp_async_commit();
   };
 
   float acc[MT][NT][4];
@@ -325,26 +359,29 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
-  // ldmatrix lane addresses (bytes within a buffer). A: matrices (rows 0-7 | 8-15) x
-  // (k bytes 0-15 | 16-31) -> a0..a3; B: (k 0-15 | 16-31) x (n 0-7 | 8-15) -> b0,b1 of two
-  // n-tiles.
-  const int a_lane = (warp_m * WTM + (lane & 7) + ((lane >> 3) & 1) * 8) * kRowStride +
-                     (lane >> 4) * 16;
-  const int b_lane = (warp_n * WTN + (lane & 7) + (lane >> 4) * 8) * kRowStride +
-                     ((lane >> 3) & 1) * 16;
+  // ldmatrix lane addresses. A: matrices (rows 0-7 | 8-15) x (k bytes 0-15 | 16-31) ->
+  // a0..a3; B: (k 0-15 | 16-31) x (n 0-7 | 8-15) -> b0, b1 of two n-tiles. Every row
+  // address has row & 7 == lane & 7, which is the swizzle's key.
+  const int sw = lane & 7;
+  const int a_row0 = (warp_m * WTM + (lane & 7) + ((lane >> 3) & 1) * 8) * kSliceBytes;
+  const int a_hi = lane >> 4;
+  const int b_row0 = (warp_n * WTN + (lane & 7) + (lane >> 4) * 8) * kSliceBytes;
+  const int b_hi = (lane >> 3) & 1;
 
   auto compute = [&](int buf) {
-    const uint32_t a_base = smem_u32(sA + buf * BM * kRowStride) + a_lane;
-    const uint32_t b_base = smem_u32(sB + buf * BN * kRowStride) + b_lane;
+    const uint32_t a_base = smem_u32(sA + buf * BM * kSliceBytes) + a_row0;
+    const uint32_t b_base = smem_u32(sB + buf * BN * kSliceBytes) + b_row0;
     // 3xTF32 keeps one k-step's split operands live at a time (unrolled, the compiler
     // hoists all four and spills).
 #pragma unroll(MATH == Math::kF32x3 ? 1 : 4)
     for (int kk = 0; kk < kSliceBytes / 32; ++kk) {
+      const uint32_t a_col = ((2 * kk + a_hi) ^ sw) << 4;
+      const uint32_t b_col = ((2 * kk + b_hi) ^ sw) << 4;
       uint32_t b[NT][2];
 #pragma unroll
       for (int np = 0; np < NT / 2; ++np) {
         uint32_t r[4];
-        ldmatrix_x4(r, b_base + np * 16 * kRowStride + kk * 32);
+        ldmatrix_x4(r, b_base + np * 16 * kSliceBytes + b_col);
         b[2 * np][0] = r[0];
         b[2 * np][1] = r[1];
         b[2 * np + 1][0] = r[2];
@@ -361,7 +398,7 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         uint32_t a[4];
-        ldmatrix_x4(a, a_base + mt * 16 * kRowStride + kk * 32);
+        ldmatrix_x4(a, a_base + mt * 16 * kSliceBytes + a_col);
         if constexpr (MATH == Math::kF32x3) {
           uint32_t as[4], af[4];
 #pragma unroll
@@ -388,28 +425,35 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
     }
   };
 
-  // Main loop: register-staged A (gather + TF32 rounding), cp.async B, two buffers,
-  // one barrier per slice.
+  // Main loop. One cp.async group per slice (empty past the end, so that the wait count
+  // stays uniform); one barrier per slice.
   const int KT = p.K_pad / BK;
-  load_b(0, 0);
-  load_a(0);
-  store_a(0);
-  cp_async_wait_all();
-  __syncthreads();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < KT) {
+      issue_b(s * BK, s);
+      if constexpr (!kRegA) issue_a(s * BK, s);
+    }
+    cp_async_commit();
+  }
+  if constexpr (kRegA) issue_a(0, 0);
   for (int kt = 0; kt < KT; ++kt) {
-    const int cur = kt & 1;
-    const bool more = kt + 1 < KT;
-    if (more) {
-      load_b((kt + 1) * BK, cur ^ 1);
-      load_a((kt + 1) * BK);
+    const int cur = kt % kStages;
+    cp_async_wait<kStages - 2>();
+    finish_a(cur);
+    __syncthreads();
+    const int next = kt + kStages - 1;
+    if (next < KT) {
+      issue_b(next * BK, next % kStages);
+      if constexpr (!kRegA) issue_a(next * BK, next % kStages);
+    }
+    cp_async_commit();
+    if constexpr (kRegA) {
+      if (kt + 1 < KT) issue_a((kt + 1) * BK, 0);
     }
     compute(cur);
-    if (more) {
-      store_a(cur ^ 1);
-      cp_async_wait_all();
-    }
-    __syncthreads();
   }
+  cp_async_wait<0>();
 
   // Epilogue: + bias, relu (NaN stays NaN: only v < 0 becomes 0), + other, one store.
   const int g = lane >> 2, tq = lane & 3;

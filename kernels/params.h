@@ -7,11 +7,8 @@
 
 namespace fx_fuse {
 
-// One K-slice of a tile row is 128 bytes (32 fp32 or 64 16-bit elements); rows are padded
-// to 144 bytes so that ldmatrix (8 rows x 16 B) and the 16-byte staging stores hit 8
-// distinct 16-byte bank groups (144 / 16 = 9, odd).
+// One K slice of a tile row is 128 bytes (32 fp32 or 64 16-bit elements).
 constexpr int kSliceBytes = 128;
-constexpr int kRowStride = 144;
 
 // Tile configurations. 128x128 with 8 warps (2 x 4, warp tile 64x32) for Cout > 64;
 // 128x64 (4 x 2, warp tile 32x32) when Cout <= 64 so that half the MMAs are not padding.
