@@ -232,7 +232,7 @@ def add_writes_into_other(c: _Candidate) -> bool:
 
 def other_is_the_relu_output(c: _Candidate) -> bool:
     """relu(conv(x)) + relu(conv(x)) of the same node reads the intermediate twice."""
-    return c.other in c.relu_values
+    return c.other in c.chain
 
 
 def intermediate_is_graph_output(c: _Candidate) -> bool:
