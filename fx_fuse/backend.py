@@ -65,7 +65,10 @@ def fx_fuse_backend(
             f"inner='inductor', got inner={inner!r}"
         )
     sites = rewrite(gm)
+    # Count after the inner compiler succeeds: when it asks Dynamo to restart the
+    # compile (AOTAutograd's TensorifyScalarRestartAnalysis), this graph comes back.
+    compiled = _COMPILERS[inner](gm, example_inputs, mode, config)
     fused = sum(site.fused for site in sites)
     counters["fx_fuse"]["fused"] += fused
     counters["fx_fuse"]["refused"] += len(sites) - fused
-    return _COMPILERS[inner](gm, example_inputs, mode, config)
+    return compiled

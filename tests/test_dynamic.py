@@ -124,12 +124,6 @@ def test_automatic_dynamic_recompiles_as_often_as_the_eager_backend():
     assert counts["fx_fuse"] == counts["eager"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backend.py counts sites before the inner compiler runs; when AOTAutograd "
-    "raises TensorifyScalarRestartAnalysis (a BatchNorm float under dynamic=True), "
-    "Dynamo restarts and calls the backend again, so every site is counted twice",
-)
 def test_fused_count_is_not_doubled_when_dynamo_restarts_the_compile():
     class BNThenSite(nn.Module):
         def __init__(self):
