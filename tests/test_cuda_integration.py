@@ -1,0 +1,87 @@
+"""The backend on a GPU: CUDA graphs, autocast, training and dynamic shapes end to end.
+Skipped without CUDA; run on the device."""
+
+import pytest
+import torch
+import torch.nn as nn
+from torch._dynamo.utils import counters
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+
+
+class Block(nn.Module):
+    def __init__(self, c=16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        self.bias = nn.Parameter(torch.randn(c, 1, 1))
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x)) + self.bias
+        return torch.relu(self.conv2(y)) + x
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+
+
+def test_reduce_overhead_mode_uses_cuda_graphs():
+    model = Block().cuda().eval()
+    compiled = torch.compile(model, backend="fx_fuse", mode="reduce-overhead")
+    with torch.no_grad():
+        for _ in range(4):
+            x = torch.randn(2, 16, 24, 24, device="cuda")
+            torch.testing.assert_close(compiled(x), model(x), atol=5e-3, rtol=5e-3)
+    assert counters["fx_fuse"]["fused"] == 2
+    assert counters["inductor"]["cudagraph_skips"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_regions_fuse_and_match_eager(dtype):
+    model = Block().cuda().eval()
+
+    def run(m, x):
+        with torch.autocast("cuda", dtype=dtype):
+            return m(x)
+
+    x = torch.randn(2, 16, 24, 24, device="cuda")
+    with torch.no_grad():
+        expected = run(model, x)
+        got = run(torch.compile(model, backend="fx_fuse"), x)
+    assert got.dtype == expected.dtype
+    torch.testing.assert_close(got.float(), expected.float(), atol=5e-2, rtol=5e-2)
+    assert counters["fx_fuse"]["fused"] == 2
+
+
+def test_training_step_matches_eager():
+    torch.manual_seed(0)
+    model = Block().cuda()
+    compiled = torch.compile(model, backend="fx_fuse")
+    x = torch.randn(4, 16, 20, 20, device="cuda")
+    compiled(x).square().mean().backward()
+    fused_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).square().mean().backward()
+    for got, p in zip(fused_grads, model.parameters()):
+        torch.testing.assert_close(got, p.grad, atol=5e-3, rtol=5e-3)
+    assert counters["fx_fuse"]["fused"] == 2
+
+
+def test_dynamic_shapes_do_not_recompile():
+    model = Block().cuda().eval()
+    frames = []
+
+    def count(gm, example_inputs):
+        frames.append(gm)
+        from fx_fuse.backend import fx_fuse_backend
+
+        return fx_fuse_backend(gm, example_inputs, options={"inner": "aot_eager"})
+
+    compiled = torch.compile(model, backend=count, dynamic=True)
+    with torch.no_grad():
+        for n, h in [(2, 16), (3, 20), (5, 33)]:
+            x = torch.randn(n, 16, h, h + 3, device="cuda")
+            torch.testing.assert_close(compiled(x), model(x), atol=5e-3, rtol=5e-3)
+    assert len(frames) == 1
