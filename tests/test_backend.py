@@ -34,14 +34,6 @@ class TwoSites(nn.Module):
         return r + 1.0, r
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
-
-
 @pytest.mark.parametrize("inner", ["eager", "aot_eager", "inductor"])
 def test_each_inner_compiler_fuses_and_matches_eager(inner):
     model, x = TwoSites().eval(), torch.randn(2, 3, 16, 16)

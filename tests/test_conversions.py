@@ -58,12 +58,6 @@ def ops_in(gm):
                for n in g.graph.nodes)
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-
-
 def inputs():
     torch.manual_seed(0)
     return torch.randn(2, 8, 10, 10), torch.randn(2, 16, 10, 10)

@@ -21,12 +21,6 @@ class Block(nn.Module):
         return torch.relu(self.conv2(y)) + x
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-
-
 def test_reduce_overhead_mode_uses_cuda_graphs():
     model = Block().cuda().eval()
     compiled = torch.compile(model, backend="fx_fuse", mode="reduce-overhead")

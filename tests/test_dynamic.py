@@ -15,14 +15,6 @@ OP = torch.ops.fx_fuse.conv2d_relu_add.default
 SHAPES = [(2, 16, 12), (3, 20, 28), (5, 9, 31), (4, 33, 17), (6, 8, 8)]
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
-
-
 class DownsampleNet(nn.Module):
     """Two sites: a stride-1 residual, and a stride-2 conv whose `other` is a strided 1x1
     conv (equal output sizes for odd and even images: ceil(H / 2)). Both fused."""

@@ -16,14 +16,6 @@ import fx_fuse
 OP = torch.ops.fx_fuse.conv2d_relu_add.default
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
-
-
 class Site(nn.Module):
     """One site, relu(conv(x)) + shift, with a per-channel parameter `shift`."""
 

@@ -5,22 +5,12 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 import torch
-from torch._dynamo.utils import counters
 
 import fx_fuse
 import models
 
 OP = torch.ops.fx_fuse.conv2d_relu_add.default
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
 
 
 def _run_fresh(script: str, *args) -> subprocess.CompletedProcess:

@@ -11,14 +11,6 @@ import models
 OP = torch.ops.fx_fuse.conv2d_relu_add.default
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
-
-
 def _make(name):
     cls, shape = models.MODELS[name]
     torch.manual_seed(0)

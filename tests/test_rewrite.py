@@ -41,15 +41,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even k
 N, C_IN, C_OUT, H, W = 2, 3, 6, 9, 11
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
-    counters.clear()
-
-
 # ---------------------------------------------------------------------------------------
 # Pieces of a model
 
