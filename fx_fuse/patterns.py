@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import fx
+from torch._ops import OpOverload, OpOverloadPacket
 
 aten = torch.ops.aten
 
@@ -39,6 +40,15 @@ def _owner(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
         return gm.get_submodule(node.target)
     except AttributeError:
         return None
+
+
+def _with_packets(table):
+    """``table`` (a dict or tuple keyed by ATen overloads) also keyed by their overload
+    packets: user code that calls ``torch.ops.aten.relu(x)`` records the packet."""
+    if isinstance(table, dict):
+        extra = {k.overloadpacket: v for k, v in table.items() if isinstance(k, OpOverload)}
+        return {**table, **extra}
+    return tuple(table) + tuple({k.overloadpacket for k in table if isinstance(k, OpOverload)})
 
 
 # ---------------------------------------------------------------------------------------
@@ -82,6 +92,7 @@ _CONV_FUNCTIONS = {
     aten.conv3d.default: 3,
     aten.conv3d.padding: 3,
 }
+_CONV_FUNCTIONS = _with_packets(_CONV_FUNCTIONS)
 _CONV_TRANSPOSE_FUNCTIONS = {
     torch.conv_transpose1d: 1,
     torch.conv_transpose2d: 2,  # also F.conv_transpose2d
@@ -90,13 +101,15 @@ _CONV_TRANSPOSE_FUNCTIONS = {
     aten.conv_transpose2d.input: 2,  # what torch.export records for ConvTranspose2d
     aten.conv_transpose3d.input: 3,
 }
+_CONV_TRANSPOSE_FUNCTIONS = _with_packets(_CONV_TRANSPOSE_FUNCTIONS)
 _CONVOLUTION_OVERLOADS = (aten.convolution.default, aten._convolution.default)
+_CONVOLUTION_OVERLOADS = _with_packets(_CONVOLUTION_OVERLOADS)
 _CONV_MODULES = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 _CONV_TRANSPOSE_MODULES = {nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2, nn.ConvTranspose3d: 3}
 
 
 def _spelling(target) -> str:
-    if isinstance(target, torch._ops.OpOverload):
+    if isinstance(target, (OpOverload, OpOverloadPacket)):
         return str(target)
     if isinstance(target, str):
         return target
@@ -167,6 +180,7 @@ class Relu:
 
 _RELU_FUNCTIONS = {torch.relu: False, torch.relu_: True, aten.relu.default: False,
                    aten.relu_.default: True}
+_RELU_FUNCTIONS = _with_packets(_RELU_FUNCTIONS)
 _RELU_METHODS = {"relu": False, "relu_": True}
 
 
@@ -196,14 +210,17 @@ def match_relu(gm: fx.GraphModule, node: fx.Node) -> Optional[Relu]:
 _CLAMP_FUNCTIONS = {torch.clamp: False, torch.clip: False, torch.clamp_: True,
                     torch.clip_: True, aten.clamp.default: False, aten.clamp_.default: True,
                     aten.clip.default: False, aten.clip_.default: True}
+_CLAMP_FUNCTIONS = _with_packets(_CLAMP_FUNCTIONS)
 _CLAMP_METHODS = {"clamp": False, "clip": False, "clamp_": True, "clip_": True}
 _CLAMP_MIN = {torch.clamp_min: False, torch.clamp_min_: True, aten.clamp_min.default: False,
               aten.clamp_min_.default: True}
+_CLAMP_MIN = _with_packets(_CLAMP_MIN)
 
 
 # F.threshold in symbolic_trace graphs, torch.threshold(_) in Dynamo graphs, ATen in export.
 _THRESHOLD_FUNCTIONS = {F.threshold: False, torch.threshold: False, torch.threshold_: True,
                         aten.threshold.default: False, aten.threshold_.default: True}
+_THRESHOLD_FUNCTIONS = _with_packets(_THRESHOLD_FUNCTIONS)
 
 
 def _match_relu_equivalent(node: fx.Node) -> Optional[Relu]:
@@ -251,6 +268,7 @@ _CAST_METHODS = {"float": torch.float32, "half": torch.float16, "bfloat16": torc
                  "double": torch.float64}
 _CAST_OVERLOADS = (aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout,
                    torch.ops.prims.convert_element_type.default)
+_CAST_OVERLOADS = _with_packets(_CAST_OVERLOADS)
 
 
 def match_cast(gm: fx.GraphModule, node: fx.Node) -> Optional[Cast]:
@@ -307,6 +325,7 @@ _ADD_FUNCTIONS = {
     aten.add_.Tensor: True,
     aten.add_.Scalar: True,
 }
+_ADD_FUNCTIONS = _with_packets(_ADD_FUNCTIONS)
 _ADD_METHODS = {"add": False, "__add__": False, "__radd__": False, "add_": True,
                 "__iadd__": True}
 
@@ -361,9 +380,9 @@ _VIEW_ATTRIBUTES = frozenset({"data", "T", "mT", "H", "mH", "real", "imag"})
 def _returns_alias(target) -> bool:
     """An ATen op whose output may share its input's storage (per its schema); for an
     overload packet (``torch.ops.aten.mT`` in Dynamo graphs), any of its overloads."""
-    if isinstance(target, torch._ops.OpOverloadPacket):
+    if isinstance(target, OpOverloadPacket):
         overloads = [getattr(target, name) for name in target.overloads()]
-    elif isinstance(target, torch._ops.OpOverload):
+    elif isinstance(target, OpOverload):
         overloads = [target]
     else:
         return False
@@ -384,7 +403,7 @@ def mutated_argument(gm: fx.GraphModule, node: fx.Node) -> Optional[Argument]:
     first = node.args[0] if node.args else None
     if node.op == "call_function":
         target = node.target
-        if isinstance(target, torch._ops.OpOverload):
+        if isinstance(target, OpOverload):
             for i, arg in enumerate(target._schema.arguments):
                 if arg.alias_info is not None and arg.alias_info.is_write:
                     return node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)

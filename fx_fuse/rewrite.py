@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
-from torch import fx
+from torch import fx, nn
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from . import ops
@@ -198,6 +198,18 @@ def conv_module_overrides_forward(c: _Candidate) -> bool:
     return c.conv.module is not None and overrides_forward(c.conv.module)
 
 
+def conv_module_has_hooks(c: _Candidate) -> bool:
+    """The Conv2d module runs forward hooks (spectral_norm, a user's hook) that the fused
+    op, which reads the module's weight directly, would skip."""
+    module = c.conv.module
+    return module is not None and bool(
+        module._forward_pre_hooks
+        or module._forward_hooks
+        or nn.modules.module._global_forward_pre_hooks
+        or nn.modules.module._global_forward_hooks
+    )
+
+
 def padding_mode_is_not_zeros(c: _Candidate) -> bool:
     """padding_mode other than 'zeros' (reflect, replicate, circular) is not fused."""
     return c.conv.padding_mode != "zeros"
@@ -308,6 +320,7 @@ GUARDS: Sequence[Callable[[_Candidate], bool]] = (
     conv_is_not_2d,
     conv_is_transposed,
     conv_module_overrides_forward,
+    conv_module_has_hooks,
     padding_mode_is_not_zeros,
     conv_arguments_are_not_constants,
     same_padding_is_asymmetric,
@@ -571,10 +584,14 @@ def _other_node(c: _Candidate) -> fx.Node:
         return graph.call_function(_other_as_tensor, (c.other,))
     inp = _value(c.gm, c.conv.input)
     device = inp.device if _is_tensor_like(inp) and hasattr(inp, "device") else None
-    aten_graph = isinstance(c.conv.node.target, torch._ops.OpOverload)
+    aten_graph = _is_aten(c.conv.node)
     make = torch.ops.aten.scalar_tensor.default if aten_graph else torch.scalar_tensor
     number = c.other if isinstance(c.other, fx.Node) else float(c.other)
     return graph.call_function(make, (number,), {"dtype": torch.float64, "device": device})
+
+
+def _is_aten(node: fx.Node) -> bool:
+    return isinstance(node.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket))
 
 
 def _converted(c: _Candidate, node: Optional[fx.Node]) -> Optional[fx.Node]:
@@ -583,7 +600,7 @@ def _converted(c: _Candidate, node: Optional[fx.Node]) -> Optional[fx.Node]:
     dtype, value = _result_dtype(c), _value(c.gm, node)
     if node is None or not c.converts or not _is_tensor_like(value) or value.dtype == dtype:
         return node
-    if isinstance(c.conv.node.target, torch._ops.OpOverload):  # an ATen graph
+    if _is_aten(c.conv.node):  # an ATen graph
         return c.gm.graph.call_function(torch.ops.aten._to_copy.default, (node,), {"dtype": dtype})
     return c.gm.graph.call_method("to", (node, dtype))
 

@@ -100,7 +100,9 @@ CONVS: Dict[str, Callable[[], nn.Module]] = {
         lambda x, w, b: torch.conv2d(input=x, weight=w, bias=b, stride=1, padding="same",
                                      dilation=2)
     ),
+    "aten.conv2d-packet": _fn(lambda x, w, b: torch.ops.aten.conv2d(x, w, b, [1, 1], [1, 1])),
     # Refused spellings.
+    "Conv2d-spectral_norm": lambda: nn.utils.spectral_norm(nn.Conv2d(C_IN, C_OUT, 3, padding=1)),
     "Conv2d-reflect": lambda: nn.Conv2d(C_IN, C_OUT, 3, padding=1, padding_mode="reflect"),
     "Conv2d-circular": lambda: nn.Conv2d(C_IN, C_OUT, 3, padding=1,
                                          padding_mode="circular"),
@@ -126,6 +128,7 @@ def _relu_method_inplace(t):
 
 RELUS: Dict[str, Callable[[], Callable]] = {
     "torch.relu": lambda: torch.relu,
+    "aten.relu-packet": lambda: torch.ops.aten.relu,
     "F.relu": lambda: F.relu,
     "nn.ReLU": lambda: nn.ReLU(),
     "nn.ReLU-inplace": lambda: nn.ReLU(inplace=True),
@@ -155,6 +158,7 @@ ADDS: Dict[str, Callable] = {
     "+": lambda a, b: a + b,
     "+-other-first": lambda a, b: b + a,
     "torch.add": lambda a, b: torch.add(a, b),
+    "aten.add-packet": lambda a, b: torch.ops.aten.add(a, b),
     "torch.add-other-first": lambda a, b: torch.add(b, a),
     "torch.add-kwargs": lambda a, b: torch.add(input=a, other=b),
     "torch.add-alpha=1": lambda a, b: torch.add(a, b, alpha=1),
@@ -494,7 +498,7 @@ FUSED_CONVS = [
     "Conv2d-groups", "Conv2d-1x1", "Conv2d-same", "Conv2d-same-5x3-dilated", "Conv2d-valid",
     "Conv2d-in-Sequential", "F.conv2d", "F.conv2d-positional", "F.conv2d-kwargs",
     "F.conv2d-bias=None", "F.conv2d-groups", "F.conv2d-same", "F.conv2d-valid",
-    "torch.conv2d", "torch.conv2d-kwargs",
+    "torch.conv2d", "torch.conv2d-kwargs", "aten.conv2d-packet",
     # The default tracer, Dynamo and export all trace through a user's Conv2d subclass:
     # what they see is the F.conv2d its forward calls (on a flipped weight), which fuses.
     "Conv2d-forward-override",
@@ -502,7 +506,7 @@ FUSED_CONVS = [
 FUSED_ADDS = [
     "+", "+-other-first", "torch.add", "torch.add-other-first", "torch.add-kwargs",
     "torch.add-alpha=1", "Tensor.add", "Tensor.add-other-first", "Tensor.add-alpha=1",
-    "Tensor.add_", "+=", "torch.Tensor.add-unbound", "Tensor.__add__",
+    "Tensor.add_", "+=", "torch.Tensor.add-unbound", "Tensor.__add__", "aten.add-packet",
 ]
 FUSED_OTHERS = {
     # other -> conv / relu / add nodes left
@@ -609,6 +613,10 @@ REFUSED_CASES: List[Case] = [
                  by_front={k: replace(v, conv=f"Conv2d-{mode}") for k, v in _padded.items()})
         for mode in ("reflect", "circular")
     ],
+    # The module's forward hook recomputes its weight: the module call must stay whole.
+    # Dynamo and export trace the hook, and the conv after it fuses.
+    _refused("spectral_norm", "conv_module_has_hooks", conv="Conv2d-spectral_norm",
+             by_front={k: replace(v, conv="Conv2d-spectral_norm") for k, v in _padded.items()}),
     *[_refused(c, "conv_is_not_2d", conv=c) for c in ("Conv1d", "F.conv1d", "Conv3d",
                                                         "F.conv3d")],
     *[_refused(c, "conv_is_transposed", conv=c) for c in ("ConvTranspose2d",
