@@ -7,7 +7,6 @@
 #include <torch/extension.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <limits>
 
 #include "api.h"
@@ -61,11 +60,8 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   const int bk = kSliceBytes / elem;
   const bool f32x3 = dtype == at::kFloat && !allow_tf32;
   const int64_t K_pad_max = (C * KH * KW + 63) / 64 * 64;
-  int tile =
+  const int tile =
       (Cout <= 64 || f32x3 || K_pad_max > kSmemTableEntries) ? kTile128x64 : kTile128x128;
-  const char* w4 = std::getenv("FX_FUSE_EXPERIMENT_W4");
-  if (tile == kTile128x128 && dtype == at::kFloat && w4 != nullptr && w4[0] == '1')
-    tile = kTile128x128w4;
   const int bn = tile == kTile128x64 ? 64 : 128;
   const int64_t K = C * KH * KW;
   const int64_t K_pad = (K + bk - 1) / bk * bk;

@@ -33,13 +33,6 @@ void launch_conv(const ConvParams& p, bool avec, int tile, cudaStream_t stream) 
   constexpr int kMinBlocksSmall = MATH == Math::kF32x3 ? 1 : 2;
   // 3xTF32 triples the MMAs and the fragment registers: 128x64 tiles only (128x128
   // needs 254 registers and spills).
-  if constexpr (MATH == Math::kTF32) {
-    if (tile == kTile128x128w4) {
-      if (avec) launch_tile<MATH, true, 128, 128, 2, 2, 2>(p, stream);
-      else launch_tile<MATH, false, 128, 128, 2, 2, 2>(p, stream);
-      return;
-    }
-  }
   if (MATH != Math::kF32x3 && tile == kTile128x128) {
     if constexpr (MATH != Math::kF32x3) {
       if (avec) launch_tile<MATH, true, 128, 128, 2, 4, kMinBlocks>(p, stream);
