@@ -45,6 +45,10 @@ CONFIGS = [
     (5, 40, 8, 8, 200, 3, 3, 1, 1, 1),
     (1, 24, 30, 30, 70, 3, 3, 3, 0, 1),
     (4, 128, 6, 6, 256, 3, 3, 1, 1, 1),
+    (1, 520, 5, 5, 130, 3, 3, 1, 1, 1),  # K > 4096: 128x64 tiles, K-table in global memory
+    (1, 3, 4, 4, 5, 3, 3, 1, 3, 1),  # padding wider than the kernel: all-padding windows
+    (2, 4, 10, 10, 6, 2, 2, 3, 0, 1),  # stride larger than the kernel
+    (1, 2, 7, 7, 3, 3, 3, 1, 0, 3),  # dilated kernel as large as the image
 ]
 
 
@@ -188,6 +192,26 @@ def test_unbatched_input_and_no_bias(policy):
     out = run_op(x3, w, None, other, stride, padding, dilation)
     assert out.dim() == 3 and out.is_contiguous()
     assert_close64(out, reference64(x3, w, None, other, stride, padding, dilation), policy)
+
+
+def test_empty_batch():
+    set_policy("tf32")
+    x, w, b, stride, padding, dilation = make((0, 3, 8, 8, 4, 3, 3, 1, 1, 1), torch.float32)
+    out = OP(x, w, b, ops.scalar_other(1.0), stride, padding, dilation, 1)
+    assert out.shape == (0, 4, 8, 8)
+
+
+@pytest.mark.parametrize("policy", ["tf32", "fp16"])
+def test_unbatched_channels_last_strided_input(policy):
+    dtype = set_policy(policy)
+    x3 = torch.randn(9, 11, 8, device=DEV).to(dtype).permute(2, 0, 1)  # (C, H, W), C fastest
+    w = (torch.randn(6, 8, 3, 3, device=DEV) / 8).to(dtype)
+    b = torch.randn(6, device=DEV).to(dtype)
+    other = torch.randn(6, 1, 1, device=DEV).to(dtype)
+    args = ([1, 1], [1, 1], [1, 1])
+    out = run_op(x3, w, b, other, *args)
+    assert out.shape == (6, 9, 11) and out.is_contiguous()
+    assert_close64(out, reference64(x3, w, b, other, *args), policy)
 
 
 @pytest.mark.parametrize("policy", ["tf32", "fp32", "fp16"])
