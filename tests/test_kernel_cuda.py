@@ -25,7 +25,7 @@ DEV = "cuda"
 # (name, dtype, allow_tf32) -> (max ||out - ref|| / ||ref||, atol / max|ref|, rtol)
 POLICIES = {
     "tf32": (torch.float32, True, (3e-3, 5e-3, 1e-2)),
-    "fp32": (torch.float32, False, (1e-5, 2e-5, 1e-4)),
+    "fp32": (torch.float32, False, (5e-5, 5e-5, 1e-4)),  # K up to ~4700: fp32 accumulation
     "fp16": (torch.float16, True, (2e-3, 4e-3, 1e-2)),
     "bf16": (torch.bfloat16, True, (1e-2, 3e-2, 5e-2)),
 }
