@@ -8,6 +8,7 @@ Arguments arrive validated by ``ops.check_args`` (stride / padding / dilation no
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Dict, Optional, Set
 
@@ -49,6 +50,12 @@ def _max_image_offset(x: Tensor, weight: Tensor, padding, dilation) -> int:
         + (h + padding[0] + dilation[0] * (kh - 1)) * x.stride(2)
         + (w + padding[1] + dilation[1] * (kw - 1)) * x.stride(3)
     )
+
+
+def _use_wgmma(device: torch.device) -> bool:
+    """Hopper's wgmma path, on a compute capability 9.0 GPU unless FX_FUSE_DISABLE_WGMMA=1
+    asks for the portable mma.sync kernel (for comparisons and tests)."""
+    return _device_capability(device)[0] == 9 and os.environ.get("FX_FUSE_DISABLE_WGMMA") != "1"
 
 
 def unsupported_reason(input: Tensor, weight: Tensor, groups: int) -> Optional[str]:
@@ -108,6 +115,7 @@ def conv2d_relu_add(input, weight, bias, other, stride, padding, dilation, group
             list(padding),
             list(dilation),
             bool(torch.backends.cudnn.allow_tf32),
+            _use_wgmma(x.device),
             out,
         )
     return out.squeeze(0) if unbatched else out

@@ -35,7 +35,8 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
                          const c10::optional<at::Tensor>& bias,
                          const c10::optional<at::Tensor>& other, double other_scalar,
                          std::vector<int64_t> stride, std::vector<int64_t> padding,
-                         std::vector<int64_t> dilation, bool allow_tf32, at::Tensor out) {
+                         std::vector<int64_t> dilation, bool allow_tf32, bool hopper,
+                         at::Tensor out) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 4, kOp, ": expected a 4-D CUDA input, got ", x.sizes());
   TORCH_CHECK(weight.dim() == 4 && weight.device() == x.device() &&
                   weight.scalar_type() == x.scalar_type(),
@@ -60,8 +61,9 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   const int bk = kSliceBytes / elem;
   const bool f32x3 = dtype == at::kFloat && !allow_tf32;
   const int64_t K_pad_max = (C * KH * KW + 63) / 64 * 64;
-  const int tile =
-      (Cout <= 64 || f32x3 || K_pad_max > kSmemTableEntries) ? kTile128x64 : kTile128x128;
+  const int tile = (Cout <= 64 || f32x3 || K_pad_max > kSmemTableEntries) ? kTile128x64
+                   : hopper                                              ? kTile128x128Wgmma
+                                                                         : kTile128x128;
   const int bn = tile == kTile128x64 ? 64 : 128;
   const int64_t K = C * KH * KW;
   const int64_t K_pad = (K + bk - 1) / bk * bk;
@@ -164,5 +166,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv2d_relu_add_out", &fx_fuse::conv2d_relu_add_out, "fill `out` with the fused op",
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("other"),
         pybind11::arg("other_scalar"), pybind11::arg("stride"), pybind11::arg("padding"),
-        pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("out"));
+        pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"),
+        pybind11::arg("out"));
 }

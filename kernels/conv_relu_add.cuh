@@ -155,6 +155,108 @@ __device__ __forceinline__ uint4 ldg_pred_v4(const void* ptr, bool pred) {
   return v;
 }
 
+
+// Hopper (sm_90a): wgmma reads A and B straight from the shared-memory ring. A ring slot is
+// K-major with 128-byte rows whose 16-byte chunk c sits at c ^ (row & 7): the canonical
+// 128B-swizzle layout (8-row atoms of 1024 bytes), so a descriptor is its address, a
+// stride of 1024 bytes between 8-row groups and the swizzle mode; a k-step advances the
+// address by 32 bytes inside the rows.
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FX_FUSE_WGMMA 1
+#endif
+
+__device__ __forceinline__ uint64_t wgmma_desc(uint32_t smem_addr) {
+  uint64_t d = (smem_addr & 0x3FFFFu) >> 4;  // start address
+  d |= uint64_t{1} << 16;                     // leading byte offset: unused with swizzle
+  d |= uint64_t{1024 >> 4} << 32;             // stride byte offset: 8 rows x 128 bytes
+  d |= uint64_t{1} << 62;                     // 128-byte swizzle
+  return d;
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+#ifdef FX_FUSE_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef FX_FUSE_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_wait_all() {
+#ifdef FX_FUSE_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+// Shared memory written by ordinary stores and cp.async, read next by wgmma (async proxy).
+__device__ __forceinline__ void fence_proxy_async() {
+#ifdef FX_FUSE_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// D (64 x 128, fp32, this warpgroup's fragment) += A (64 x k) * B (128 x k)^T, both K-major
+// in shared memory; k = 8 for TF32, 16 for fp16 / bf16 (32 bytes either way).
+template <Math MATH>
+__device__ __forceinline__ void wgmma_m64n128(float (&d)[64], uint64_t a, uint64_t b) {
+#ifdef FX_FUSE_WGMMA
+  if constexpr (MATH == Math::kTF32) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(a), "l"(b), "r"(1));
+  } else if constexpr (MATH == Math::kF16) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(a), "l"(b), "r"(1));
+  } else {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(a), "l"(b), "r"(1));
+  }
+#else
+  __trap();  // never launched: the host picks this path only for sm_90a code
+#endif
+}
+
 // Pipeline depth of the shared-memory ring (A and B slices).
 constexpr int kStages = 3;
 
@@ -181,14 +283,16 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 
 // MATH: the tensor-core arithmetic; AVEC: the A gather reads 16-byte vectors of channels
 // (channels-last input, C % VEC == 0, aligned), otherwise one element at a time.
-// BM x BN: the CTA tile; WM x WN: its warps.
+// BM x BN: the CTA tile; WM x WN: its warps. WGMMA (sm_90a, 128x128 tiles, 8 x 1 warps):
+// two warpgroups multiply with wgmma, warp w owning rows 16w..16w+15 of the tile, which is
+// the mma.sync accumulator layout of a 16 x 128 warp tile, so the epilogue is shared.
 //
 // Pipeline: a ring of kStages slices; B (prepared weights) and channels-last A chunks
 // arrive by cp.async (A zero-filled where the tap is padding), kStages - 1 slices in
 // flight while one is multiplied; the gathering thread rounds its own fp32 A chunks to TF32
 // in place before the slice's barrier. Element-wise gathers (NCHW, odd C) go through
 // registers one slice ahead, rounded while staged.
-template <Math MATH, bool AVEC, int BM, int BN, int WM, int WN, int MINB>
+template <Math MATH, bool AVEC, int BM, int BN, int WM, int WN, int MINB, bool WGMMA = false>
 __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const ConvParams p) {
   using T = typename MathTraits<MATH>::T;
   constexpr int THREADS = WM * WN * 32;
@@ -206,8 +310,14 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
   static_assert(THREADS % BM == 0 || AVEC, "scalar gather: one pixel per thread");
   static_assert(NA * THREADS == BM * CHUNKS && NB * THREADS == BN * CHUNKS, "tile/threads");
   static_assert(NT % 2 == 0 && WTM % 16 == 0, "warp tile");
+  static_assert(!WGMMA || (BM == 128 && BN == 128 && WM == 8 && WN == 1 &&
+                           MATH != Math::kF32x3), "wgmma tiling");
 
-  extern __shared__ __align__(128) unsigned char smem[];
+  // 1024-byte alignment: the 128B swizzle of wgmma is a function of the address.
+  extern __shared__ __align__(1024) unsigned char smem[];
+  if constexpr (WGMMA) {
+    if ((smem_u32(smem) & 1023u) != 0) __trap();  // a launch error, never wrong numbers
+  }
   unsigned char* sA = smem;
   unsigned char* sB = smem + kStages * BM * kSliceBytes;
   RowInfo* rows = reinterpret_cast<RowInfo*>(sB + kStages * BN * kSliceBytes);
@@ -371,6 +481,17 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
   const int b_hi = (lane >> 3) & 1;
 
   auto compute = [&](int buf) {
+    if constexpr (WGMMA) {
+      float(&d)[64] = *reinterpret_cast<float(*)[64]>(&acc[0][0][0]);
+      const uint32_t a_tile = smem_u32(sA + buf * BM * kSliceBytes) + (warp / 4) * 64 * kSliceBytes;
+      const uint32_t b_tile = smem_u32(sB + buf * BN * kSliceBytes);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kSliceBytes / 32; ++kk)
+        wgmma_m64n128<MATH>(d, wgmma_desc(a_tile + kk * 32), wgmma_desc(b_tile + kk * 32));
+      wgmma_commit();  // waited for before the ring slot is refilled (main loop)
+      return;
+    }
     const uint32_t a_base = smem_u32(sA + buf * BM * kSliceBytes) + a_row0;
     const uint32_t b_base = smem_u32(sB + buf * BN * kSliceBytes) + b_row0;
     // 3xTF32 keeps one k-step's split operands live at a time (unrolled, the compiler
@@ -443,6 +564,12 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
     const int cur = kt % kStages;
     cp_async_wait<kStages - 2>();
     finish_a(cur);
+    if constexpr (WGMMA) {
+      fence_proxy_async();
+      // The previous slice's wgmma ran while this slice was staged; it must be done (in
+      // both warpgroups, hence before the barrier) before its ring slot is refilled below.
+      wgmma_wait_all();
+    }
     __syncthreads();
     const int next = kt + kStages - 1;
     if (next < KT) {
@@ -456,30 +583,25 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
     compute(cur);
   }
   cp_async_wait<0>();
+  if constexpr (WGMMA) wgmma_wait_all();
 
   // Epilogue: + bias, relu (NaN stays NaN: only v < 0 becomes 0), + other, one store.
   const int g = lane >> 2, tq = lane & 3;
   T* __restrict__ out = static_cast<T*>(p.out);
   const T* __restrict__ bias = static_cast<const T*>(p.bias);
-  float bv[NT][2];
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int co = n0 + warp_n * WTN + nt * 8 + 2 * tq + e;
-      bv[nt][e] = (bias != nullptr && co < p.Cout) ? to_float(bias[co]) : 0.f;
-    }
-  // `other` that does not vary along pixels (per-channel, 0-dim, scalar): read once per
-  // channel here instead of once per element.
+  // Bias, and `other` that does not vary along pixels (per-channel, 0-dim, scalar), read
+  // once per channel of the tile into shared memory (the ring is free now): kept in
+  // registers they would cost the 16 x 128 wgmma warp tile 64 registers and spill.
   const bool other_per_channel = p.o_sn == 0 && p.o_sh == 0 && p.o_sw == 0;
-  float ov[NT][2];
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int co = n0 + warp_n * WTN + nt * 8 + 2 * tq + e;
-      ov[nt][e] = (other_per_channel && co < p.Cout) ? load_other(p, co * p.o_sc) : 0.f;
-    }
+  __syncthreads();  // every warp is done reading the ring
+  float* s_bias = reinterpret_cast<float*>(sA);
+  float* s_other = s_bias + BN;
+  for (int c = tid; c < BN; c += THREADS) {
+    const int co = n0 + c;
+    s_bias[c] = (bias != nullptr && co < p.Cout) ? to_float(bias[co]) : 0.f;
+    s_other[c] = (other_per_channel && co < p.Cout) ? load_other(p, co * p.o_sc) : 0.f;
+  }
+  __syncthreads();
   auto store_tile = [&](auto per_channel) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -493,12 +615,13 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int co = n0 + warp_n * WTN + nt * 8 + 2 * tq + e;
+            const int c = warp_n * WTN + nt * 8 + 2 * tq + e;
+            const int co = n0 + c;
             if (co >= p.Cout) continue;
-            float v = acc[mt][nt][2 * h + e] + bv[nt][e];
+            float v = acc[mt][nt][2 * h + e] + s_bias[c];
             v = v < 0.f ? 0.f : v;
             if constexpr (decltype(per_channel)::value) {
-              v += ov[nt][e];
+              v += s_other[c];
             } else {
               v += load_other(p, o_off + co * p.o_sc);
             }

@@ -8,7 +8,7 @@
 
 namespace fx_fuse {
 
-template <Math MATH, bool AVEC, int BM, int BN, int WM, int WN, int MINB>
+template <Math MATH, bool AVEC, int BM, int BN, int WM, int WN, int MINB, bool WGMMA = false>
 void launch_tile(const ConvParams& p, cudaStream_t stream) {
   constexpr int base = conv_smem_bytes<BM, BN>();
   constexpr int max_smem = base + kSmemTableEntries * 8;
@@ -16,13 +16,41 @@ void launch_tile(const ConvParams& p, cudaStream_t stream) {
   TORCH_CHECK(BN != 128 || p.K_pad <= kSmemTableEntries,
               "fx_fuse::conv2d_relu_add: internal error: 128x128 tiles need K <= ",
               kSmemTableEntries);
-  auto kernel = conv_relu_add_kernel<MATH, AVEC, BM, BN, WM, WN, MINB>;
+  auto kernel = conv_relu_add_kernel<MATH, AVEC, BM, BN, WM, WN, MINB, WGMMA>;
   C10_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem));
   const int64_t m_tiles = (p.M + BM - 1) / BM;
   const int64_t n_tiles = (p.Cout + BN - 1) / BN;
   kernel<<<static_cast<unsigned>(m_tiles * n_tiles), WM * WN * 32, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// wgmma keeps no fragments in registers: two CTAs per SM fit, except with the 16-bit
+// element-wise gather (8 bytes of spills at 128 registers), which runs one.
+template <Math MATH, bool AVEC>
+constexpr int kWgmmaMinBlocks = (MATH == Math::kTF32 || AVEC) ? 2 : 1;
+
+// Whether the wgmma kernel was compiled for this GPU (an sm_90a cubin is loaded for it).
+template <Math MATH, bool AVEC>
+bool wgmma_compiled() {
+  cudaFuncAttributes attr{};
+  const void* kernel =
+      reinterpret_cast<const void*>(
+          conv_relu_add_kernel<MATH, AVEC, 128, 128, 8, 1, kWgmmaMinBlocks<MATH, AVEC>, true>);
+  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return attr.binaryVersion == 90;
+}
+
+template <Math MATH, bool AVEC, int MINB>
+void launch_128x128(const ConvParams& p, bool wgmma, cudaStream_t stream) {
+  if (wgmma && wgmma_compiled<MATH, AVEC>()) {
+    launch_tile<MATH, AVEC, 128, 128, 8, 1, kWgmmaMinBlocks<MATH, AVEC>, true>(p, stream);
+  } else {
+    launch_tile<MATH, AVEC, 128, 128, 2, 4, MINB>(p, stream);
+  }
 }
 
 // Two CTAs per SM (<= 128 registers) where that fits without spills; the 3xTF32 split
@@ -33,10 +61,11 @@ void launch_conv(const ConvParams& p, bool avec, int tile, cudaStream_t stream) 
   constexpr int kMinBlocksSmall = MATH == Math::kF32x3 ? 1 : 2;
   // 3xTF32 triples the MMAs and the fragment registers: 128x64 tiles only (128x128
   // needs 254 registers and spills).
-  if (MATH != Math::kF32x3 && tile == kTile128x128) {
+  if (MATH != Math::kF32x3 && tile != kTile128x64) {
     if constexpr (MATH != Math::kF32x3) {
-      if (avec) launch_tile<MATH, true, 128, 128, 2, 4, kMinBlocks>(p, stream);
-      else launch_tile<MATH, false, 128, 128, 2, 4, kMinBlocks>(p, stream);
+      const bool wgmma = tile == kTile128x128Wgmma;
+      if (avec) launch_128x128<MATH, true, kMinBlocks>(p, wgmma, stream);
+      else launch_128x128<MATH, false, kMinBlocks>(p, wgmma, stream);
     }
   } else {
     if (avec) launch_tile<MATH, true, 128, 64, 4, 2, kMinBlocksSmall>(p, stream);

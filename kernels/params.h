@@ -13,7 +13,9 @@ constexpr int kSliceBytes = 128;
 // Tile configurations. 128x128 with 8 warps (2 x 4, warp tile 64x32) for Cout > 64 (4 warps
 // of 64x64 measured slower: 3.66 vs 3.22 ms NCHW, 2.71 vs 2.52 ms channels-last);
 // 128x64 (4 x 2, warp tile 32x32) when Cout <= 64 so that half the MMAs are not padding.
-enum TileConfig : int { kTile128x128 = 0, kTile128x64 = 1 };
+// kTile128x128Wgmma: the 128x128 tile multiplied by Hopper's wgmma (sm_90a builds on a
+// compute capability 9.0 GPU); it falls back to kTile128x128 where that code is absent.
+enum TileConfig : int { kTile128x128 = 0, kTile128x64 = 1, kTile128x128Wgmma = 2 };
 
 // The K-table sits in shared memory when it has at most this many entries (32 KB); the
 // 128x128 kernels require it there (the launcher picks 128x64 tiles for longer K).

@@ -69,8 +69,10 @@ def _ptxas_reports(log: str):
 def test_main_kernels_do_not_spill(built):
     _, log = built
     reports = [r for r in _ptxas_reports(log) if "conv_relu_add_kernel" in r[0]]
-    # 4 arithmetics x {scalar, vector gather} x {128x128, 128x64}, less 3xTF32's 128x128
-    assert len(reports) == 14, f"expected 14 main kernels in the ptxas report, got {len(reports)}"
+    # 4 arithmetics x {scalar, vector gather} x {128x128, 128x64}, less 3xTF32's 128x128,
+    # and the wgmma 128x128 of TF32, fp16 and bf16 x {scalar, vector gather}
+    assert len(reports) == 20, f"expected 20 main kernels in the ptxas report, got {len(reports)}"
+    assert sum("ELb1EEEv" in name for name, _, _ in reports) == 6  # the wgmma kernels
     spilling = [r for r in reports if r[1] or r[2]]
     assert not spilling, f"kernels spilling registers: {spilling}"
 

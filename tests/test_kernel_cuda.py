@@ -52,6 +52,17 @@ CONFIGS = [
 ]
 
 
+@pytest.fixture(autouse=True, params=["wgmma", "mma_sync"])
+def kernel_path(request, monkeypatch):
+    """Every test runs on both kernels: Hopper's wgmma (where the GPU has it) and the
+    portable mma.sync kernel."""
+    if request.param == "mma_sync":
+        monkeypatch.setenv("FX_FUSE_DISABLE_WGMMA", "1")
+    else:
+        monkeypatch.delenv("FX_FUSE_DISABLE_WGMMA", raising=False)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _restore_tf32_flags():
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
