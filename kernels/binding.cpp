@@ -123,6 +123,8 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   p.stride_w = static_cast<int>(stride[1]);
   p.pad_h = static_cast<int>(padding[0]);
   p.pad_w = static_cast<int>(padding[1]);
+  p.span_h = static_cast<int>(dilation[0] * (KH - 1) + 1);
+  p.span_w = static_cast<int>(dilation[1] * (KW - 1) + 1);
   p.x_sn = x.stride(0);
   p.x_sh = x.stride(2);
   p.x_sw = x.stride(3);

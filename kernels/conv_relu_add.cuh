@@ -36,7 +36,7 @@ struct RowInfo {
   int64_t o_off;  // n * o_sn + oh * o_sh + ow * o_sw
   int x_pix;      // ih0 * x_sh + iw0 * x_sw: the window's origin inside the image (32-bit)
   int ih0, iw0;   // top-left input coordinate; far negative for rows past M
-  int unused;
+  int interior;   // the whole window lies inside the image: no tap needs a bounds check
 };
 
 
@@ -146,6 +146,14 @@ template <> __device__ __forceinline__ uint32_t ldg_pred<2>(const void* ptr, boo
       " @p ld.global.nc.b16 %0, [%1];\n}\n"
       : "=h"(v) : "l"(ptr), "r"(static_cast<int>(pred)));
   return v;
+}
+// The element's bits through the read-only path, unpredicated.
+template <typename T> __device__ __forceinline__ uint32_t ldg_bits(const T* ptr) {
+  if constexpr (sizeof(T) == 4) {
+    return __ldg(reinterpret_cast<const unsigned int*>(ptr));
+  } else {
+    return __ldg(reinterpret_cast<const unsigned short*>(ptr));
+  }
 }
 __device__ __forceinline__ uint4 ldg_pred_v4(const void* ptr, bool pred) {
   uint4 v;
@@ -349,7 +357,8 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
       ri.x_img = ri.y_off = ri.o_off = 0;
       ri.x_pix = 0;
     }
-    ri.unused = 0;
+    ri.interior = m < p.M && ri.ih0 >= 0 && ri.iw0 >= 0 && ri.ih0 + p.span_h <= p.H &&
+                  ri.iw0 + p.span_w <= p.W;
     rows[r] = ri;
   }
   // The K-table: in shared memory when small (LDS instead of a dependent global load in
@@ -400,32 +409,47 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
       const int my_ih0 = rows[my_row].ih0, my_iw0 = rows[my_row].iw0;
       const int my_pix = rows[my_row].x_pix;
       const T* my_img = x + rows[my_row].x_img;
+      // Pixels whose whole window lies inside the image (all of them at padding 0) skip the
+      // per-tap bounds checks, and in a full slice the loads need no predicate at all: the
+      // checks were most of the gather's instructions (2.46 -> 2.14 ms at the headline).
+      auto gather = [&](auto checked) {
 #pragma unroll
-      for (int j = 0; j < NA; ++j) {
-        const int kb = k0 + a_chunk(j) * VEC;
-        uint32_t v[VEC];
+        for (int j = 0; j < NA; ++j) {
+          const int kb = k0 + a_chunk(j) * VEC;
+          uint32_t v[VEC];
 #pragma unroll
-        for (int e = 0; e < VEC; e += 2) {
-          const int4 t2 = *reinterpret_cast<const int4*>(table + kb + e);  // two entries
+          for (int e = 0; e < VEC; e += 2) {
+            const int4 t2 = *reinterpret_cast<const int4*>(table + kb + e);  // two entries
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int off = h ? t2.z : t2.x, dhw = h ? t2.w : t2.y;
-            const bool ok = (kb + e + h) < p.K &&
-                            static_cast<unsigned>(my_ih0 + (dhw >> 16)) < H &&
-                            static_cast<unsigned>(my_iw0 + (dhw & 0xffff)) < W;
-            v[e + h] = ldg_pred<sizeof(T)>(my_img + (my_pix + off), ok);
+            for (int h = 0; h < 2; ++h) {
+              const int off = h ? t2.z : t2.x, dhw = h ? t2.w : t2.y;
+              const T* src = my_img + (my_pix + off);
+              if constexpr (decltype(checked)::value) {
+                const bool ok = (kb + e + h) < p.K &&
+                                static_cast<unsigned>(my_ih0 + (dhw >> 16)) < H &&
+                                static_cast<unsigned>(my_iw0 + (dhw & 0xffff)) < W;
+                v[e + h] = ldg_pred<sizeof(T)>(src, ok);
+              } else {
+                v[e + h] = ldg_bits(src);
+              }
+            }
+          }
+          if constexpr (sizeof(T) == 4) {
+            if constexpr (MATH == Math::kTF32) {
+#pragma unroll
+              for (int e = 0; e < VEC; ++e) v[e] = f32_to_tf32(__uint_as_float(v[e]));
+            }
+            stage[j] = make_uint4(v[0], v[1], v[2], v[3]);
+          } else {
+            stage[j] = make_uint4(v[0] | (v[1] << 16), v[2] | (v[3] << 16), v[4] | (v[5] << 16),
+                                  v[6] | (v[7] << 16));
           }
         }
-        if constexpr (sizeof(T) == 4) {
-          if constexpr (MATH == Math::kTF32) {
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) v[e] = f32_to_tf32(__uint_as_float(v[e]));
-          }
-          stage[j] = make_uint4(v[0], v[1], v[2], v[3]);
-        } else {
-          stage[j] = make_uint4(v[0] | (v[1] << 16), v[2] | (v[3] << 16), v[4] | (v[5] << 16),
-                                v[6] | (v[7] << 16));
-        }
+      };
+      if (rows[my_row].interior && k0 + BK <= p.K) {
+        gather(std::false_type{});
+      } else {
+        gather(std::true_type{});
       }
     }
   };

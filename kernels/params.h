@@ -36,6 +36,7 @@ struct ConvParams {
   int Cout, K, K_pad;
   int H, W, OH, OW;
   int stride_h, stride_w, pad_h, pad_w;
+  int span_h, span_w;   // extent of the dilated kernel: dilation * (k - 1) + 1
   int64_t x_sn, x_sh, x_sw;
   int other_kind;
   float other_scalar;
