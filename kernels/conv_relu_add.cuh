@@ -407,8 +407,9 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
       // The pixel's data is re-read from shared memory on every slice rather than kept in
       // registers across the MMAs (128-register budget at two CTAs per SM).
       const int my_ih0 = rows[my_row].ih0, my_iw0 = rows[my_row].iw0;
-      const int my_pix = rows[my_row].x_pix;
-      const T* my_img = x + rows[my_row].x_img;
+      // One 64-bit base per pixel, so that each tap's address is a single wide multiply-add
+      // of its 32-bit table offset (it was six instructions with the sum formed per tap).
+      const T* my_base = x + rows[my_row].x_img + rows[my_row].x_pix;
       // Pixels whose whole window lies inside the image (all of them at padding 0) skip the
       // per-tap bounds checks, and in a full slice the loads need no predicate at all: the
       // checks were most of the gather's instructions (2.46 -> 2.14 ms at the headline).
@@ -423,7 +424,7 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
               const int off = h ? t2.z : t2.x, dhw = h ? t2.w : t2.y;
-              const T* src = my_img + (my_pix + off);
+              const T* src = my_base + off;
               if constexpr (decltype(checked)::value) {
                 const bool ok = (kb + e + h) < p.K &&
                                 static_cast<unsigned>(my_ih0 + (dhw >> 16)) < H &&
@@ -435,10 +436,8 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
             }
           }
           if constexpr (sizeof(T) == 4) {
-            if constexpr (MATH == Math::kTF32) {
-#pragma unroll
-              for (int e = 0; e < VEC; ++e) v[e] = f32_to_tf32(__uint_as_float(v[e]));
-            }
+            // Rounded to TF32 in finish_a, not here: using the loaded values now would make
+            // the warp wait for its loads before it issues this slice's wgmma.
             stage[j] = make_uint4(v[0], v[1], v[2], v[3]);
           } else {
             stage[j] = make_uint4(v[0] | (v[1] << 16), v[2] | (v[3] << 16), v[4] | (v[5] << 16),
@@ -460,8 +459,16 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
     unsigned char* base = sA + buf * BM * kSliceBytes;
     if constexpr (kRegA) {
 #pragma unroll
-      for (int j = 0; j < NA; ++j)
-        *reinterpret_cast<uint4*>(base + swizzle(a_row(j), a_chunk(j))) = stage[j];
+      for (int j = 0; j < NA; ++j) {
+        uint4 v = stage[j];
+        if constexpr (MATH == Math::kTF32) {
+          v.x = f32_to_tf32(__uint_as_float(v.x));
+          v.y = f32_to_tf32(__uint_as_float(v.y));
+          v.z = f32_to_tf32(__uint_as_float(v.z));
+          v.w = f32_to_tf32(__uint_as_float(v.w));
+        }
+        *reinterpret_cast<uint4*>(base + swizzle(a_row(j), a_chunk(j))) = v;
+      }
     } else if constexpr (MATH == Math::kTF32) {
 #pragma unroll
       for (int j = 0; j < NA; ++j) {
