@@ -313,8 +313,13 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
   constexpr int NB = BN * CHUNKS / THREADS;  // B chunks per thread per slice
   // Element-wise gathers go through registers one slice ahead (4-byte cp.async per element
   // measured slower: 3.98 vs 3.16 ms at the headline); channels-last 16-byte chunks by
-  // cp.async.
-  constexpr bool kRegA = !AVEC;
+  // cp.async, except for TF32 wgmma, where registers let the rounding happen at the store
+  // instead of in a second pass over shared memory.
+  constexpr bool kRegA = !AVEC || (WGMMA && MATH == Math::kTF32);
+  // A staged chunk in registers: 4 words (fp32 elements or a 16-byte vector), or 8 16-bit
+  // elements one per word, packed only when stored (packing right after the loads would
+  // make the warp wait for them before it issues the slice's wgmma).
+  constexpr int kWords = AVEC ? 4 : VEC;
   static_assert(THREADS % BM == 0 || AVEC, "scalar gather: one pixel per thread");
   static_assert(NA * THREADS == BM * CHUNKS && NB * THREADS == BN * CHUNKS, "tile/threads");
   static_assert(NT % 2 == 0 && WTM % 16 == 0, "warp tile");
@@ -385,7 +390,7 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
   auto a_row = [&](int j) { return AVEC ? tid / CHUNKS + j * (THREADS / CHUNKS) : my_row; };
   auto a_chunk = [&](int j) { return AVEC ? kv0 : kv0 + j * KVSTEP; };
 
-  uint4 stage[kRegA ? NA : 1];
+  uint32_t stage[kRegA ? NA : 1][kWords];
 
   // Issue the gather of A's slice at k0 (into ring buffer buf, or registers for kRegA).
   auto issue_a = [&](int k0, int buf) {
@@ -401,7 +406,15 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
         const bool ok = kok && static_cast<unsigned>(ri.ih0 + dh) < H &&
                         static_cast<unsigned>(ri.iw0 + dw) < W;
         const T* src = ok ? x + ri.x_img + (ri.x_pix + t.x) : x;
-        cp_async_16_zfill(base + swizzle(a_row(j), kv0), src, ok);
+        if constexpr (kRegA) {
+          const uint4 q = ldg_pred_v4(src, ok);
+          stage[j][0] = q.x;
+          stage[j][1] = q.y;
+          stage[j][2] = q.z;
+          stage[j][3] = q.w;
+        } else {
+          cp_async_16_zfill(base + swizzle(a_row(j), kv0), src, ok);
+        }
       }
     } else {
       // The pixel's data is re-read from shared memory on every slice rather than kept in
@@ -417,7 +430,7 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
 #pragma unroll
         for (int j = 0; j < NA; ++j) {
           const int kb = k0 + a_chunk(j) * VEC;
-          uint32_t v[VEC];
+          uint32_t(&v)[kWords] = stage[j];
 #pragma unroll
           for (int e = 0; e < VEC; e += 2) {
             const int4 t2 = *reinterpret_cast<const int4*>(table + kb + e);  // two entries
@@ -434,14 +447,6 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
                 v[e + h] = ldg_bits(src);
               }
             }
-          }
-          if constexpr (sizeof(T) == 4) {
-            // Rounded to TF32 in finish_a, not here: using the loaded values now would make
-            // the warp wait for its loads before it issues this slice's wgmma.
-            stage[j] = make_uint4(v[0], v[1], v[2], v[3]);
-          } else {
-            stage[j] = make_uint4(v[0] | (v[1] << 16), v[2] | (v[3] << 16), v[4] | (v[5] << 16),
-                                  v[6] | (v[7] << 16));
           }
         }
       };
@@ -460,12 +465,17 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
     if constexpr (kRegA) {
 #pragma unroll
       for (int j = 0; j < NA; ++j) {
-        uint4 v = stage[j];
-        if constexpr (MATH == Math::kTF32) {
-          v.x = f32_to_tf32(__uint_as_float(v.x));
-          v.y = f32_to_tf32(__uint_as_float(v.y));
-          v.z = f32_to_tf32(__uint_as_float(v.z));
-          v.w = f32_to_tf32(__uint_as_float(v.w));
+        const uint32_t* w = stage[j];
+        uint4 v;
+        if constexpr (kWords == 8) {
+          v = make_uint4(w[0] | (w[1] << 16), w[2] | (w[3] << 16), w[4] | (w[5] << 16),
+                         w[6] | (w[7] << 16));
+        } else if constexpr (MATH == Math::kTF32) {
+          // Rounded here, not when loaded (see kWords).
+          v = make_uint4(f32_to_tf32(__uint_as_float(w[0])), f32_to_tf32(__uint_as_float(w[1])),
+                         f32_to_tf32(__uint_as_float(w[2])), f32_to_tf32(__uint_as_float(w[3])));
+        } else {
+          v = make_uint4(w[0], w[1], w[2], w[3]);
         }
         *reinterpret_cast<uint4*>(base + swizzle(a_row(j), a_chunk(j))) = v;
       }
