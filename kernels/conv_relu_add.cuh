@@ -1,6 +1,7 @@
 // Device templates of the fused conv2d -> +bias -> relu -> +other kernel.
 //
-// Implicit GEMM on the tensor cores (mma.sync, sm_80 and later):
+// Implicit GEMM on the tensor cores: wgmma on Hopper (sm_90a, 128x128 tiles of TF32, fp16,
+// bf16), mma.sync everywhere else (sm_80 and later) and for 3xTF32:
 //   M = N * OH * OW (output pixels), N = Cout, K = Cin * KH * KW.
 // A (pixels x K) is gathered from the input on the fly through a K-table (one entry per k:
 // the element's offset from the pixel's base and its (dh, dw) shift for the bounds check),
