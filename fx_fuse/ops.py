@@ -9,6 +9,7 @@ where ``other`` broadcasts to the conv output without changing its shape or dtyp
 from __future__ import annotations
 
 import contextlib
+import operator
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -49,11 +50,13 @@ def _type_category(dtype: torch.dtype) -> int:
     return 1
 
 
-def _add_result_dtype(out_dtype: torch.dtype, other: Tensor) -> torch.dtype:
+def add_result_dtype(
+    out_dtype: torch.dtype, other_ndim: int, other_dtype: torch.dtype
+) -> torch.dtype:
     """The dtype of ``out + other`` under PyTorch's promotion rules, ``out`` not 0-dim."""
-    if other.dim() == 0 and _type_category(other.dtype) <= _type_category(out_dtype):
+    if other_ndim == 0 and _type_category(other_dtype) <= _type_category(out_dtype):
         return out_dtype
-    return torch.promote_types(out_dtype, other.dtype)
+    return torch.promote_types(out_dtype, other_dtype)
 
 
 def output_shape(input: Tensor, weight: Tensor, stride, padding, dilation) -> List:
@@ -165,11 +168,11 @@ def _check_other(input, weight, other, stride, padding, dilation) -> None:
     )
     out_shape = output_shape(input, weight, stride, padding, dilation)
     _check(
-        _broadcasts_to(other.shape, out_shape),
+        broadcasts_to(other.shape, out_shape),
         lambda: f"expected `other` to broadcast to the conv output's shape "
         f"{list(out_shape)} without changing it, got shape {list(other.shape)}",
     )
-    result = _add_result_dtype(input.dtype, other)
+    result = add_result_dtype(input.dtype, other.dim(), other.dtype)
     _check(
         result == input.dtype,
         lambda: f"expected `other` not to change the output dtype ({input.dtype}), "
@@ -177,10 +180,12 @@ def _check_other(input, weight, other, stride, padding, dilation) -> None:
     )
 
 
-def _broadcasts_to(shape, target) -> bool:
+def broadcasts_to(shape, target, same=operator.eq) -> bool:
+    """``shape`` broadcasts to ``target`` without changing it; ``same`` compares sizes (the
+    rewrite passes one that never adds guards on symbolic sizes)."""
     if len(shape) > len(target):
         return False
-    return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target)))
+    return all(same(s, 1) or same(s, t) for s, t in zip(reversed(shape), reversed(target)))
 
 
 def _describe(x) -> str:

@@ -85,7 +85,7 @@ def _value(gm: fx.GraphModule, arg) -> Any:
         return arg
     for key in ("val", "example_value", "tensor_meta"):
         value = arg.meta.get(key)
-        if value is not None and hasattr(value, "shape") and hasattr(value, "dtype"):
+        if _is_tensor_like(value):
             return value
     if arg.op == "get_attr":
         try:
@@ -275,7 +275,7 @@ def other_changes_shape(c: _Candidate) -> bool:
     if _is_tensor_like(out) and _is_tensor_like(res):
         return not _same_shape(out.shape, res.shape)
     if _is_tensor_like(out) and _is_tensor_like(other):
-        return not _broadcasts_to(other.shape, out.shape)
+        return not ops.broadcasts_to(other.shape, out.shape, same=_same)
     return False
 
 
@@ -289,8 +289,7 @@ def other_changes_dtype(c: _Candidate) -> bool:
     if _is_tensor_like(out) and _is_tensor_like(res):
         return out.dtype != res.dtype
     if _is_tensor_like(out) and _is_tensor_like(other):
-        probe = torch.empty([1] * len(other.shape), dtype=other.dtype, device="meta")
-        return ops._add_result_dtype(out.dtype, probe) != out.dtype
+        return ops.add_result_dtype(out.dtype, len(other.shape), other.dtype) != out.dtype
     return False
 
 
@@ -337,12 +336,6 @@ GUARDS: Sequence[Callable[[_Candidate], bool]] = (
     other_changes_dtype,
     conv_input_mutated_before_add,
 )
-
-
-def _broadcasts_to(shape, target) -> bool:
-    if len(shape) > len(target):
-        return False
-    return all(_same(s, 1) or _same(s, t) for s, t in zip(reversed(shape), reversed(target)))
 
 
 def _relu_value(c: _Candidate):
