@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <string>
 
 #include "api.h"
 
@@ -26,6 +27,84 @@ int other_kind(at::ScalarType t) {
     case at::kDouble: return kOtherF64;
     default: TORCH_CHECK(false, kOp, ": unsupported dtype of `other` in the kernel: ", t);
   }
+}
+
+Math math_of(at::ScalarType dtype, bool allow_tf32) {
+  switch (dtype) {
+    case at::kFloat: return allow_tf32 ? Math::kTF32 : Math::kF32x3;
+    case at::kHalf: return Math::kF16;
+    case at::kBFloat16: return Math::kBF16;
+    default: TORCH_CHECK(false, kOp, ": the kernel does not handle dtype ", dtype);
+  }
+}
+
+// Which kernel runs a convolution, and how its K dimension is ordered.
+struct Plan {
+  int tile;        // TileConfig
+  bool avec;       // channels-last 16-byte gathers (the K-table kernels)
+  int k_order;     // KOrder
+  int tile_h = 0, tile_w = 0, patch_rows = 0, patch_chunks = 0;  // kTilePatch only
+};
+
+// The patch kernel's tile: the widest power-of-two row width up to 128 that covers the
+// output row (tile_h = kPatchBM / tile_w rows), narrowed until the input patch fits a
+// slot. False when none fits.
+bool patch_geometry(int64_t OW, int64_t KH, int64_t KW, const std::vector<int64_t>& stride,
+                    const std::vector<int64_t>& dilation, int elem, Plan& plan) {
+  const int vec = 16 / elem;
+  int tw = 8;
+  while (tw < 128 && tw < OW) tw *= 2;
+  for (; tw >= 8; tw /= 2) {
+    const int64_t th = kPatchBM / tw;
+    const int64_t rows = (th - 1) * stride[0] + dilation[0] * (KH - 1) + 1;
+    const int64_t cols = (vec - 1) + (tw - 1) * stride[1] + dilation[1] * (KW - 1) + 1;
+    const int64_t chunks = (cols + vec - 1) / vec;
+    if (rows * chunks * vec <= patch_channel_pitch(elem)) {
+      plan.tile_h = static_cast<int>(th);
+      plan.tile_w = tw;
+      plan.patch_rows = static_cast<int>(rows);
+      plan.patch_chunks = static_cast<int>(chunks);
+      return true;
+    }
+  }
+  return false;
+}
+
+// The patch kernel takes dense-row NCHW input whose rows are whole 16-byte chunks, kernels
+// of at least three taps (a patch is copied one channel block ahead: at least three slices
+// of lead) and at least half a channel block of input channels.
+bool patch_input_ok(const at::Tensor& x, int64_t KH, int64_t KW, int elem) {
+  const int vec = 16 / elem;
+  return x.stride(3) == 1 && x.stride(1) != 1 && aligned16(x.data_ptr()) && x.size(3) % vec == 0 &&
+         x.stride(2) % vec == 0 && x.stride(1) % vec == 0 && x.stride(0) % vec == 0 &&
+         KH * KW >= 3 && x.size(1) * elem * 2 >= kSliceBytes;
+}
+
+Plan make_plan(const at::Tensor& x, const at::Tensor& weight, int64_t OW,
+               const std::vector<int64_t>& stride, const std::vector<int64_t>& dilation,
+               Math math, bool hopper) {
+  const int64_t C = x.size(1), Cout = weight.size(0), KH = weight.size(2), KW = weight.size(3);
+  const int elem = static_cast<int>(x.element_size());
+  const int vec = 16 / elem;
+  Plan plan{};
+  if (hopper && math != Math::kF32x3 && patch_input_ok(x, KH, KW, elem) &&
+      patch_geometry(OW, KH, KW, stride, dilation, elem, plan) && patch_kernel_ready(math)) {
+    plan.tile = kTilePatch;
+    plan.avec = false;
+    plan.k_order = kOrderBlocked;
+    return plan;
+  }
+  // K order: channels innermost when the input is channels-last, so that one 16-byte chunk
+  // of K is contiguous in memory.
+  const bool cin_inner = C > 1 && x.stride(1) == 1;
+  plan.k_order = cin_inner ? kOrderHWC : kOrderCHW;
+  plan.avec = cin_inner && C % vec == 0 && aligned16(x.data_ptr()) && x.stride(3) % vec == 0 &&
+              x.stride(2) % vec == 0 && x.stride(0) % vec == 0;
+  const int64_t K_pad_max = (C * KH * KW + 63) / 64 * 64;
+  plan.tile = (Cout <= 64 || math == Math::kF32x3 || K_pad_max > kSmemTableEntries) ? kTile128x64
+              : hopper                                                             ? kTile128x128Wgmma
+                                                                                   : kTile128x128;
+  return plan;
 }
 
 // Fills `out` (N, Cout, OH, OW), any strides, with relu(conv2d(x, weight) + bias) + other.
@@ -56,27 +135,19 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   if (out.numel() == 0) return;
 
   const auto dtype = x.scalar_type();
+  const Math math = math_of(dtype, allow_tf32);
+  const Plan plan = make_plan(x, weight, OW, stride, dilation, math, hopper);
   const int elem = static_cast<int>(x.element_size());
-  const int vec = 16 / elem;
   const int bk = kSliceBytes / elem;
-  const bool f32x3 = dtype == at::kFloat && !allow_tf32;
-  const int64_t K_pad_max = (C * KH * KW + 63) / 64 * 64;
-  const int tile = (Cout <= 64 || f32x3 || K_pad_max > kSmemTableEntries) ? kTile128x64
-                   : hopper                                              ? kTile128x128Wgmma
-                                                                         : kTile128x128;
-  const int bn = tile == kTile128x64 ? 64 : 128;
-  const int64_t K = C * KH * KW;
+  const int bn = plan.tile == kTile128x64 ? 64 : 128;
+  const int64_t cblocks = (C + bk - 1) / bk;
+  // The patch kernel's K covers whole channel blocks per tap; the others pad K to a slice.
+  const int64_t K = plan.tile == kTilePatch ? cblocks * bk * KH * KW : C * KH * KW;
   const int64_t K_pad = (K + bk - 1) / bk * bk;
   const int64_t Cout_pad = (Cout + bn - 1) / bn * bn;
   constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
   TORCH_CHECK(K_pad < kI32 && Cout_pad < kI32 && H < kI32 && W < kI32 && OH * OW < kI32, kOp,
               ": sizes beyond the kernel's 32-bit limits");
-
-  // K order: channels innermost when the input is channels-last, so that one 16-byte chunk
-  // of K is contiguous in memory.
-  const bool cin_inner = C > 1 && x.stride(1) == 1;
-  const bool avec = cin_inner && C % vec == 0 && aligned16(x.data_ptr()) &&
-                    x.stride(3) % vec == 0 && x.stride(2) % vec == 0 && x.stride(0) % vec == 0;
 
   auto wprep = at::empty({Cout_pad * K_pad}, x.options());
   auto table = at::empty({2 * K_pad}, x.options().dtype(at::kInt));
@@ -96,7 +167,8 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   pp.KW = static_cast<int>(KW);
   pp.K = static_cast<int>(K);
   pp.K_pad = static_cast<int>(K_pad);
-  pp.cin_inner = cin_inner ? 1 : 0;
+  pp.k_order = plan.k_order;
+  pp.k_block = bk;
   pp.x_sc = x.stride(1);
   pp.x_sh = x.stride(2);
   pp.x_sw = x.stride(3);
@@ -128,6 +200,22 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   p.x_sn = x.stride(0);
   p.x_sh = x.stride(2);
   p.x_sw = x.stride(3);
+  p.x_sc = x.stride(1);
+  p.Cin = static_cast<int>(C);
+  p.KW = static_cast<int>(KW);
+  p.taps = static_cast<int>(KH * KW);
+  p.dil_h = static_cast<int>(dilation[0]);
+  p.dil_w = static_cast<int>(dilation[1]);
+  p.tile_h = plan.tile_h;
+  p.tile_w = plan.tile_w;
+  if (plan.tile == kTilePatch) {
+    p.tiles_h = static_cast<int>((OH + plan.tile_h - 1) / plan.tile_h);
+    p.tiles_w = static_cast<int>((OW + plan.tile_w - 1) / plan.tile_w);
+  }
+  p.patch_rows = plan.patch_rows;
+  p.patch_chunks = plan.patch_chunks;
+  p.patch_pitch = plan.patch_chunks * (16 / elem);
+  p.cblocks = static_cast<int>(cblocks);
   if (other.has_value() && other->defined()) {
     const auto& o = *other;
     TORCH_CHECK(o.dim() == 4 && o.device() == x.device(), kOp,
@@ -148,15 +236,33 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   p.y_sh = out.stride(2);
   p.y_sw = out.stride(3);
 
-  const bool tf32 = dtype == at::kFloat && allow_tf32;
-  switch (dtype) {
-    case at::kFloat:
-      if (tf32) launch_conv_tf32(p, avec, tile, stream);
-      else launch_conv_f32x3(p, avec, tile, stream);
-      break;
-    case at::kHalf: launch_conv_f16(p, avec, tile, stream); break;
-    case at::kBFloat16: launch_conv_bf16(p, avec, tile, stream); break;
-    default: TORCH_CHECK(false, kOp, ": the kernel does not handle dtype ", dtype);
+  if (plan.tile == kTilePatch) {
+    launch_patch(p, math, stream);
+    return;
+  }
+  switch (math) {
+    case Math::kTF32: launch_conv_tf32(p, plan.avec, plan.tile, stream); break;
+    case Math::kF32x3: launch_conv_f32x3(p, plan.avec, plan.tile, stream); break;
+    case Math::kF16: launch_conv_f16(p, plan.avec, plan.tile, stream); break;
+    case Math::kBF16: launch_conv_bf16(p, plan.avec, plan.tile, stream); break;
+  }
+}
+
+// The kernel conv2d_relu_add_out runs for these arguments (for tests and diagnostics).
+std::string kernel_name(const at::Tensor& x, const at::Tensor& weight, std::vector<int64_t> stride,
+                        std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                        bool allow_tf32, bool hopper) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 4 && weight.dim() == 4, kOp,
+              ": expected a 4-D CUDA input and a 4-D weight");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t span_w = dilation[1] * (weight.size(3) - 1) + 1;
+  const int64_t OW = (x.size(3) + 2 * padding[1] - span_w) / stride[1] + 1;
+  const Plan plan = make_plan(x, weight, OW, stride, dilation, math_of(x.scalar_type(), allow_tf32), hopper);
+  switch (plan.tile) {
+    case kTilePatch: return "patch";
+    case kTile128x128Wgmma: return "wgmma";
+    case kTile128x128: return "mma.sync 128x128";
+    default: return "mma.sync 128x64";
   }
 }
 
@@ -170,4 +276,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("other_scalar"), pybind11::arg("stride"), pybind11::arg("padding"),
         pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"),
         pybind11::arg("out"));
+  m.def("kernel_name", &fx_fuse::kernel_name, "which kernel runs these arguments", pybind11::arg("x"),
+        pybind11::arg("weight"), pybind11::arg("stride"), pybind11::arg("padding"),
+        pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"));
 }

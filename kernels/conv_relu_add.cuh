@@ -131,6 +131,12 @@ __device__ __forceinline__ float load_other(const ConvParams& p, int64_t off) {
   }
 }
 
+// relu(acc + bias) + other: NaN propagates (only v < 0 becomes 0, as in torch.relu).
+__device__ __forceinline__ float fused_value(float acc, float bias, float other) {
+  const float v = acc + bias;
+  return (v < 0.f ? 0.f : v) + other;
+}
+
 // Predicated loads through the read-only path, 0 where the predicate is false (no branch,
 // so the compiler batches a thread's gathers and their latencies overlap).
 template <int BYTES> __device__ __forceinline__ uint32_t ldg_pred(const void* ptr, bool pred);
@@ -660,14 +666,9 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
             const int c = warp_n * WTN + nt * 8 + 2 * tq + e;
             const int co = n0 + c;
             if (co >= p.Cout) continue;
-            float v = acc[mt][nt][2 * h + e] + s_bias[c];
-            v = v < 0.f ? 0.f : v;
-            if constexpr (decltype(per_channel)::value) {
-              v += s_other[c];
-            } else {
-              v += load_other(p, o_off + co * p.o_sc);
-            }
-            y_row[co * p.y_sc] = from_float<T>(v);
+            const float other = decltype(per_channel)::value ? s_other[c]
+                                                             : load_other(p, o_off + co * p.o_sc);
+            y_row[co * p.y_sc] = from_float<T>(fused_value(acc[mt][nt][2 * h + e], s_bias[c], other));
           }
       }
   };
@@ -681,11 +682,17 @@ __global__ void __launch_bounds__(WM * WN * 32, MINB) conv_relu_add_kernel(const
 // Weight preparation and the K-table (PrepParams in params.h).
 __device__ __forceinline__ void decompose_k(const PrepParams& p, int k, int& c, int& kh,
                                             int& kw) {
-  if (p.cin_inner) {
+  if (p.k_order == kOrderHWC) {
     c = k % p.Cin;
     const int r = k / p.Cin;
     kw = r % p.KW;
     kh = r / p.KW;
+  } else if (p.k_order == kOrderBlocked) {
+    const int r = k / p.k_block;
+    const int tap = r % (p.KH * p.KW);
+    c = r / (p.KH * p.KW) * p.k_block + k % p.k_block;
+    kh = tap / p.KW;
+    kw = tap % p.KW;
   } else {
     kw = k % p.KW;
     const int r = k / p.KW;
@@ -702,9 +709,9 @@ __global__ void conv_prep_kernel(const PrepParams p) {
     if (i < total) {
       const int co = static_cast<int>(i / p.K_pad), k = static_cast<int>(i % p.K_pad);
       T v = from_float<T>(0.f);
-      if (co < p.Cout && k < p.K) {
-        int c, kh, kw;
-        decompose_k(p, k, c, kh, kw);
+      int c = 0, kh = 0, kw = 0;
+      if (k < p.K) decompose_k(p, k, c, kh, kw);
+      if (co < p.Cout && k < p.K && c < p.Cin) {  // blocked order: c past Cin is padding
         v = static_cast<const T*>(p.w)[co * p.w_so + c * p.w_sc + kh * p.w_sh + kw * p.w_sw];
         if constexpr (sizeof(T) == 4) {
           if (p.round_tf32) v = __uint_as_float(f32_to_tf32(v));

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "conv_relu_add.cuh"
+#include "patch_conv.cuh"
 
 namespace fx_fuse {
 
@@ -71,6 +72,34 @@ void launch_conv(const ConvParams& p, bool avec, int tile, cudaStream_t stream) 
     if (avec) launch_tile<MATH, true, 128, 64, 4, 2, kMinBlocksSmall>(p, stream);
     else launch_tile<MATH, false, 128, 64, 4, 2, kMinBlocksSmall>(p, stream);
   }
+}
+
+// Whether the patch kernel was compiled for this GPU (an sm_90a cubin is loaded for it).
+template <Math MATH>
+bool patch_compiled() {
+  cudaFuncAttributes attr{};
+  const void* kernel = reinterpret_cast<const void*>(conv_relu_add_patch_kernel<MATH>);
+  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return attr.binaryVersion == 90;
+}
+
+// One persistent CTA per SM (or per tile, when there are fewer tiles).
+template <Math MATH>
+void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
+  constexpr int smem = patch_smem_bytes();
+  auto kernel = conv_relu_add_patch_kernel<MATH>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  int device = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);
+  const int64_t tiles = images * p.tiles_h * p.tiles_w * ((p.Cout + kPatchBN - 1) / kPatchBN);
+  const int64_t grid = tiles < sms ? tiles : sms;
+  kernel<<<static_cast<unsigned>(grid), kPatchThreads, smem, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T>

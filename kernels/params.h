@@ -15,7 +15,18 @@ constexpr int kSliceBytes = 128;
 // 128x64 (4 x 2, warp tile 32x32) when Cout <= 64 so that half the MMAs are not padding.
 // kTile128x128Wgmma: the 128x128 tile multiplied by Hopper's wgmma (sm_90a builds on a
 // compute capability 9.0 GPU); it falls back to kTile128x128 where that code is absent.
-enum TileConfig : int { kTile128x128 = 0, kTile128x64 = 1, kTile128x128Wgmma = 2 };
+// kTilePatch: the patch kernel (patch_conv.cuh) for NCHW input on Hopper.
+enum TileConfig : int { kTile128x128 = 0, kTile128x64 = 1, kTile128x128Wgmma = 2, kTilePatch = 3 };
+
+// The patch kernel's tile: kPatchBM output pixels x kPatchBN output channels. An input
+// patch slot holds one channel block (one 128-byte K slice of channels: 32 fp32 or 64
+// 16-bit) at patch_channel_pitch elements per channel; the pitch leaves the 8 channels a
+// warp's fragment load touches on distinct shared-memory banks (32 bytes apart modulo 128
+// for fp32, 8 bytes modulo 64 for 16-bit pairs).
+constexpr int kPatchBM = 256;
+constexpr int kPatchBN = 128;
+constexpr int kPatchSlotBytes = 74752;
+constexpr int patch_channel_pitch(int elem_bytes) { return elem_bytes == 4 ? 584 : 580; }
 
 // The K-table sits in shared memory when it has at most this many entries (32 KB); the
 // 128x128 kernels require it there (the launcher picks 128x64 tiles for longer K).
@@ -38,6 +49,13 @@ struct ConvParams {
   int stride_h, stride_w, pad_h, pad_w;
   int span_h, span_w;   // extent of the dilated kernel: dilation * (k - 1) + 1
   int64_t x_sn, x_sh, x_sw;
+  int64_t x_sc;
+  // The patch kernel only: tiles of tile_h x tile_w output pixels, tiles_h x tiles_w per
+  // image; a patch of patch_rows rows of patch_chunks 16-byte chunks (patch_pitch elements
+  // apart); cblocks channel blocks of Cin channels; taps = KH * KW.
+  int Cin, KW, taps, dil_h, dil_w;
+  int tile_h, tile_w, tiles_h, tiles_w;
+  int patch_rows, patch_chunks, patch_pitch, cblocks;
   int other_kind;
   float other_scalar;
   int64_t o_sn, o_sc, o_sh, o_sw;
@@ -45,14 +63,18 @@ struct ConvParams {
 };
 
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,
-// (kh, kw, c) for channels-last (so a 16-byte chunk of K is 16 bytes of one pixel).
+// (kh, kw, c) for channels-last (so a 16-byte chunk of K is 16 bytes of one pixel),
+// (channel block, kh, kw, c) for the patch kernel (one K slice = one tap of one block).
+enum KOrder : int { kOrderCHW = 0, kOrderHWC = 1, kOrderBlocked = 2 };
+
 struct PrepParams {
   const void* w;  // (Cout, Cin, KH, KW) with strides w_s*
   int64_t w_so, w_sc, w_sh, w_sw;
   void* wprep;    // [Cout_pad][K_pad]
   int2* table;    // [K_pad]
   int Cout, Cout_pad, Cin, KH, KW, K, K_pad;
-  int cin_inner;
+  int k_order;
+  int k_block;  // channels per block (kOrderBlocked)
   int64_t x_sc, x_sh, x_sw;
   int dil_h, dil_w;
   int round_tf32;

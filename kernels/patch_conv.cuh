@@ -1,0 +1,306 @@
+// The patch kernel: the fused conv2d -> +bias -> relu -> +other for NCHW input on Hopper
+// (sm_90a), where the implicit GEMM's A operand is built in registers from an input patch
+// in shared memory instead of being gathered element by element.
+//
+// A persistent CTA (256 threads: two warpgroups) walks tiles of kPatchBM output pixels
+// (tile_h rows of tile_w pixels) x kPatchBN output channels. K is ordered (channel block,
+// kh, kw, channel) with blocks of CB channels (one 128-byte K slice: 32 fp32 or 64 16-bit),
+// so a slice is one tap of one channel block. For each (tile, channel block) the input
+// patch the tile reads -- patch_rows rows x patch_pitch columns x CB channels, padding
+// zero-filled -- is copied once into shared memory by 16-byte cp.async, one block ahead of
+// its use. Each slice then:
+//   - multiplies: two m64n128 wgmmas per k-step and warpgroup (A from registers, B from a
+//     ring slot of the prepared weights, K-major with the 128-byte swizzle);
+//   - builds the next slice's A fragments from the patch (ld.shared at the tap's offset,
+//     TF32-rounded or packed in pairs) while that wgmma runs;
+//   - refills the weight ring kPatchBAhead slices ahead.
+// After a tile's last slice the epilogue (bias, relu, other, one store) runs from the
+// accumulators while the next tile's first patch and weight slices are in flight.
+#pragma once
+
+#include "conv_relu_add.cuh"
+
+namespace fx_fuse {
+
+constexpr int kPatchThreads = 256;
+constexpr int kPatchBStages = 4;  // weight ring slots
+constexpr int kPatchBAhead = 2;   // slices in flight ahead of the one multiplied
+constexpr int kPatchSlots = 2;    // input patch buffers (one in use, one loading)
+
+constexpr int patch_smem_bytes() {
+  return kPatchBStages * kPatchBN * kSliceBytes + kPatchSlots * kPatchSlotBytes;
+}
+
+// D (64 x 128, fp32) += A (64 x k, this thread's fragment in registers) * B (128 x k)^T from
+// shared memory; k = 8 for TF32, 16 for fp16 / bf16. scale_d == 0: D = A * B.
+template <Math MATH>
+__device__ __forceinline__ void wgmma_rs_m64n128(float (&d)[64], const uint32_t (&a)[4],
+                                                 uint64_t b, int scale_d) {
+#ifdef FX_FUSE_WGMMA
+#define FX_FUSE_D64                                                                              \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),       \
+  "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),     \
+  "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),     \
+  "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),     \
+  "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),     \
+  "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),     \
+  "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),     \
+  "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define FX_FUSE_D64_LIST                                                                         \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "  \
+  "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
+  "%56, %57, %58, %59, %60, %61, %62, %63}"
+  if constexpr (MATH == Math::kTF32) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 " FX_FUSE_D64_LIST
+                 ", {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
+                 : FX_FUSE_D64
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
+  } else if constexpr (MATH == Math::kF16) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " FX_FUSE_D64_LIST
+                 ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+                 : FX_FUSE_D64
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
+  } else {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " FX_FUSE_D64_LIST
+                 ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+                 : FX_FUSE_D64
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
+  }
+#undef FX_FUSE_D64
+#undef FX_FUSE_D64_LIST
+#else
+  __trap();  // never launched: the host picks this kernel only where sm_90a code exists
+#endif
+}
+
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+#ifdef FX_FUSE_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Where one tile lies: its image, first output row / column / channel, and the input
+// window: first input row, first staged input column (aligned down to a 16-byte chunk)
+// and the shift of the window's first column past it.
+struct PatchTile {
+  int64_t n;
+  int oh0, ow0, n0;
+  int ih0, iw0a, shift;
+};
+
+template <int VEC>
+__device__ __forceinline__ PatchTile patch_tile(const ConvParams& p, int64_t t, int n_tiles) {
+  PatchTile pt;
+  pt.n0 = static_cast<int>(t % n_tiles) * kPatchBN;
+  t /= n_tiles;
+  pt.ow0 = static_cast<int>(t % p.tiles_w) * p.tile_w;
+  t /= p.tiles_w;
+  pt.oh0 = static_cast<int>(t % p.tiles_h) * p.tile_h;
+  pt.n = t / p.tiles_h;
+  pt.ih0 = pt.oh0 * p.stride_h - p.pad_h;
+  const int iw0 = pt.ow0 * p.stride_w - p.pad_w;
+  pt.iw0a = iw0 >= 0 ? iw0 / VEC * VEC : -((VEC - 1 - iw0) / VEC) * VEC;
+  pt.shift = iw0 - pt.iw0a;
+  return pt;
+}
+
+template <Math MATH>
+__global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(const ConvParams p) {
+  using T = typename MathTraits<MATH>::T;
+  constexpr int ELEM = sizeof(T);
+  constexpr int VEC = 16 / ELEM;             // elements per 16-byte chunk
+  constexpr int CB = kSliceBytes / ELEM;     // channels per block = K per slice
+  constexpr int KSTEP = 32 / ELEM;           // K per wgmma (8 TF32, 16 fp16 / bf16)
+  constexpr int NSTEP = CB / KSTEP;          // wgmmas per slice and m-half (4)
+  constexpr int CP = patch_channel_pitch(ELEM);  // elements between channels of a patch
+
+  extern __shared__ __align__(1024) unsigned char smem[];
+  if ((smem_u32(smem) & 1023u) != 0) __trap();  // the 128B swizzle is a function of the address
+  unsigned char* sB = smem;
+  const T* sP = reinterpret_cast<const T*>(smem + kPatchBStages * kPatchBN * kSliceBytes);
+  const uint32_t sP_addr = smem_u32(sP);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, tq = lane & 3;
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ wp = static_cast<const T*>(p.wprep);
+
+  const int n_tiles = (p.Cout + kPatchBN - 1) / kPatchBN;
+  const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);
+  const int64_t tiles = images * p.tiles_h * p.tiles_w * n_tiles;
+  if (static_cast<int64_t>(blockIdx.x) >= tiles) return;
+  const int64_t my_tiles = (tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;
+  const int S = p.cblocks * p.taps;     // slices per tile
+  const int64_t G = my_tiles * S;       // slices of this CTA
+  auto tile_of = [&](int64_t i) { return patch_tile<VEC>(p, blockIdx.x + i * gridDim.x, n_tiles); };
+
+  // This thread's four tile rows (m-half h, row g or g + 8 of its warp's 16) and their
+  // offsets inside a patch, shift excluded: fixed for the whole kernel.
+  int pix[2][2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      const int r = (warp >> 2) * 128 + h * 64 + (warp & 3) * 16 + g + 8 * hi;
+      pix[h][hi] = (r / p.tile_w) * p.stride_h * p.patch_pitch + (r % p.tile_w) * p.stride_w;
+    }
+
+  // Copy the patch of unit u (tile u / cblocks, channel block u % cblocks) into slot u % 2.
+  auto issue_patch = [&](int64_t u) {
+    const PatchTile pt = tile_of(u / p.cblocks);
+    const int cb = static_cast<int>(u % p.cblocks);
+    const uint32_t slot = sP_addr + static_cast<uint32_t>(u & 1) * kPatchSlotBytes;
+    const T* img = x + pt.n * p.x_sn;
+    const int per_c = p.patch_rows * p.patch_chunks;
+    for (int i = tid; i < CB * per_c; i += kPatchThreads) {
+      const int c = i / per_c;
+      const int rem = i - c * per_c;
+      const int r = rem / p.patch_chunks;
+      const int ch = rem - r * p.patch_chunks;
+      const int ci = cb * CB + c, ih = pt.ih0 + r, iw = pt.iw0a + ch * VEC;
+      // A chunk lies wholly inside or wholly outside the row (W % VEC == 0).
+      const bool ok = ci < p.Cin && static_cast<unsigned>(ih) < static_cast<unsigned>(p.H) &&
+                      static_cast<unsigned>(iw) < static_cast<unsigned>(p.W);
+      const T* src = ok ? img + (ci * static_cast<int>(p.x_sc) + ih * static_cast<int>(p.x_sh) + iw) : x;
+      cp_async_16_zfill(slot + (c * CP + r * p.patch_pitch + ch * VEC) * ELEM, src, ok);
+    }
+  };
+
+  // Copy weight slice j of this CTA (slice j % S of tile j / S) into ring slot j % kPatchBStages.
+  auto issue_b = [&](int64_t j) {
+    const int n0 = static_cast<int>((blockIdx.x + (j / S) * gridDim.x) % n_tiles) * kPatchBN;
+    const int k0 = static_cast<int>(j % S) * CB;
+    const uint32_t base = smem_u32(sB + (j % kPatchBStages) * kPatchBN * kSliceBytes);
+#pragma unroll
+    for (int q = 0; q < kPatchBN * 8 / kPatchThreads; ++q) {
+      const int c = tid + q * kPatchThreads;
+      const int row = c >> 3, kc = c & 7;
+      cp_async_16(base + swizzle(row, kc), wp + static_cast<int64_t>(n0 + row) * p.K_pad + k0 + kc * VEC);
+    }
+  };
+
+  // A fragments of one slice: [m-half][k-step][register], in the wgmma register layout
+  // (register e: row g + 8 (e & 1), k = tq + 4 (e >> 1) for TF32; k pair 2 tq + 8 (e >> 1)
+  // for 16-bit).
+  using Frag = uint32_t[2][NSTEP][4];
+  auto build_a = [&](int64_t j, Frag& a) {
+    const int s = static_cast<int>(j % S);
+    const int cb = s / p.taps, tap = s - cb * p.taps;
+    const int64_t u = (j / S) * p.cblocks + cb;
+    const int kh = tap / p.KW, kw = tap - kh * p.KW;
+    const int shift = tile_of(j / S).shift;
+    const int base = static_cast<int>(u & 1) * (kPatchSlotBytes / ELEM) + kh * p.dil_h * p.patch_pitch +
+                     kw * p.dil_w + shift + (ELEM == 4 ? tq : 2 * tq) * CP;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const T* lo = sP + base + pix[h][0];
+      const T* hi = sP + base + pix[h][1];
+#pragma unroll
+      for (int st = 0; st < NSTEP; ++st) {
+        if constexpr (ELEM == 4) {
+          const float* l = reinterpret_cast<const float*>(lo) + st * KSTEP * CP;
+          const float* u8 = reinterpret_cast<const float*>(hi) + st * KSTEP * CP;
+          a[h][st][0] = f32_to_tf32(l[0]);
+          a[h][st][1] = f32_to_tf32(u8[0]);
+          a[h][st][2] = f32_to_tf32(l[4 * CP]);
+          a[h][st][3] = f32_to_tf32(u8[4 * CP]);
+        } else {
+          const unsigned short* l = reinterpret_cast<const unsigned short*>(lo) + st * KSTEP * CP;
+          const unsigned short* u8 = reinterpret_cast<const unsigned short*>(hi) + st * KSTEP * CP;
+          auto pair = [](const unsigned short* q, int k) {
+            return static_cast<uint32_t>(q[k * CP]) | (static_cast<uint32_t>(q[(k + 1) * CP]) << 16);
+          };
+          a[h][st][0] = pair(l, 0);
+          a[h][st][1] = pair(u8, 0);
+          a[h][st][2] = pair(l, 8);
+          a[h][st][3] = pair(u8, 8);
+        }
+      }
+    }
+  };
+
+  float acc[2][64] = {};
+  auto multiply = [&](int64_t j, const Frag& a) {
+    const uint32_t b_tile = smem_u32(sB + (j % kPatchBStages) * kPatchBN * kSliceBytes);
+    const int first = j % S == 0;  // the tile's first slice overwrites the accumulators
+    wgmma_fence();
+#pragma unroll
+    for (int st = 0; st < NSTEP; ++st)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        wgmma_rs_m64n128<MATH>(acc[h], a[h][st], wgmma_desc(b_tile + st * 32), !(first && st == 0));
+    wgmma_commit();
+  };
+
+  // Epilogue of the tile whose accumulators are complete: + bias, relu, + other, one store.
+  auto store_tile = [&](int64_t i) {
+    const PatchTile pt = tile_of(i);
+    T* __restrict__ out = static_cast<T*>(p.out);
+    const T* __restrict__ bias = static_cast<const T*>(p.bias);
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int hi = 0; hi < 2; ++hi) {
+        const int r = (warp >> 2) * 128 + h * 64 + (warp & 3) * 16 + g + 8 * hi;
+        const int oh = pt.oh0 + r / p.tile_w, ow = pt.ow0 + r % p.tile_w;
+        if (oh >= p.OH || ow >= p.OW) continue;
+        T* __restrict__ y = out + (pt.n * p.y_sn + oh * p.y_sh + ow * p.y_sw);
+        const int64_t o_off = pt.n * p.o_sn + oh * p.o_sh + ow * p.o_sw;
+#pragma unroll
+        for (int nt = 0; nt < 16; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int co = pt.n0 + nt * 8 + 2 * tq + e;
+            if (co >= p.Cout) continue;
+            const float b = bias != nullptr ? to_float(bias[co]) : 0.f;
+            y[co * p.y_sc] = from_float<T>(
+                fused_value(acc[h][nt * 4 + 2 * hi + e], b, load_other(p, o_off + co * p.o_sc)));
+          }
+      }
+  };
+
+  // One slice: wait for its weights, refill the ring, multiply, build the next fragments.
+  Frag frag[2];
+  auto step = [&](int64_t j, auto buf) {
+    constexpr int B = decltype(buf)::value;
+    cp_async_wait<kPatchBAhead - 1>();
+    fence_proxy_async();
+    // Every thread's copies for slice j (and the patch it reads) have landed, and every
+    // warpgroup is past slice j - 1, whose wait retired the wgmma of slice j - 2: its ring
+    // slot, refilled below, is free.
+    __syncthreads();
+    if (j + kPatchBAhead < G) issue_b(j + kPatchBAhead);
+    // A unit's first slice starts the copy of the next unit's patch into the other slot,
+    // whose last reader (the previous unit) is behind the barrier above.
+    const int64_t u = j / p.taps;  // slices are unit-major: S = cblocks * taps
+    if (j % p.taps == 0 && u + 1 < my_tiles * p.cblocks) issue_patch(u + 1);
+    cp_async_commit();
+    multiply(j, frag[B]);
+    wgmma_wait<1>();  // the wgmma of slice j - 1 is done: its fragments can be rebuilt
+    if (j + 1 < G) build_a(j + 1, frag[1 - B]);
+    if (j % S == S - 1) {
+      wgmma_wait<0>();
+      store_tile(j / S);
+    }
+  };
+
+  issue_patch(0);
+  issue_b(0);
+  cp_async_commit();
+  if (G > 1) issue_b(1);
+  cp_async_commit();
+  cp_async_wait<1>();
+  __syncthreads();
+  build_a(0, frag[0]);
+  for (int64_t j = 0; j < G; j += 2) {
+    step(j, std::integral_constant<int, 0>{});
+    if (j + 1 < G) step(j + 1, std::integral_constant<int, 1>{});
+  }
+}
+
+}  // namespace fx_fuse
