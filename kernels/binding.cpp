@@ -59,7 +59,7 @@ bool patch_geometry(int64_t OW, int64_t KH, int64_t KW, const std::vector<int64_
     const int64_t rows = (th - 1) * stride[0] + dilation[0] * (KH - 1) + 1;
     const int64_t cols = (vec - 1) + (tw - 1) * stride[1] + dilation[1] * (KW - 1) + 1;
     const int64_t chunks = (cols + vec - 1) / vec;
-    if (rows * chunks * vec <= patch_channel_pitch(elem)) {
+    if (rows * chunks * vec <= kPatchChannelPitch) {
       plan.tile_h = static_cast<int>(th);
       plan.tile_w = tw;
       plan.patch_rows = static_cast<int>(rows);

@@ -20,13 +20,14 @@ enum TileConfig : int { kTile128x128 = 0, kTile128x64 = 1, kTile128x128Wgmma = 2
 
 // The patch kernel's tile: kPatchBM output pixels x kPatchBN output channels. An input
 // patch slot holds one channel block (one 128-byte K slice of channels: 32 fp32 or 64
-// 16-bit) at patch_channel_pitch elements per channel; the pitch leaves the 8 channels a
-// warp's fragment load touches on distinct shared-memory banks (32 bytes apart modulo 128
-// for fp32, 8 bytes modulo 64 for 16-bit pairs).
+// 16-bit) at kPatchChannelPitch elements per channel: 2336 bytes (32 modulo 128) for fp32,
+// 1168 (16 modulo 64) for 16-bit, so that the four lane groups of a fragment load (lanes
+// 4 apart read channels 1 or 2 apart) fall 32 bytes apart in distinct banks, and chunks
+// stay 16-byte aligned.
 constexpr int kPatchBM = 256;
 constexpr int kPatchBN = 128;
-constexpr int kPatchSlotBytes = 74752;
-constexpr int patch_channel_pitch(int elem_bytes) { return elem_bytes == 4 ? 584 : 580; }
+constexpr int kPatchChannelPitch = 584;
+constexpr int kPatchSlotBytes = 74752;  // 32 x 584 x 4 = 64 x 584 x 2
 
 // The K-table sits in shared memory when it has at most this many entries (32 KB); the
 // 128x128 kernels require it there (the launcher picks 128x64 tiles for longer K).

@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   constexpr int CB = kSliceBytes / ELEM;     // channels per block = K per slice
   constexpr int KSTEP = 32 / ELEM;           // K per wgmma (8 TF32, 16 fp16 / bf16)
   constexpr int NSTEP = CB / KSTEP;          // wgmmas per slice and m-half (4)
-  constexpr int CP = patch_channel_pitch(ELEM);  // elements between channels of a patch
+  constexpr int CP = kPatchChannelPitch;  // elements between channels of a patch
 
   extern __shared__ __align__(1024) unsigned char smem[];
   if ((smem_u32(smem) & 1023u) != 0) __trap();  // the 128B swizzle is a function of the address
@@ -135,8 +135,6 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   const int64_t tiles = images * p.tiles_h * p.tiles_w * n_tiles;
   if (static_cast<int64_t>(blockIdx.x) >= tiles) return;
   const int64_t my_tiles = (tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;
-  const int S = p.cblocks * p.taps;     // slices per tile
-  const int64_t G = my_tiles * S;       // slices of this CTA
   auto tile_of = [&](int64_t i) { return patch_tile<VEC>(p, blockIdx.x + i * gridDim.x, n_tiles); };
 
   // This thread's four tile rows (m-half h, row g or g + 8 of its warp's 16) and their
@@ -150,16 +148,15 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
       pix[h][hi] = (r / p.tile_w) * p.stride_h * p.patch_pitch + (r % p.tile_w) * p.stride_w;
     }
 
-  // Copy the patch of unit u (tile u / cblocks, channel block u % cblocks) into slot u % 2.
-  auto issue_patch = [&](int64_t u) {
-    const PatchTile pt = tile_of(u / p.cblocks);
-    const int cb = static_cast<int>(u % p.cblocks);
-    const uint32_t slot = sP_addr + static_cast<uint32_t>(u & 1) * kPatchSlotBytes;
+  // Copy channel block cb of tile i's input patch into slot `slot`.
+  auto issue_patch = [&](int64_t i, int cb, int slot) {
+    const PatchTile pt = tile_of(i);
+    const uint32_t dst = sP_addr + static_cast<uint32_t>(slot) * kPatchSlotBytes;
     const T* img = x + pt.n * p.x_sn;
     const int per_c = p.patch_rows * p.patch_chunks;
-    for (int i = tid; i < CB * per_c; i += kPatchThreads) {
-      const int c = i / per_c;
-      const int rem = i - c * per_c;
+    for (int q = tid; q < CB * per_c; q += kPatchThreads) {
+      const int c = q / per_c;
+      const int rem = q - c * per_c;
       const int r = rem / p.patch_chunks;
       const int ch = rem - r * p.patch_chunks;
       const int ci = cb * CB + c, ih = pt.ih0 + r, iw = pt.iw0a + ch * VEC;
@@ -167,35 +164,32 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
       const bool ok = ci < p.Cin && static_cast<unsigned>(ih) < static_cast<unsigned>(p.H) &&
                       static_cast<unsigned>(iw) < static_cast<unsigned>(p.W);
       const T* src = ok ? img + (ci * static_cast<int>(p.x_sc) + ih * static_cast<int>(p.x_sh) + iw) : x;
-      cp_async_16_zfill(slot + (c * CP + r * p.patch_pitch + ch * VEC) * ELEM, src, ok);
+      cp_async_16_zfill(dst + (c * CP + r * p.patch_pitch + ch * VEC) * ELEM, src, ok);
     }
   };
 
-  // Copy weight slice j of this CTA (slice j % S of tile j / S) into ring slot j % kPatchBStages.
-  auto issue_b = [&](int64_t j) {
-    const int n0 = static_cast<int>((blockIdx.x + (j / S) * gridDim.x) % n_tiles) * kPatchBN;
-    const int k0 = static_cast<int>(j % S) * CB;
-    const uint32_t base = smem_u32(sB + (j % kPatchBStages) * kPatchBN * kSliceBytes);
+  // Copy weight slice s of tile i into ring slot `slot`.
+  auto issue_b = [&](int64_t i, int s, int slot) {
+    const int n0 = n_tiles == 1 ? 0 : static_cast<int>((blockIdx.x + i * gridDim.x) % n_tiles) * kPatchBN;
+    const uint32_t base = smem_u32(sB + slot * kPatchBN * kSliceBytes);
+    const T* src = wp + static_cast<int64_t>(n0) * p.K_pad + s * CB;
 #pragma unroll
     for (int q = 0; q < kPatchBN * 8 / kPatchThreads; ++q) {
       const int c = tid + q * kPatchThreads;
       const int row = c >> 3, kc = c & 7;
-      cp_async_16(base + swizzle(row, kc), wp + static_cast<int64_t>(n0 + row) * p.K_pad + k0 + kc * VEC);
+      cp_async_16(base + swizzle(row, kc), src + static_cast<int64_t>(row) * p.K_pad + kc * VEC);
     }
   };
 
-  // A fragments of one slice: [m-half][k-step][register], in the wgmma register layout
-  // (register e: row g + 8 (e & 1), k = tq + 4 (e >> 1) for TF32; k pair 2 tq + 8 (e >> 1)
-  // for 16-bit).
+  // A fragments of slice s (its patch in slot `slot`, window shifted by `shift` columns):
+  // [m-half][k-step][register], in the wgmma register layout (register e: row g + 8 (e & 1),
+  // k = tq + 4 (e >> 1) for TF32; the k pair 2 tq + 8 (e >> 1) for 16-bit).
   using Frag = uint32_t[2][NSTEP][4];
-  auto build_a = [&](int64_t j, Frag& a) {
-    const int s = static_cast<int>(j % S);
-    const int cb = s / p.taps, tap = s - cb * p.taps;
-    const int64_t u = (j / S) * p.cblocks + cb;
+  auto build_a = [&](int s, int slot, int shift, Frag& a) {
+    const int tap = s % p.taps;
     const int kh = tap / p.KW, kw = tap - kh * p.KW;
-    const int shift = tile_of(j / S).shift;
-    const int base = static_cast<int>(u & 1) * (kPatchSlotBytes / ELEM) + kh * p.dil_h * p.patch_pitch +
-                     kw * p.dil_w + shift + (ELEM == 4 ? tq : 2 * tq) * CP;
+    const int base = slot * (kPatchSlotBytes / ELEM) + kh * p.dil_h * p.patch_pitch + kw * p.dil_w +
+                     shift + (ELEM == 4 ? tq : 2 * tq) * CP;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const T* lo = sP + base + pix[h][0];
@@ -204,42 +198,40 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
       for (int st = 0; st < NSTEP; ++st) {
         if constexpr (ELEM == 4) {
           const float* l = reinterpret_cast<const float*>(lo) + st * KSTEP * CP;
-          const float* u8 = reinterpret_cast<const float*>(hi) + st * KSTEP * CP;
+          const float* u = reinterpret_cast<const float*>(hi) + st * KSTEP * CP;
           a[h][st][0] = f32_to_tf32(l[0]);
-          a[h][st][1] = f32_to_tf32(u8[0]);
+          a[h][st][1] = f32_to_tf32(u[0]);
           a[h][st][2] = f32_to_tf32(l[4 * CP]);
-          a[h][st][3] = f32_to_tf32(u8[4 * CP]);
+          a[h][st][3] = f32_to_tf32(u[4 * CP]);
         } else {
           const unsigned short* l = reinterpret_cast<const unsigned short*>(lo) + st * KSTEP * CP;
-          const unsigned short* u8 = reinterpret_cast<const unsigned short*>(hi) + st * KSTEP * CP;
+          const unsigned short* u = reinterpret_cast<const unsigned short*>(hi) + st * KSTEP * CP;
           auto pair = [](const unsigned short* q, int k) {
             return static_cast<uint32_t>(q[k * CP]) | (static_cast<uint32_t>(q[(k + 1) * CP]) << 16);
           };
           a[h][st][0] = pair(l, 0);
-          a[h][st][1] = pair(u8, 0);
+          a[h][st][1] = pair(u, 0);
           a[h][st][2] = pair(l, 8);
-          a[h][st][3] = pair(u8, 8);
+          a[h][st][3] = pair(u, 8);
         }
       }
     }
   };
 
   float acc[2][64] = {};
-  auto multiply = [&](int64_t j, const Frag& a) {
-    const uint32_t b_tile = smem_u32(sB + (j % kPatchBStages) * kPatchBN * kSliceBytes);
-    const int first = j % S == 0;  // the tile's first slice overwrites the accumulators
+  auto multiply = [&](const Frag& a, int slot, bool first) {
+    const uint32_t b_tile = smem_u32(sB + slot * kPatchBN * kSliceBytes);
     wgmma_fence();
 #pragma unroll
     for (int st = 0; st < NSTEP; ++st)
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
+      for (int h = 0; h < 2; ++h)  // the tile's first slice overwrites the accumulators
         wgmma_rs_m64n128<MATH>(acc[h], a[h][st], wgmma_desc(b_tile + st * 32), !(first && st == 0));
     wgmma_commit();
   };
 
-  // Epilogue of the tile whose accumulators are complete: + bias, relu, + other, one store.
-  auto store_tile = [&](int64_t i) {
-    const PatchTile pt = tile_of(i);
+  // Epilogue of a tile whose accumulators are complete: + bias, relu, + other, one store.
+  auto store_tile = [&](const PatchTile& pt) {
     T* __restrict__ out = static_cast<T*>(p.out);
     const T* __restrict__ bias = static_cast<const T*>(p.bias);
 #pragma unroll
@@ -264,42 +256,66 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
       }
   };
 
-  // One slice: wait for its weights, refill the ring, multiply, build the next fragments.
+  // Slice s of tile i (the CTA's j-th): wait for its weights, refill the ring, start the
+  // next unit's patch, multiply, and build the tile's next fragments while that runs.
+  const int S = p.cblocks * p.taps;  // slices per tile
   Frag frag[2];
-  auto step = [&](int64_t j, auto buf) {
+  auto step = [&](int64_t i, int s, int64_t j, int shift, auto buf) {
     constexpr int B = decltype(buf)::value;
     cp_async_wait<kPatchBAhead - 1>();
     fence_proxy_async();
-    // Every thread's copies for slice j (and the patch it reads) have landed, and every
+    // Every thread's copies for slice j (and the patches it reads) have landed, and every
     // warpgroup is past slice j - 1, whose wait retired the wgmma of slice j - 2: its ring
     // slot, refilled below, is free.
     __syncthreads();
-    if (j + kPatchBAhead < G) issue_b(j + kPatchBAhead);
+    {
+      const int s2 = s + kPatchBAhead < S ? s + kPatchBAhead : s + kPatchBAhead - S;
+      const int64_t i2 = s + kPatchBAhead < S ? i : i + 1;
+      if (i2 < my_tiles) issue_b(i2, s2, static_cast<int>((j + kPatchBAhead) % kPatchBStages));
+    }
     // A unit's first slice starts the copy of the next unit's patch into the other slot,
     // whose last reader (the previous unit) is behind the barrier above.
-    const int64_t u = j / p.taps;  // slices are unit-major: S = cblocks * taps
-    if (j % p.taps == 0 && u + 1 < my_tiles * p.cblocks) issue_patch(u + 1);
+    const int cb = s / p.taps;
+    const int unit_slot = static_cast<int>((i * p.cblocks + cb) & 1);
+    if (s == cb * p.taps) {
+      if (cb + 1 < p.cblocks) issue_patch(i, cb + 1, unit_slot ^ 1);
+      else if (i + 1 < my_tiles) issue_patch(i + 1, 0, unit_slot ^ 1);
+    }
     cp_async_commit();
-    multiply(j, frag[B]);
+    multiply(frag[B], static_cast<int>(j % kPatchBStages), s == 0);
     wgmma_wait<1>();  // the wgmma of slice j - 1 is done: its fragments can be rebuilt
-    if (j + 1 < G) build_a(j + 1, frag[1 - B]);
-    if (j % S == S - 1) {
-      wgmma_wait<0>();
-      store_tile(j / S);
+    if (s + 1 < S) {
+      const int next_slot = (s + 1) % p.taps == 0 ? unit_slot ^ 1 : unit_slot;
+      build_a(s + 1, next_slot, shift, frag[1 - B]);
     }
   };
 
-  issue_patch(0);
-  issue_b(0);
+  issue_patch(0, 0, 0);
+  issue_b(0, 0, 0);
   cp_async_commit();
-  if (G > 1) issue_b(1);
+  if (S > 1) issue_b(0, 1, 1);
   cp_async_commit();
   cp_async_wait<1>();
   __syncthreads();
-  build_a(0, frag[0]);
-  for (int64_t j = 0; j < G; j += 2) {
-    step(j, std::integral_constant<int, 0>{});
-    if (j + 1 < G) step(j + 1, std::integral_constant<int, 1>{});
+  PatchTile pt = tile_of(0);
+  build_a(0, 0, pt.shift, frag[0]);
+  int64_t j = 0;
+  for (int64_t i = 0; i < my_tiles; ++i) {
+    int s = 0;
+    for (; s + 1 < S; s += 2, j += 2) {
+      step(i, s, j, pt.shift, std::integral_constant<int, 0>{});
+      step(i, s + 1, j + 1, pt.shift, std::integral_constant<int, 1>{});
+    }
+    if (s < S) {
+      step(i, s, j, pt.shift, std::integral_constant<int, 0>{});
+      ++j;
+    }
+    wgmma_wait<0>();
+    store_tile(pt);
+    if (i + 1 < my_tiles) {
+      pt = tile_of(i + 1);
+      build_a(0, static_cast<int>(((i + 1) * p.cblocks) & 1), pt.shift, frag[0]);
+    }
   }
 }
 
