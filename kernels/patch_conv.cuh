@@ -27,8 +27,10 @@ constexpr int kPatchBStages = 4;  // weight ring slots
 constexpr int kPatchBAhead = 2;   // slices in flight ahead of the one multiplied
 constexpr int kPatchSlots = 2;    // input patch buffers (one in use, one loading)
 
+// The weight ring, the patch slots and two buffers of per-channel bias and `other`.
 constexpr int patch_smem_bytes() {
-  return kPatchBStages * kPatchBN * kSliceBytes + kPatchSlots * kPatchSlotBytes;
+  return kPatchBStages * kPatchBN * kSliceBytes + kPatchSlots * kPatchSlotBytes +
+         2 * 2 * kPatchBN * static_cast<int>(sizeof(float));
 }
 
 // D (64 x 128, fp32) += A (64 x k, this thread's fragment in registers) * B (128 x k)^T from
@@ -137,40 +139,65 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   const int64_t my_tiles = (tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;
   auto tile_of = [&](int64_t i) { return patch_tile<VEC>(p, blockIdx.x + i * gridDim.x, n_tiles); };
 
-  // This thread's four tile rows (m-half h, row g or g + 8 of its warp's 16) and their
-  // offsets inside a patch, shift excluded: fixed for the whole kernel.
+  // This thread's four tile rows (m-half h, row g or g + 8 of its warp's 16): their offsets
+  // inside a patch (before the tile's shift and the tap's offset), with the thread's
+  // first channel (tq, or the pair 2 tq) folded in. Fixed for the whole kernel.
   int pix[2][2];
 #pragma unroll
   for (int h = 0; h < 2; ++h)
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
       const int r = (warp >> 2) * 128 + h * 64 + (warp & 3) * 16 + g + 8 * hi;
-      pix[h][hi] = (r / p.tile_w) * p.stride_h * p.patch_pitch + (r % p.tile_w) * p.stride_w;
+      pix[h][hi] = (r / p.tile_w) * p.stride_h * p.patch_pitch + (r % p.tile_w) * p.stride_w +
+                   (ELEM == 4 ? tq : 2 * tq) * CP;
     }
 
-  // Copy channel block cb of tile i's input patch into slot `slot`.
+  // The patch copy: warp w takes patch rows w, w + 8, ... (row = channel * patch_rows +
+  // input row), lane l its 16-byte chunks l, l + 32, ... The rounding pass walks the same
+  // chunks: its own copies, visible to the thread once its cp.async group completed.
+  auto for_my_chunks = [&](auto&& fn) {
+    int c = warp / p.patch_rows, r = warp - c * p.patch_rows;
+    for (; c < CB;) {
+      for (int ch = lane; ch < p.patch_chunks; ch += 32) fn(c, r, ch);
+      r += kPatchThreads / 32;
+      while (r >= p.patch_rows) {
+        r -= p.patch_rows;
+        ++c;
+      }
+    }
+  };
   auto issue_patch = [&](int64_t i, int cb, int slot) {
     const PatchTile pt = tile_of(i);
     const uint32_t dst = sP_addr + static_cast<uint32_t>(slot) * kPatchSlotBytes;
     const T* img = x + pt.n * p.x_sn;
-    const int per_c = p.patch_rows * p.patch_chunks;
-    for (int q = tid; q < CB * per_c; q += kPatchThreads) {
-      const int c = q / per_c;
-      const int rem = q - c * per_c;
-      const int r = rem / p.patch_chunks;
-      const int ch = rem - r * p.patch_chunks;
+    for_my_chunks([&](int c, int r, int ch) {
       const int ci = cb * CB + c, ih = pt.ih0 + r, iw = pt.iw0a + ch * VEC;
       // A chunk lies wholly inside or wholly outside the row (W % VEC == 0).
       const bool ok = ci < p.Cin && static_cast<unsigned>(ih) < static_cast<unsigned>(p.H) &&
                       static_cast<unsigned>(iw) < static_cast<unsigned>(p.W);
       const T* src = ok ? img + (ci * static_cast<int>(p.x_sc) + ih * static_cast<int>(p.x_sh) + iw) : x;
       cp_async_16_zfill(dst + (c * CP + r * p.patch_pitch + ch * VEC) * ELEM, src, ok);
+    });
+  };
+  // TF32: round this thread's chunks of a landed patch in place (once per element, not
+  // once per tap that reads it).
+  auto round_patch = [&](int slot) {
+    if constexpr (MATH == Math::kTF32) {
+      unsigned char* base = smem + kPatchBStages * kPatchBN * kSliceBytes + slot * kPatchSlotBytes;
+      for_my_chunks([&](int c, int r, int ch) {
+        uint4* q = reinterpret_cast<uint4*>(base + (c * CP + r * p.patch_pitch + ch * VEC) * ELEM);
+        uint4 v = *q;
+        v.x = f32_to_tf32(__uint_as_float(v.x));
+        v.y = f32_to_tf32(__uint_as_float(v.y));
+        v.z = f32_to_tf32(__uint_as_float(v.z));
+        v.w = f32_to_tf32(__uint_as_float(v.w));
+        *q = v;
+      });
     }
   };
 
-  // Copy weight slice s of tile i into ring slot `slot`.
-  auto issue_b = [&](int64_t i, int s, int slot) {
-    const int n0 = n_tiles == 1 ? 0 : static_cast<int>((blockIdx.x + i * gridDim.x) % n_tiles) * kPatchBN;
+  // Copy weight slice s of the tile with first channel n0 into ring slot `slot`.
+  auto issue_b = [&](int n0, int s, int slot) {
     const uint32_t base = smem_u32(sB + slot * kPatchBN * kSliceBytes);
     const T* src = wp + static_cast<int64_t>(n0) * p.K_pad + s * CB;
 #pragma unroll
@@ -180,16 +207,35 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
       cp_async_16(base + swizzle(row, kc), src + static_cast<int64_t>(row) * p.K_pad + kc * VEC);
     }
   };
+  auto n0_of = [&](int64_t i) {
+    return n_tiles == 1 ? 0 : static_cast<int>((blockIdx.x + i * gridDim.x) % n_tiles) * kPatchBN;
+  };
 
-  // A fragments of slice s (its patch in slot `slot`, window shifted by `shift` columns):
-  // [m-half][k-step][register], in the wgmma register layout (register e: row g + 8 (e & 1),
-  // k = tq + 4 (e >> 1) for TF32; the k pair 2 tq + 8 (e >> 1) for 16-bit).
+  // Where a slice reads its patch: the tap (index, kw) and its offset inside the patch,
+  // the channel block and the slot. Slices are walked in order, without divisions.
+  struct Slice {
+    int tap, kw, off, cb, slot;
+  };
+  auto next_slice = [&](Slice c) {
+    if (++c.tap == p.taps) {
+      c.tap = c.kw = c.off = 0;
+      ++c.cb;
+      c.slot ^= 1;
+    } else if (++c.kw == p.KW) {
+      c.kw = 0;
+      c.off += p.dil_h * p.patch_pitch - (p.KW - 1) * p.dil_w;
+    } else {
+      c.off += p.dil_w;
+    }
+    return c;
+  };
+
+  // A fragments of a slice: [m-half][k-step][register], in the wgmma register layout
+  // (register e: row g + 8 (e & 1), k = tq + 4 (e >> 1) for TF32; the k pair 2 tq + 8 (e >> 1)
+  // for 16-bit).
   using Frag = uint32_t[2][NSTEP][4];
-  auto build_a = [&](int s, int slot, int shift, Frag& a) {
-    const int tap = s % p.taps;
-    const int kh = tap / p.KW, kw = tap - kh * p.KW;
-    const int base = slot * (kPatchSlotBytes / ELEM) + kh * p.dil_h * p.patch_pitch + kw * p.dil_w +
-                     shift + (ELEM == 4 ? tq : 2 * tq) * CP;
+  auto build_a = [&](const Slice& c, int shift, Frag& a) {
+    const int base = c.slot * (kPatchSlotBytes / ELEM) + c.off + shift;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const T* lo = sP + base + pix[h][0];
@@ -197,12 +243,12 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
 #pragma unroll
       for (int st = 0; st < NSTEP; ++st) {
         if constexpr (ELEM == 4) {
-          const float* l = reinterpret_cast<const float*>(lo) + st * KSTEP * CP;
-          const float* u = reinterpret_cast<const float*>(hi) + st * KSTEP * CP;
-          a[h][st][0] = f32_to_tf32(l[0]);
-          a[h][st][1] = f32_to_tf32(u[0]);
-          a[h][st][2] = f32_to_tf32(l[4 * CP]);
-          a[h][st][3] = f32_to_tf32(u[4 * CP]);
+          const uint32_t* l = reinterpret_cast<const uint32_t*>(lo) + st * KSTEP * CP;
+          const uint32_t* u = reinterpret_cast<const uint32_t*>(hi) + st * KSTEP * CP;
+          a[h][st][0] = l[0];
+          a[h][st][1] = u[0];
+          a[h][st][2] = l[4 * CP];
+          a[h][st][3] = u[4 * CP];
         } else {
           const unsigned short* l = reinterpret_cast<const unsigned short*>(lo) + st * KSTEP * CP;
           const unsigned short* u = reinterpret_cast<const unsigned short*>(hi) + st * KSTEP * CP;
@@ -230,10 +276,26 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
     wgmma_commit();
   };
 
+  // Bias and a per-channel `other` (or the scalar) of tile i's channels, in smem buffer
+  // i % 2: written before the tile's first barrier, read by its epilogue, rewritten two
+  // tiles later (after every thread passed the barriers of the tile between).
+  float* s_chan = reinterpret_cast<float*>(smem + kPatchBStages * kPatchBN * kSliceBytes +
+                                           kPatchSlots * kPatchSlotBytes);
+  const bool other_per_channel = p.o_sn == 0 && p.o_sh == 0 && p.o_sw == 0;
+  auto load_channels = [&](const PatchTile& pt, int buf) {
+    if (tid < kPatchBN) {
+      const int co = pt.n0 + tid;
+      const bool ok = co < p.Cout;
+      float* dst = s_chan + buf * 2 * kPatchBN;
+      dst[tid] = ok && p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[co]) : 0.f;
+      dst[kPatchBN + tid] = ok && other_per_channel ? load_other(p, co * p.o_sc) : 0.f;
+    }
+  };
+
   // Epilogue of a tile whose accumulators are complete: + bias, relu, + other, one store.
-  auto store_tile = [&](const PatchTile& pt) {
+  // `other_at(o_off, co, c)`: the value of `other` at the pixel (o_off) and channel.
+  auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at) {
     T* __restrict__ out = static_cast<T*>(p.out);
-    const T* __restrict__ bias = static_cast<const T*>(p.bias);
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
@@ -247,74 +309,104 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
         for (int nt = 0; nt < 16; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int co = pt.n0 + nt * 8 + 2 * tq + e;
+            const int c = nt * 8 + 2 * tq + e, co = pt.n0 + c;
             if (co >= p.Cout) continue;
-            const float b = bias != nullptr ? to_float(bias[co]) : 0.f;
             y[co * p.y_sc] = from_float<T>(
-                fused_value(acc[h][nt * 4 + 2 * hi + e], b, load_other(p, o_off + co * p.o_sc)));
+                fused_value(acc[h][nt * 4 + 2 * hi + e], chan[c], other_at(o_off, co, c)));
           }
       }
   };
+  // One copy of the unrolled stores per kind of `other`, so that no element waits on a
+  // branch before its load.
+  auto store_tile = [&](const PatchTile& pt, int buf) {
+    const float* chan = s_chan + buf * 2 * kPatchBN;
+    auto strided = [&](auto tag) {
+      using U = decltype(tag);
+      const U* o = static_cast<const U*>(p.other);
+      return [=](int64_t off, int co, int) { return to_float(__ldg(o + off + co * p.o_sc)); };
+    };
+    if (other_per_channel) {
+      store_rows(pt, chan, [&](int64_t, int, int c) { return chan[kPatchBN + c]; });
+    } else if (p.other_kind == kOtherF32) {
+      store_rows(pt, chan, strided(float{}));
+    } else if (p.other_kind == kOtherF16) {
+      store_rows(pt, chan, strided(__half{}));
+    } else if (p.other_kind == kOtherBF16) {
+      store_rows(pt, chan, strided(__nv_bfloat16{}));
+    } else {
+      store_rows(pt, chan, [&](int64_t off, int co, int) {
+        return static_cast<float>(__ldg(static_cast<const double*>(p.other) + off + co * p.o_sc));
+      });
+    }
+  };
 
-  // Slice s of tile i (the CTA's j-th): wait for its weights, refill the ring, start the
-  // next unit's patch, multiply, and build the tile's next fragments while that runs.
+  // Slice s of tile i (the CTA's j-th, reading `cur`): wait for its weights, refill the
+  // ring, start the next unit's patch, multiply, and build the next fragments while the
+  // wgmma runs. Returns where the next slice reads.
   const int S = p.cblocks * p.taps;  // slices per tile
   Frag frag[2];
-  auto step = [&](int64_t i, int s, int64_t j, int shift, auto buf) {
+  auto step = [&](int64_t i, int s, int64_t j, const PatchTile& pt, const Slice& cur, auto buf) {
     constexpr int B = decltype(buf)::value;
+    const Slice nxt = next_slice(cur);
+    const bool last = s + 1 == S;
     cp_async_wait<kPatchBAhead - 1>();
+    // The next slice starts a unit: its patch has landed (this thread's part); round it.
+    if (nxt.tap == 0) round_patch(cur.slot ^ 1);
     fence_proxy_async();
     // Every thread's copies for slice j (and the patches it reads) have landed, and every
     // warpgroup is past slice j - 1, whose wait retired the wgmma of slice j - 2: its ring
     // slot, refilled below, is free.
     __syncthreads();
-    {
-      const int s2 = s + kPatchBAhead < S ? s + kPatchBAhead : s + kPatchBAhead - S;
-      const int64_t i2 = s + kPatchBAhead < S ? i : i + 1;
-      if (i2 < my_tiles) issue_b(i2, s2, static_cast<int>((j + kPatchBAhead) % kPatchBStages));
+    if (s + kPatchBAhead < S) {
+      issue_b(pt.n0, s + kPatchBAhead, static_cast<int>((j + kPatchBAhead) % kPatchBStages));
+    } else if (i + 1 < my_tiles) {
+      issue_b(n0_of(i + 1), s + kPatchBAhead - S, static_cast<int>((j + kPatchBAhead) % kPatchBStages));
     }
     // A unit's first slice starts the copy of the next unit's patch into the other slot,
     // whose last reader (the previous unit) is behind the barrier above.
-    const int cb = s / p.taps;
-    const int unit_slot = static_cast<int>((i * p.cblocks + cb) & 1);
-    if (s == cb * p.taps) {
-      if (cb + 1 < p.cblocks) issue_patch(i, cb + 1, unit_slot ^ 1);
-      else if (i + 1 < my_tiles) issue_patch(i + 1, 0, unit_slot ^ 1);
+    if (cur.tap == 0) {
+      if (cur.cb + 1 < p.cblocks) issue_patch(i, cur.cb + 1, cur.slot ^ 1);
+      else if (i + 1 < my_tiles) issue_patch(i + 1, 0, cur.slot ^ 1);
     }
     cp_async_commit();
     multiply(frag[B], static_cast<int>(j % kPatchBStages), s == 0);
     wgmma_wait<1>();  // the wgmma of slice j - 1 is done: its fragments can be rebuilt
-    if (s + 1 < S) {
-      const int next_slot = (s + 1) % p.taps == 0 ? unit_slot ^ 1 : unit_slot;
-      build_a(s + 1, next_slot, shift, frag[1 - B]);
-    }
+    if (!last) build_a(nxt, pt.shift, frag[1 - B]);
+    return nxt;
   };
 
+  // Prologue: the first unit's patch and two weight slices.
   issue_patch(0, 0, 0);
-  issue_b(0, 0, 0);
+  issue_b(n0_of(0), 0, 0);
   cp_async_commit();
-  if (S > 1) issue_b(0, 1, 1);
+  if (S > 1) issue_b(n0_of(0), 1, 1);
   cp_async_commit();
   cp_async_wait<1>();
+  round_patch(0);
   __syncthreads();
   PatchTile pt = tile_of(0);
-  build_a(0, 0, pt.shift, frag[0]);
+  Slice cur{0, 0, 0, 0, 0};
+  build_a(cur, pt.shift, frag[0]);
   int64_t j = 0;
   for (int64_t i = 0; i < my_tiles; ++i) {
+    load_channels(pt, static_cast<int>(i & 1));
     int s = 0;
     for (; s + 1 < S; s += 2, j += 2) {
-      step(i, s, j, pt.shift, std::integral_constant<int, 0>{});
-      step(i, s + 1, j + 1, pt.shift, std::integral_constant<int, 1>{});
+      cur = step(i, s, j, pt, cur, std::integral_constant<int, 0>{});
+      cur = step(i, s + 1, j + 1, pt, cur, std::integral_constant<int, 1>{});
     }
     if (s < S) {
-      step(i, s, j, pt.shift, std::integral_constant<int, 0>{});
+      cur = step(i, s, j, pt, cur, std::integral_constant<int, 0>{});
       ++j;
     }
     wgmma_wait<0>();
-    store_tile(pt);
+    store_tile(pt, static_cast<int>(i & 1));
     if (i + 1 < my_tiles) {
+      // The next tile's first unit: cur walked past the last slice into (cb = cblocks,
+      // slot of the next unit).
       pt = tile_of(i + 1);
-      build_a(0, static_cast<int>(((i + 1) * p.cblocks) & 1), pt.shift, frag[0]);
+      cur = Slice{0, 0, 0, 0, cur.slot};
+      build_a(cur, pt.shift, frag[0]);
     }
   }
 }
