@@ -152,18 +152,21 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
                    (ELEM == 4 ? tq : 2 * tq) * CP;
     }
 
-  // The patch copy: warp w takes patch rows w, w + 8, ... (row = channel * patch_rows +
-  // input row), lane l its 16-byte chunks l, l + 32, ... The rounding pass walks the same
-  // chunks: its own copies, visible to the thread once its cp.async group completed.
+  // The patch copy: thread t takes the 16-byte chunks q = t, t + 256, ... of a patch
+  // (chunk q: channel q / (rows * chunks), then row and column chunk), split by
+  // multiply-high with rounded-up reciprocals (exact for q * divisor < 2^32), so that the
+  // iterations are independent. The rounding pass walks the same chunks: its own copies,
+  // visible to the thread once its cp.async group completed.
+  const int per_c = p.patch_rows * p.patch_chunks;
+  const uint32_t inv_per_c = static_cast<uint32_t>(((uint64_t{1} << 32) + per_c - 1) / per_c);
+  const uint32_t inv_chunks = static_cast<uint32_t>(((uint64_t{1} << 32) + p.patch_chunks - 1) / p.patch_chunks);
   auto for_my_chunks = [&](auto&& fn) {
-    int c = warp / p.patch_rows, r = warp - c * p.patch_rows;
-    for (; c < CB;) {
-      for (int ch = lane; ch < p.patch_chunks; ch += 32) fn(c, r, ch);
-      r += kPatchThreads / 32;
-      while (r >= p.patch_rows) {
-        r -= p.patch_rows;
-        ++c;
-      }
+#pragma unroll 4
+    for (int q = tid; q < CB * per_c; q += kPatchThreads) {
+      const int c = static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_per_c));
+      const int rem = q - c * per_c;
+      const int r = static_cast<int>(__umulhi(static_cast<uint32_t>(rem), inv_chunks));
+      fn(c, r, rem - r * p.patch_chunks);
     }
   };
   auto issue_patch = [&](int64_t i, int cb, int slot) {
@@ -293,9 +296,12 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   };
 
   // Epilogue of a tile whose accumulators are complete: + bias, relu, + other, one store.
-  // `other_at(o_off, co, c)`: the value of `other` at the pixel (o_off) and channel.
+  // `other_at(off, c)`: `other` at element offset `off` (pixel and channel) or, per
+  // channel, at tile channel c. Addresses advance by channel strides (no multiply per
+  // element); the channel bound is checked only in a tile that crosses Cout.
   auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at) {
     T* __restrict__ out = static_cast<T*>(p.out);
+    const bool full_n = pt.n0 + kPatchBN <= p.Cout;
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
@@ -303,17 +309,20 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
         const int r = (warp >> 2) * 128 + h * 64 + (warp & 3) * 16 + g + 8 * hi;
         const int oh = pt.oh0 + r / p.tile_w, ow = pt.ow0 + r % p.tile_w;
         if (oh >= p.OH || ow >= p.OW) continue;
-        T* __restrict__ y = out + (pt.n * p.y_sn + oh * p.y_sh + ow * p.y_sw);
-        const int64_t o_off = pt.n * p.o_sn + oh * p.o_sh + ow * p.o_sw;
+        const int c0 = 2 * tq;
+        T* __restrict__ y = out + (pt.n * p.y_sn + oh * p.y_sh + ow * p.y_sw + (pt.n0 + c0) * p.y_sc);
+        int64_t o = pt.n * p.o_sn + oh * p.o_sh + ow * p.o_sw + (pt.n0 + c0) * p.o_sc;
 #pragma unroll
-        for (int nt = 0; nt < 16; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int c = nt * 8 + 2 * tq + e, co = pt.n0 + c;
-            if (co >= p.Cout) continue;
-            y[co * p.y_sc] = from_float<T>(
-                fused_value(acc[h][nt * 4 + 2 * hi + e], chan[c], other_at(o_off, co, c)));
-          }
+        for (int nt = 0; nt < 16; ++nt) {
+          const int c = nt * 8 + c0;
+          const float2 b = *reinterpret_cast<const float2*>(chan + c);
+          const float* a = acc[h] + nt * 4 + 2 * hi;
+          if (full_n || pt.n0 + c < p.Cout) y[0] = from_float<T>(fused_value(a[0], b.x, other_at(o, c)));
+          if (full_n || pt.n0 + c + 1 < p.Cout)
+            y[p.y_sc] = from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, c + 1)));
+          y += 8 * p.y_sc;
+          o += 8 * p.o_sc;
+        }
       }
   };
   // One copy of the unrolled stores per kind of `other`, so that no element waits on a
@@ -321,12 +330,11 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   auto store_tile = [&](const PatchTile& pt, int buf) {
     const float* chan = s_chan + buf * 2 * kPatchBN;
     auto strided = [&](auto tag) {
-      using U = decltype(tag);
-      const U* o = static_cast<const U*>(p.other);
-      return [=](int64_t off, int co, int) { return to_float(__ldg(o + off + co * p.o_sc)); };
+      const auto* o = static_cast<const decltype(tag)*>(p.other);
+      return [=](int64_t off, int) { return static_cast<float>(to_float(__ldg(o + off))); };
     };
     if (other_per_channel) {
-      store_rows(pt, chan, [&](int64_t, int, int c) { return chan[kPatchBN + c]; });
+      store_rows(pt, chan, [&](int64_t, int c) { return chan[kPatchBN + c]; });
     } else if (p.other_kind == kOtherF32) {
       store_rows(pt, chan, strided(float{}));
     } else if (p.other_kind == kOtherF16) {
@@ -334,8 +342,8 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
     } else if (p.other_kind == kOtherBF16) {
       store_rows(pt, chan, strided(__nv_bfloat16{}));
     } else {
-      store_rows(pt, chan, [&](int64_t off, int co, int) {
-        return static_cast<float>(__ldg(static_cast<const double*>(p.other) + off + co * p.o_sc));
+      store_rows(pt, chan, [&](int64_t off, int) {
+        return static_cast<float>(__ldg(static_cast<const double*>(p.other) + off));
       });
     }
   };
