@@ -3,8 +3,6 @@
 // cases the kernel does not cover were routed to the reference by fx_fuse/_cuda.py; the
 // checks here guard the kernel's own assumptions.
 #include <c10/cuda/CUDAStream.h>
-#include <cuda.h>
-#include <cudaTypedefs.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
@@ -59,10 +57,9 @@ bool patch_geometry(int64_t OW, int64_t KH, int64_t KW, const std::vector<int64_
   for (; tw >= 8; tw /= 2) {
     const int64_t th = kPatchBM / tw;
     const int64_t rows = (th - 1) * stride[0] + dilation[0] * (KH - 1) + 1;
-    const int64_t cols = (tw - 1) * stride[1] + dilation[1] * (KW - 1) + 1;
+    const int64_t cols = (vec - 1) + (tw - 1) * stride[1] + dilation[1] * (KW - 1) + 1;
     const int64_t chunks = (cols + vec - 1) / vec;
-    // A TMA box is at most 256 elements along each dimension.
-    if (rows * chunks * vec <= kPatchChannelPitch && rows <= 256 && chunks * vec <= 256) {
+    if (rows * chunks * vec <= kPatchChannelPitch) {
       plan.tile_h = static_cast<int>(th);
       plan.tile_w = tw;
       plan.patch_rows = static_cast<int>(rows);
@@ -73,54 +70,14 @@ bool patch_geometry(int64_t OW, int64_t KH, int64_t KW, const std::vector<int64_
   return false;
 }
 
-// The patch kernel takes NCHW input with unit column stride and 16-byte aligned base and
-// strides (the TMA engine's requirements), kernels of at least three taps (a patch is
-// fetched one channel block ahead: at least three slices of lead) and at least half a
-// channel block of input channels.
+// The patch kernel takes dense-row NCHW input whose rows are whole 16-byte chunks, kernels
+// of at least three taps (a patch is copied one channel block ahead: at least three slices
+// of lead) and at least half a channel block of input channels.
 bool patch_input_ok(const at::Tensor& x, int64_t KH, int64_t KW, int elem) {
   const int vec = 16 / elem;
-  return x.stride(3) == 1 && x.stride(1) != 1 && aligned16(x.data_ptr()) &&
+  return x.stride(3) == 1 && x.stride(1) != 1 && aligned16(x.data_ptr()) && x.size(3) % vec == 0 &&
          x.stride(2) % vec == 0 && x.stride(1) % vec == 0 && x.stride(0) % vec == 0 &&
          KH * KW >= 3 && x.size(1) * elem * 2 >= kSliceBytes;
-}
-
-// cuTensorMapEncodeTiled from the driver, found through the runtime (no libcuda link).
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* ptr = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-#if CUDART_VERSION >= 12050
-    const cudaError_t err =
-        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &found);
-#else
-    const cudaError_t err = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &ptr, cudaEnableDefault, &found);
-#endif
-    TORCH_CHECK(err == cudaSuccess && found == cudaDriverEntryPointSuccess && ptr != nullptr, kOp,
-                ": cannot find cuTensorMapEncodeTiled in the CUDA driver");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
-  }();
-  return fn;
-}
-
-// The patch kernel's TMA descriptor of x (N, C, H, W), W innermost: boxes of
-// patch_pitch columns x patch_rows rows of one channel of one image, zeros outside.
-void encode_patch_map(const at::Tensor& x, int patch_rows, int patch_pitch, unsigned char* out) {
-  const int elem = static_cast<int>(x.element_size());
-  const CUtensorMapDataType type = x.scalar_type() == at::kFloat  ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
-                                   : x.scalar_type() == at::kHalf ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
-                                                                  : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(x.size(3)), static_cast<cuuint64_t>(x.size(2)),
-                              static_cast<cuuint64_t>(x.size(1)), static_cast<cuuint64_t>(x.size(0))};
-  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(x.stride(2) * elem),
-                                 static_cast<cuuint64_t>(x.stride(1) * elem),
-                                 static_cast<cuuint64_t>(x.stride(0) * elem)};
-  const cuuint32_t box[4] = {static_cast<cuuint32_t>(patch_pitch), static_cast<cuuint32_t>(patch_rows), 1, 1};
-  const cuuint32_t unit[4] = {1, 1, 1, 1};
-  const CUresult r = tensor_map_encoder()(
-      reinterpret_cast<CUtensorMap*>(out), type, 4, x.data_ptr(), dims, strides, box, unit,
-      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  TORCH_CHECK(r == CUDA_SUCCESS, kOp, ": cuTensorMapEncodeTiled failed (", static_cast<int>(r), ")");
 }
 
 Plan make_plan(const at::Tensor& x, const at::Tensor& weight, int64_t OW,
@@ -259,7 +216,6 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   p.patch_chunks = plan.patch_chunks;
   p.patch_pitch = plan.patch_chunks * (16 / elem);
   p.cblocks = static_cast<int>(cblocks);
-  if (plan.tile == kTilePatch) encode_patch_map(x, plan.patch_rows, p.patch_pitch, p.x_map);
   if (other.has_value() && other->defined()) {
     const auto& o = *other;
     TORCH_CHECK(o.dim() == 4 && o.device() == x.device(), kOp,

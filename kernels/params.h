@@ -38,9 +38,6 @@ enum class Math : int { kTF32 = 0, kF32x3 = 1, kF16 = 2, kBF16 = 3 };
 enum OtherKind : int { kOtherScalar = 0, kOtherF32 = 1, kOtherF16 = 2, kOtherBF16 = 3, kOtherF64 = 4 };
 
 struct ConvParams {
-  // The patch kernel only: the input's TMA descriptor (a CUtensorMap: 128 bytes, 64-byte
-  // aligned), boxes of one channel's patch.
-  alignas(64) unsigned char x_map[128];
   const void* x;        // input (N, C, H, W) with strides x_s*, elements of T
   const void* wprep;    // [Cout_pad][K_pad] weights in the kernel's K order
   const int2* table;    // [K_pad] {offset from the pixel base, dh << 16 | dw}

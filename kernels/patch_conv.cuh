@@ -27,11 +27,10 @@ constexpr int kPatchBStages = 4;  // weight ring slots
 constexpr int kPatchBAhead = 2;   // slices in flight ahead of the one multiplied
 constexpr int kPatchSlots = 2;    // input patch buffers (one in use, one loading)
 
-// The weight ring, the patch slots, two buffers of per-channel bias and `other`, and the
-// patch slots' mbarriers.
+// The weight ring, the patch slots and two buffers of per-channel bias and `other`.
 constexpr int patch_smem_bytes() {
   return kPatchBStages * kPatchBN * kSliceBytes + kPatchSlots * kPatchSlotBytes +
-         2 * 2 * kPatchBN * static_cast<int>(sizeof(float)) + 2 * 8;
+         2 * 2 * kPatchBN * static_cast<int>(sizeof(float));
 }
 
 // D (64 x 128, fp32) += A (64 x k, this thread's fragment in registers) * B (128 x k)^T from
@@ -88,13 +87,15 @@ template <int N> __device__ __forceinline__ void wgmma_wait() {
 }
 
 // Where one tile lies: its image, first output row / column / channel, and the input
-// window's first row and column (negative in the padding).
+// window: first input row, first staged input column (aligned down to a 16-byte chunk)
+// and the shift of the window's first column past it.
 struct PatchTile {
   int64_t n;
   int oh0, ow0, n0;
-  int ih0, iw0;
+  int ih0, iw0a, shift;
 };
 
+template <int VEC>
 __device__ __forceinline__ PatchTile patch_tile(const ConvParams& p, int64_t t, int n_tiles) {
   PatchTile pt;
   pt.n0 = static_cast<int>(t % n_tiles) * kPatchBN;
@@ -104,41 +105,14 @@ __device__ __forceinline__ PatchTile patch_tile(const ConvParams& p, int64_t t, 
   pt.oh0 = static_cast<int>(t % p.tiles_h) * p.tile_h;
   pt.n = t / p.tiles_h;
   pt.ih0 = pt.oh0 * p.stride_h - p.pad_h;
-  pt.iw0 = pt.ow0 * p.stride_w - p.pad_w;
+  const int iw0 = pt.ow0 * p.stride_w - p.pad_w;
+  pt.iw0a = iw0 >= 0 ? iw0 / VEC * VEC : -((VEC - 1 - iw0) / VEC) * VEC;
+  pt.shift = iw0 - pt.iw0a;
   return pt;
 }
 
-// mbarrier helpers (shared::cta addresses).
-__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred done;\nWAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity)
-      : "memory");
-}
-
-// One 4-D box (columns, rows, one channel, one image) of the input by the TMA engine,
-// zero-filled outside the tensor, completing on mbarrier `bar`.
-__device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* map, int c0, int c1, int c2,
-                                            int c3, uint32_t bar) {
-#ifdef FX_FUSE_WGMMA
-  asm volatile(
-      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-      " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
-      "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
-      : "memory");
-#endif
-}
-
 template <Math MATH>
-__global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(const __grid_constant__ ConvParams p) {
+__global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(const ConvParams p) {
   using T = typename MathTraits<MATH>::T;
   constexpr int ELEM = sizeof(T);
   constexpr int VEC = 16 / ELEM;             // elements per 16-byte chunk
@@ -152,8 +126,6 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   unsigned char* sB = smem;
   const T* sP = reinterpret_cast<const T*>(smem + kPatchBStages * kPatchBN * kSliceBytes);
   const uint32_t sP_addr = smem_u32(sP);
-  // Two mbarriers (one per patch slot) after the per-channel buffers.
-  const uint32_t bar_addr = sP_addr + kPatchSlots * kPatchSlotBytes + 2 * 2 * kPatchBN * 4;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, tq = lane & 3;
@@ -165,10 +137,10 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   const int64_t tiles = images * p.tiles_h * p.tiles_w * n_tiles;
   if (static_cast<int64_t>(blockIdx.x) >= tiles) return;
   const int64_t my_tiles = (tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;
-  auto tile_of = [&](int64_t i) { return patch_tile(p, blockIdx.x + i * gridDim.x, n_tiles); };
+  auto tile_of = [&](int64_t i) { return patch_tile<VEC>(p, blockIdx.x + i * gridDim.x, n_tiles); };
 
   // This thread's four tile rows (m-half h, row g or g + 8 of its warp's 16): their offsets
-  // inside a patch (before the tap's offset), with the thread's
+  // inside a patch (before the tile's shift and the tap's offset), with the thread's
   // first channel (tq, or the pair 2 tq) folded in. Fixed for the whole kernel.
   int pix[2][2];
 #pragma unroll
@@ -180,10 +152,11 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
                    (ELEM == 4 ? tq : 2 * tq) * CP;
     }
 
-  // The TF32 rounding pass: thread t takes the 16-byte chunks q = t, t + 256, ... of a
-  // patch (chunk q: channel q / (rows * chunks), then row and column chunk), split by
+  // The patch copy: thread t takes the 16-byte chunks q = t, t + 256, ... of a patch
+  // (chunk q: channel q / (rows * chunks), then row and column chunk), split by
   // multiply-high with rounded-up reciprocals (exact for q * divisor < 2^32), so that the
-  // iterations are independent.
+  // iterations are independent. The rounding pass walks the same chunks: its own copies,
+  // visible to the thread once its cp.async group completed.
   const int per_c = p.patch_rows * p.patch_chunks;
   const uint32_t inv_per_c = static_cast<uint32_t>(((uint64_t{1} << 32) + per_c - 1) / per_c);
   const uint32_t inv_chunks = static_cast<uint32_t>(((uint64_t{1} << 32) + p.patch_chunks - 1) / p.patch_chunks);
@@ -196,25 +169,18 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
       fn(c, r, rem - r * p.patch_chunks);
     }
   };
-  // Channel block cb of tile i's input patch into slot `slot`: one TMA box per channel
-  // (channels past Cin and the padding come back as zeros), issued by warp 0, completing
-  // on the slot's mbarrier.
-  const uint32_t patch_bytes = static_cast<uint32_t>(CB * per_c * VEC * ELEM);
   auto issue_patch = [&](int64_t i, int cb, int slot) {
-    if (warp != 0) return;
     const PatchTile pt = tile_of(i);
-    const uint32_t bar = bar_addr + slot * 8;
-    if (lane == 0) mbar_expect_tx(bar, patch_bytes);
-    __syncwarp();
     const uint32_t dst = sP_addr + static_cast<uint32_t>(slot) * kPatchSlotBytes;
-    for (int c = lane; c < CB; c += 32)
-      tma_load_4d(dst + c * CP * ELEM, p.x_map, pt.iw0, pt.ih0, cb * CB + c, static_cast<int>(pt.n), bar);
-  };
-  // Wait for the patch in `slot` (its phase-th fill).
-  uint32_t phases = 0;  // bit s: parity of slot s's next fill
-  auto wait_patch = [&](int slot) {
-    mbar_wait(bar_addr + slot * 8, (phases >> slot) & 1u);
-    phases ^= 1u << slot;
+    const T* img = x + pt.n * p.x_sn;
+    for_my_chunks([&](int c, int r, int ch) {
+      const int ci = cb * CB + c, ih = pt.ih0 + r, iw = pt.iw0a + ch * VEC;
+      // A chunk lies wholly inside or wholly outside the row (W % VEC == 0).
+      const bool ok = ci < p.Cin && static_cast<unsigned>(ih) < static_cast<unsigned>(p.H) &&
+                      static_cast<unsigned>(iw) < static_cast<unsigned>(p.W);
+      const T* src = ok ? img + (ci * static_cast<int>(p.x_sc) + ih * static_cast<int>(p.x_sh) + iw) : x;
+      cp_async_16_zfill(dst + (c * CP + r * p.patch_pitch + ch * VEC) * ELEM, src, ok);
+    });
   };
   // TF32: round this thread's chunks of a landed patch in place (once per element, not
   // once per tap that reads it).
@@ -271,8 +237,8 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   // (register e: row g + 8 (e & 1), k = tq + 4 (e >> 1) for TF32; the k pair 2 tq + 8 (e >> 1)
   // for 16-bit).
   using Frag = uint32_t[2][NSTEP][4];
-  auto build_a = [&](const Slice& c, Frag& a) {
-    const int base = c.slot * (kPatchSlotBytes / ELEM) + c.off;
+  auto build_a = [&](const Slice& c, int shift, Frag& a) {
+    const int base = c.slot * (kPatchSlotBytes / ELEM) + c.off + shift;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const T* lo = sP + base + pix[h][0];
@@ -333,9 +299,9 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   // `other_at(off, c)`: `other` at element offset `off` (pixel and channel) or, per
   // channel, at tile channel c. Addresses advance by channel strides (no multiply per
   // element); the channel bound is checked only in a tile that crosses Cout.
-  auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at, auto all_channels) {
+  auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at) {
     T* __restrict__ out = static_cast<T*>(p.out);
-    const bool full_n = decltype(all_channels)::value;
+    const bool full_n = pt.n0 + kPatchBN <= p.Cout;
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
@@ -360,29 +326,25 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
       }
   };
   // One copy of the unrolled stores per kind of `other`, so that no element waits on a
-  // branch before its load; per-channel `other` (the common case) also without channel
-  // checks where the tile lies inside Cout.
+  // branch before its load.
   auto store_tile = [&](const PatchTile& pt, int buf) {
     const float* chan = s_chan + buf * 2 * kPatchBN;
     auto strided = [&](auto tag) {
       const auto* o = static_cast<const decltype(tag)*>(p.other);
       return [=](int64_t off, int) { return static_cast<float>(to_float(__ldg(o + off))); };
     };
-    const std::false_type checked;
     if (other_per_channel) {
-      auto per_channel = [&](int64_t, int c) { return chan[kPatchBN + c]; };
-      if (pt.n0 + kPatchBN <= p.Cout) store_rows(pt, chan, per_channel, std::true_type{});
-      else store_rows(pt, chan, per_channel, checked);
+      store_rows(pt, chan, [&](int64_t, int c) { return chan[kPatchBN + c]; });
     } else if (p.other_kind == kOtherF32) {
-      store_rows(pt, chan, strided(float{}), checked);
+      store_rows(pt, chan, strided(float{}));
     } else if (p.other_kind == kOtherF16) {
-      store_rows(pt, chan, strided(__half{}), checked);
+      store_rows(pt, chan, strided(__half{}));
     } else if (p.other_kind == kOtherBF16) {
-      store_rows(pt, chan, strided(__nv_bfloat16{}), checked);
+      store_rows(pt, chan, strided(__nv_bfloat16{}));
     } else {
       store_rows(pt, chan, [&](int64_t off, int) {
         return static_cast<float>(__ldg(static_cast<const double*>(p.other) + off));
-      }, checked);
+      });
     }
   };
 
@@ -396,11 +358,8 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
     const Slice nxt = next_slice(cur);
     const bool last = s + 1 == S;
     cp_async_wait<kPatchBAhead - 1>();
-    // The next slice starts a unit: wait for its patch and round this thread's part.
-    if (nxt.tap == 0 && !(last && i + 1 == my_tiles)) {
-      wait_patch(cur.slot ^ 1);
-      round_patch(cur.slot ^ 1);
-    }
+    // The next slice starts a unit: its patch has landed (this thread's part); round it.
+    if (nxt.tap == 0) round_patch(cur.slot ^ 1);
     fence_proxy_async();
     // Every thread's copies for slice j (and the patches it reads) have landed, and every
     // warpgroup is past slice j - 1, whose wait retired the wgmma of slice j - 2: its ring
@@ -420,29 +379,22 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
     cp_async_commit();
     multiply(frag[B], static_cast<int>(j % kPatchBStages), s == 0);
     wgmma_wait<1>();  // the wgmma of slice j - 1 is done: its fragments can be rebuilt
-    if (!last) build_a(nxt, frag[1 - B]);
+    if (!last) build_a(nxt, pt.shift, frag[1 - B]);
     return nxt;
   };
 
-  // Prologue: the patch barriers, the first unit's patch and two weight slices.
-  if (tid == 0) {
-    mbar_init(bar_addr, 1);
-    mbar_init(bar_addr + 8, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
+  // Prologue: the first unit's patch and two weight slices.
   issue_patch(0, 0, 0);
   issue_b(n0_of(0), 0, 0);
   cp_async_commit();
   if (S > 1) issue_b(n0_of(0), 1, 1);
   cp_async_commit();
   cp_async_wait<1>();
-  wait_patch(0);
   round_patch(0);
   __syncthreads();
   PatchTile pt = tile_of(0);
   Slice cur{0, 0, 0, 0, 0};
-  build_a(cur, frag[0]);
+  build_a(cur, pt.shift, frag[0]);
   int64_t j = 0;
   for (int64_t i = 0; i < my_tiles; ++i) {
     load_channels(pt, static_cast<int>(i & 1));
@@ -462,7 +414,7 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
       // slot of the next unit).
       pt = tile_of(i + 1);
       cur = Slice{0, 0, 0, 0, cur.slot};
-      build_a(cur, frag[0]);
+      build_a(cur, pt.shift, frag[0]);
     }
   }
 }
