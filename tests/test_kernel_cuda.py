@@ -147,29 +147,34 @@ def test_matches_float64_reference(cfg, policy, layout):
     assert_close64(out, ref, policy)
 
 
-# Shapes the patch kernel (NCHW input on Hopper) takes, and whether it takes them in
-# 16-bit too (its 16-bit input patch is wider: 16-byte chunks of 8 elements).
+# Shapes for the patch kernel (NCHW input on Hopper), and whether it takes them in fp32
+# and in 16-bit (whose patch rows are wider: 16-byte chunks of 8 elements).
 PATCH_CONFIGS = [
-    ((2, 64, 20, 32, 128, 3, 3, 1, 1, 1), True),  # padding on every side, 8 rows per tile
-    ((1, 48, 17, 136, 200, 3, 3, 1, 0, 1), True),  # 2 column tiles, partial channel block, 2 channel tiles
-    ((2, 32, 24, 40, 96, 3, 3, 1, 2, 2), True),  # dilation
-    ((1, 40, 9, 16, 70, 3, 5, 1, (1, 2), 1), True),  # 3x5 kernel, uneven padding
-    ((3, 72, 7, 8, 64, 3, 3, 1, 1, 1), False),  # 8-pixel rows: 32 rows per tile
-    ((16, 32, 66, 64, 128, 3, 3, 1, 0, 1), True),  # more tiles than SMs
+    ((2, 64, 20, 32, 128, 3, 3, 1, 1, 1), True, True),  # padding on every side, 8 rows per tile
+    ((1, 48, 17, 136, 200, 3, 3, 1, 0, 1), True, True),  # 2 column tiles, partial channel block, 2 channel tiles
+    ((2, 32, 24, 40, 96, 3, 3, 1, 2, 2), True, True),  # dilation (16-bit: narrower tiles)
+    ((1, 40, 9, 16, 70, 3, 5, 1, (1, 2), 1), True, True),  # 3x5 kernel, uneven padding
+    ((3, 72, 7, 8, 64, 3, 3, 1, 1, 1), True, False),  # 8-pixel rows: 32 rows per tile
+    ((1, 32, 8, 32, 40, 5, 5, 1, 2, 1), True, True),  # 25 taps
+    ((16, 32, 66, 64, 128, 3, 3, 1, 0, 1), True, True),  # more tiles than SMs
+    ((2, 64, 11, 16, 64, 3, 3, 2, 1, 1), False, False),  # strided: the patch does not fit
 ]
 
 
 @pytest.mark.parametrize("other_kind", ["c11", "full_nchw"])
 @pytest.mark.parametrize("policy", ["tf32", "fp16", "bf16"])
 @pytest.mark.parametrize(
-    "cfg,half_too", PATCH_CONFIGS, ids=lambda c: "x".join(map(str, c[:7])) if isinstance(c, tuple) else ""
+    "cfg,takes32,takes16",
+    PATCH_CONFIGS,
+    ids=lambda c: "x".join(map(str, c[:7])) if isinstance(c, tuple) else "",
 )
-def test_patch_kernel_matches_float64_reference(cfg, half_too, policy, other_kind):
+def test_patch_kernel_matches_float64_reference(cfg, takes32, takes16, policy, other_kind):
     dtype = set_policy(policy)
     x, w, b, stride, padding, dilation = make(cfg, dtype)
     hopper = _cuda._use_wgmma(x.device)
     name = _build.load().kernel_name(x, w, stride, padding, dilation, True, hopper)
-    assert (name == "patch") == (hopper and (dtype == torch.float32 or half_too)), name
+    takes = takes32 if dtype == torch.float32 else takes16
+    assert (name == "patch") == (hopper and takes), name
     shape = ops.output_shape(x, w, stride, padding, dilation)
     other = _others(shape, dtype)[other_kind]
     out = run_op(x, w, b, other, stride, padding, dilation)
