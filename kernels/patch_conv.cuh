@@ -299,9 +299,9 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   // `other_at(off, c)`: `other` at element offset `off` (pixel and channel) or, per
   // channel, at tile channel c. Addresses advance by channel strides (no multiply per
   // element); the channel bound is checked only in a tile that crosses Cout.
-  auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at, auto all_channels) {
+  auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at) {
     T* __restrict__ out = static_cast<T*>(p.out);
-    constexpr bool full_n = decltype(all_channels)::value;
+    const bool full_n = pt.n0 + kPatchBN <= p.Cout;
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
@@ -326,29 +326,25 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
       }
   };
   // One copy of the unrolled stores per kind of `other`, so that no element waits on a
-  // branch before its load; per-channel `other` (the common case) also without channel
-  // checks where the tile lies inside Cout.
+  // branch before its load.
   auto store_tile = [&](const PatchTile& pt, int buf) {
     const float* chan = s_chan + buf * 2 * kPatchBN;
     auto strided = [&](auto tag) {
       const auto* o = static_cast<const decltype(tag)*>(p.other);
       return [=](int64_t off, int) { return static_cast<float>(to_float(__ldg(o + off))); };
     };
-    const std::false_type checked;
     if (other_per_channel) {
-      auto per_channel = [&](int64_t, int c) { return chan[kPatchBN + c]; };
-      if (pt.n0 + kPatchBN <= p.Cout) store_rows(pt, chan, per_channel, std::true_type{});
-      else store_rows(pt, chan, per_channel, checked);
+      store_rows(pt, chan, [&](int64_t, int c) { return chan[kPatchBN + c]; });
     } else if (p.other_kind == kOtherF32) {
-      store_rows(pt, chan, strided(float{}), checked);
+      store_rows(pt, chan, strided(float{}));
     } else if (p.other_kind == kOtherF16) {
-      store_rows(pt, chan, strided(__half{}), checked);
+      store_rows(pt, chan, strided(__half{}));
     } else if (p.other_kind == kOtherBF16) {
-      store_rows(pt, chan, strided(__nv_bfloat16{}), checked);
+      store_rows(pt, chan, strided(__nv_bfloat16{}));
     } else {
       store_rows(pt, chan, [&](int64_t off, int) {
         return static_cast<float>(__ldg(static_cast<const double*>(p.other) + off));
-      }, checked);
+      });
     }
   };
 
