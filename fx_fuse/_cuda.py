@@ -58,6 +58,12 @@ def _use_wgmma(device: torch.device) -> bool:
     return _device_capability(device)[0] == 9 and os.environ.get("FX_FUSE_DISABLE_WGMMA") != "1"
 
 
+def _use_patch() -> bool:
+    """The patch kernel (NCHW input on Hopper) where it applies, unless FX_FUSE_DISABLE_PATCH=1
+    asks for the K-table kernels (for comparisons and tests)."""
+    return os.environ.get("FX_FUSE_DISABLE_PATCH") != "1"
+
+
 def unsupported_reason(input: Tensor, weight: Tensor, groups: int) -> Optional[str]:
     """Why the fused kernel cannot run these arguments, or None when it can."""
     if input.dtype not in _KERNEL_DTYPES:
@@ -116,6 +122,7 @@ def conv2d_relu_add(input, weight, bias, other, stride, padding, dilation, group
             list(dilation),
             bool(torch.backends.cudnn.allow_tf32),
             _use_wgmma(x.device),
+            _use_patch(),
             out,
         )
     return out.squeeze(0) if unbatched else out

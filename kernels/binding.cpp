@@ -82,12 +82,12 @@ bool patch_input_ok(const at::Tensor& x, int64_t KH, int64_t KW, int elem) {
 
 Plan make_plan(const at::Tensor& x, const at::Tensor& weight, int64_t OW,
                const std::vector<int64_t>& stride, const std::vector<int64_t>& dilation,
-               Math math, bool hopper) {
+               Math math, bool hopper, bool patch) {
   const int64_t C = x.size(1), Cout = weight.size(0), KH = weight.size(2), KW = weight.size(3);
   const int elem = static_cast<int>(x.element_size());
   const int vec = 16 / elem;
   Plan plan{};
-  if (hopper && math != Math::kF32x3 && patch_input_ok(x, KH, KW, elem) &&
+  if (hopper && patch && math != Math::kF32x3 && patch_input_ok(x, KH, KW, elem) &&
       patch_geometry(OW, KH, KW, stride, dilation, elem, plan) && patch_kernel_ready(math)) {
     plan.tile = kTilePatch;
     plan.avec = false;
@@ -115,7 +115,7 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
                          const c10::optional<at::Tensor>& other, double other_scalar,
                          std::vector<int64_t> stride, std::vector<int64_t> padding,
                          std::vector<int64_t> dilation, bool allow_tf32, bool hopper,
-                         at::Tensor out) {
+                         bool patch, at::Tensor out) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 4, kOp, ": expected a 4-D CUDA input, got ", x.sizes());
   TORCH_CHECK(weight.dim() == 4 && weight.device() == x.device() &&
                   weight.scalar_type() == x.scalar_type(),
@@ -136,7 +136,7 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
 
   const auto dtype = x.scalar_type();
   const Math math = math_of(dtype, allow_tf32);
-  const Plan plan = make_plan(x, weight, OW, stride, dilation, math, hopper);
+  const Plan plan = make_plan(x, weight, OW, stride, dilation, math, hopper, patch);
   const int elem = static_cast<int>(x.element_size());
   const int bk = kSliceBytes / elem;
   const int bn = plan.tile == kTile128x64 ? 64 : 128;
@@ -251,13 +251,13 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
 // The kernel conv2d_relu_add_out runs for these arguments (for tests and diagnostics).
 std::string kernel_name(const at::Tensor& x, const at::Tensor& weight, std::vector<int64_t> stride,
                         std::vector<int64_t> padding, std::vector<int64_t> dilation,
-                        bool allow_tf32, bool hopper) {
+                        bool allow_tf32, bool hopper, bool patch) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 4 && weight.dim() == 4, kOp,
               ": expected a 4-D CUDA input and a 4-D weight");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t span_w = dilation[1] * (weight.size(3) - 1) + 1;
   const int64_t OW = (x.size(3) + 2 * padding[1] - span_w) / stride[1] + 1;
-  const Plan plan = make_plan(x, weight, OW, stride, dilation, math_of(x.scalar_type(), allow_tf32), hopper);
+  const Plan plan = make_plan(x, weight, OW, stride, dilation, math_of(x.scalar_type(), allow_tf32), hopper, patch);
   switch (plan.tile) {
     case kTilePatch: return "patch";
     case kTile128x128Wgmma: return "wgmma";
@@ -275,8 +275,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("other"),
         pybind11::arg("other_scalar"), pybind11::arg("stride"), pybind11::arg("padding"),
         pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"),
-        pybind11::arg("out"));
+        pybind11::arg("patch"), pybind11::arg("out"));
   m.def("kernel_name", &fx_fuse::kernel_name, "which kernel runs these arguments", pybind11::arg("x"),
         pybind11::arg("weight"), pybind11::arg("stride"), pybind11::arg("padding"),
-        pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"));
+        pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"),
+        pybind11::arg("patch"));
 }

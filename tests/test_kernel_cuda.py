@@ -52,14 +52,17 @@ CONFIGS = [
 ]
 
 
-@pytest.fixture(autouse=True, params=["wgmma", "mma_sync"])
+@pytest.fixture(autouse=True, params=["wgmma", "ktable", "mma_sync"])
 def kernel_path(request, monkeypatch):
-    """Every test runs on both kernels: Hopper's wgmma (where the GPU has it) and the
-    portable mma.sync kernel."""
-    if request.param == "mma_sync":
+    """Every test runs on each kernel: on Hopper the patch kernel where it applies (NCHW) and
+    the K-table wgmma kernel elsewhere; the K-table wgmma kernel everywhere; the portable
+    mma.sync kernel."""
+    monkeypatch.delenv("FX_FUSE_DISABLE_WGMMA", raising=False)
+    monkeypatch.delenv("FX_FUSE_DISABLE_PATCH", raising=False)
+    if request.param == "ktable":
+        monkeypatch.setenv("FX_FUSE_DISABLE_PATCH", "1")
+    elif request.param == "mma_sync":
         monkeypatch.setenv("FX_FUSE_DISABLE_WGMMA", "1")
-    else:
-        monkeypatch.delenv("FX_FUSE_DISABLE_WGMMA", raising=False)
     return request.param
 
 
@@ -172,9 +175,10 @@ def test_patch_kernel_matches_float64_reference(cfg, takes32, takes16, policy, o
     dtype = set_policy(policy)
     x, w, b, stride, padding, dilation = make(cfg, dtype)
     hopper = _cuda._use_wgmma(x.device)
-    name = _build.load().kernel_name(x, w, stride, padding, dilation, True, hopper)
+    patch = _cuda._use_patch()
+    name = _build.load().kernel_name(x, w, stride, padding, dilation, True, hopper, patch)
     takes = takes32 if dtype == torch.float32 else takes16
-    assert (name == "patch") == (hopper and takes), name
+    assert (name == "patch") == (hopper and patch and takes), name
     shape = ops.output_shape(x, w, stride, padding, dilation)
     other = _others(shape, dtype)[other_kind]
     out = run_op(x, w, b, other, stride, padding, dilation)
