@@ -11,8 +11,9 @@
 // its use. Each slice then:
 //   - multiplies: two m64n128 wgmmas per k-step and warpgroup (A from registers, B from a
 //     ring slot of the prepared weights, K-major with the 128-byte swizzle);
-//   - builds the next slice's A fragments from the patch (ld.shared at the tap's offset,
-//     TF32-rounded or packed in pairs) while that wgmma runs;
+//   - builds the next slice's A fragments from the patch (ld.shared at the tap's offset;
+//     16-bit pairs packed; a TF32 patch is rounded in place once, when it has landed)
+//     while that wgmma runs;
 //   - refills the weight ring kPatchBAhead slices ahead.
 // After a tile's last slice the epilogue (bias, relu, other, one store) runs from the
 // accumulators while the next tile's first patch and weight slices are in flight.
