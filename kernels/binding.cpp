@@ -109,7 +109,9 @@ Plan make_plan(const at::Tensor& x, const at::Tensor& weight, int64_t OW,
 
 // Fills `out` (N, Cout, OH, OW), any strides, with relu(conv2d(x, weight) + bias) + other.
 // `other` is either a tensor already expanded to out's shape (0 strides where it
-// broadcasts) or absent, and then `other_scalar` is added.
+// broadcasts) or absent, and then `other_scalar` is added. `hopper`: the wgmma kernels may
+// run; `patch`: so may the patch kernel (the caller's size rule says it pays), where it
+// applies.
 void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
                          const c10::optional<at::Tensor>& bias,
                          const c10::optional<at::Tensor>& other, double other_scalar,
@@ -257,7 +259,8 @@ std::string kernel_name(const at::Tensor& x, const at::Tensor& weight, std::vect
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t span_w = dilation[1] * (weight.size(3) - 1) + 1;
   const int64_t OW = (x.size(3) + 2 * padding[1] - span_w) / stride[1] + 1;
-  const Plan plan = make_plan(x, weight, OW, stride, dilation, math_of(x.scalar_type(), allow_tf32), hopper, patch);
+  const Math math = math_of(x.scalar_type(), allow_tf32);
+  const Plan plan = make_plan(x, weight, OW, stride, dilation, math, hopper, patch);
   switch (plan.tile) {
     case kTilePatch: return "patch";
     case kTile128x128Wgmma: return "wgmma";
@@ -276,8 +279,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("other_scalar"), pybind11::arg("stride"), pybind11::arg("padding"),
         pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"),
         pybind11::arg("patch"), pybind11::arg("out"));
-  m.def("kernel_name", &fx_fuse::kernel_name, "which kernel runs these arguments", pybind11::arg("x"),
-        pybind11::arg("weight"), pybind11::arg("stride"), pybind11::arg("padding"),
+  m.def("kernel_name", &fx_fuse::kernel_name, "which kernel runs these arguments",
+        pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("stride"), pybind11::arg("padding"),
         pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"),
         pybind11::arg("patch"));
 }
