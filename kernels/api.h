@@ -11,10 +11,10 @@ void launch_conv_tf32(const ConvParams& p, bool avec, int tile, cudaStream_t str
 void launch_conv_f32x3(const ConvParams& p, bool avec, int tile, cudaStream_t stream);
 void launch_conv_f16(const ConvParams& p, bool avec, int tile, cudaStream_t stream);
 void launch_conv_bf16(const ConvParams& p, bool avec, int tile, cudaStream_t stream);
-// The patch kernel (NCHW input on Hopper): whether its sm_90a code is loaded for this GPU,
-// and its launch (TF32, fp16 or bf16).
+// The patch kernel (Hopper): whether its sm_90a code is loaded for this GPU, and its launch
+// (TF32, fp16 or bf16; NCHW or channels-last input).
 bool patch_kernel_ready(Math math);
-void launch_patch(const ConvParams& p, Math math, cudaStream_t stream);
+void launch_patch(const ConvParams& p, Math math, bool channels_last, cudaStream_t stream);
 // elem_bytes: 4 (fp32), 2 (fp16 / bf16: the same bits are copied)
 void launch_prep(const PrepParams& p, int elem_bytes, cudaStream_t stream);
 

@@ -43,40 +43,51 @@ struct Plan {
   int tile;        // TileConfig
   bool avec;       // channels-last 16-byte gathers (the K-table kernels)
   int k_order;     // KOrder
-  int tile_h = 0, tile_w = 0, patch_rows = 0, patch_chunks = 0;  // kTilePatch only
+  // kTilePatch only: the input layout, the tile and the patch (NCHW: patch_chunks 16-byte
+  // chunks per row; channels-last: patch_cols pixels per row).
+  bool patch_cl = false;
+  int tile_h = 0, tile_w = 0, patch_rows = 0, patch_chunks = 0, patch_cols = 0;
 };
 
 // The patch kernel's tile: the widest power-of-two row width up to 128 that covers the
 // output row (tile_h = kPatchBM / tile_w rows), narrowed until the input patch fits a
 // slot. False when none fits.
 bool patch_geometry(int64_t OW, int64_t KH, int64_t KW, const std::vector<int64_t>& stride,
-                    const std::vector<int64_t>& dilation, int elem, Plan& plan) {
+                    const std::vector<int64_t>& dilation, int elem, bool channels_last, Plan& plan) {
   const int vec = 16 / elem;
   int tw = 8;
   while (tw < 128 && tw < OW) tw *= 2;
   for (; tw >= 8; tw /= 2) {
     const int64_t th = kPatchBM / tw;
     const int64_t rows = (th - 1) * stride[0] + dilation[0] * (KH - 1) + 1;
-    const int64_t cols = (vec - 1) + (tw - 1) * stride[1] + dilation[1] * (KW - 1) + 1;
-    const int64_t chunks = (cols + vec - 1) / vec;
-    if (rows * chunks * vec <= kPatchChannelPitch) {
+    const int64_t cols = (tw - 1) * stride[1] + dilation[1] * (KW - 1) + 1;
+    // NCHW rows start at the 16-byte chunk below the window: up to vec - 1 more columns.
+    const int64_t chunks = (cols + vec - 1 + vec - 1) / vec;
+    const bool fits = channels_last ? rows * cols * kPatchPixelBytes <= kPatchSlotBytes
+                                    : rows * chunks * vec <= kPatchChannelPitch;
+    if (fits) {
       plan.tile_h = static_cast<int>(th);
       plan.tile_w = tw;
       plan.patch_rows = static_cast<int>(rows);
-      plan.patch_chunks = static_cast<int>(chunks);
+      plan.patch_chunks = static_cast<int>(channels_last ? cols * 8 : chunks);
+      plan.patch_cols = static_cast<int>(channels_last ? cols : chunks * vec);
       return true;
     }
   }
   return false;
 }
 
-// The patch kernel takes dense-row NCHW input whose rows are whole 16-byte chunks, kernels
-// of at least three taps (a patch is copied one channel block ahead: at least three slices
-// of lead) and at least half a channel block of input channels.
-bool patch_input_ok(const at::Tensor& x, int64_t KH, int64_t KW, int elem) {
+// The patch kernel takes NCHW or channels-last input whose 16-byte chunks (of a row, or of
+// a pixel's channels) are aligned and whole, kernels of at least three taps (a patch is
+// copied one channel block ahead: at least three slices of lead) and at least half a
+// channel block of input channels.
+bool patch_input_ok(const at::Tensor& x, int64_t KH, int64_t KW, int elem, bool channels_last) {
   const int vec = 16 / elem;
-  return x.stride(3) == 1 && x.stride(1) != 1 && aligned16(x.data_ptr()) && x.size(3) % vec == 0 &&
-         x.stride(2) % vec == 0 && x.stride(1) % vec == 0 && x.stride(0) % vec == 0 &&
+  const int64_t inner = channels_last ? x.size(1) : x.size(3);
+  const bool dense_inner = channels_last ? x.stride(1) == 1 : x.stride(3) == 1;
+  return dense_inner && aligned16(x.data_ptr()) && inner % vec == 0 && x.stride(0) % vec == 0 &&
+         (channels_last ? x.stride(2) % vec == 0 && x.stride(3) % vec == 0
+                        : x.stride(2) % vec == 0 && x.stride(1) % vec == 0) &&
          KH * KW >= 3 && x.size(1) * elem * 2 >= kSliceBytes;
 }
 
@@ -87,16 +98,18 @@ Plan make_plan(const at::Tensor& x, const at::Tensor& weight, int64_t OW,
   const int elem = static_cast<int>(x.element_size());
   const int vec = 16 / elem;
   Plan plan{};
-  if (hopper && patch && math != Math::kF32x3 && patch_input_ok(x, KH, KW, elem) &&
-      patch_geometry(OW, KH, KW, stride, dilation, elem, plan) && patch_kernel_ready(math)) {
+  // channels innermost: channels-last input
+  const bool cin_inner = C > 1 && x.stride(1) == 1;
+  if (hopper && patch && math != Math::kF32x3 && patch_input_ok(x, KH, KW, elem, cin_inner) &&
+      patch_geometry(OW, KH, KW, stride, dilation, elem, cin_inner, plan) && patch_kernel_ready(math)) {
     plan.tile = kTilePatch;
     plan.avec = false;
     plan.k_order = kOrderBlocked;
+    plan.patch_cl = cin_inner;
     return plan;
   }
   // K order: channels innermost when the input is channels-last, so that one 16-byte chunk
   // of K is contiguous in memory.
-  const bool cin_inner = C > 1 && x.stride(1) == 1;
   plan.k_order = cin_inner ? kOrderHWC : kOrderCHW;
   plan.avec = cin_inner && C % vec == 0 && aligned16(x.data_ptr()) && x.stride(3) % vec == 0 &&
               x.stride(2) % vec == 0 && x.stride(0) % vec == 0;
@@ -216,7 +229,7 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   }
   p.patch_rows = plan.patch_rows;
   p.patch_chunks = plan.patch_chunks;
-  p.patch_pitch = plan.patch_chunks * (16 / elem);
+  p.patch_pitch = plan.patch_cols;
   p.cblocks = static_cast<int>(cblocks);
   if (other.has_value() && other->defined()) {
     const auto& o = *other;
@@ -239,7 +252,7 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   p.y_sw = out.stride(3);
 
   if (plan.tile == kTilePatch) {
-    launch_patch(p, math, stream);
+    launch_patch(p, math, plan.patch_cl, stream);
     return;
   }
   switch (math) {
@@ -262,7 +275,7 @@ std::string kernel_name(const at::Tensor& x, const at::Tensor& weight, std::vect
   const Math math = math_of(x.scalar_type(), allow_tf32);
   const Plan plan = make_plan(x, weight, OW, stride, dilation, math, hopper, patch);
   switch (plan.tile) {
-    case kTilePatch: return "patch";
+    case kTilePatch: return plan.patch_cl ? "patch channels-last" : "patch";
     case kTile128x128Wgmma: return "wgmma";
     case kTile128x128: return "mma.sync 128x128";
     default: return "mma.sync 128x64";

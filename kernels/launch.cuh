@@ -78,7 +78,7 @@ void launch_conv(const ConvParams& p, bool avec, int tile, cudaStream_t stream) 
 template <Math MATH>
 bool patch_compiled() {
   cudaFuncAttributes attr{};
-  const void* kernel = reinterpret_cast<const void*>(conv_relu_add_patch_kernel<MATH>);
+  const void* kernel = reinterpret_cast<const void*>(conv_relu_add_patch_kernel<MATH, false>);
   if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
     (void)cudaGetLastError();
     return false;
@@ -87,10 +87,10 @@ bool patch_compiled() {
 }
 
 // One persistent CTA per SM (or per tile, when there are fewer tiles).
-template <Math MATH>
+template <Math MATH, bool CL>
 void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   constexpr int smem = patch_smem_bytes();
-  auto kernel = conv_relu_add_patch_kernel<MATH>;
+  auto kernel = conv_relu_add_patch_kernel<MATH, CL>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   int device = 0, sms = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));

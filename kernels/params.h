@@ -20,14 +20,15 @@ enum TileConfig : int { kTile128x128 = 0, kTile128x64 = 1, kTile128x128Wgmma = 2
 
 // The patch kernel's tile: kPatchBM output pixels x kPatchBN output channels. An input
 // patch slot holds one channel block (one 128-byte K slice of channels: 32 fp32 or 64
-// 16-bit) at kPatchChannelPitch elements per channel: 2336 bytes (32 modulo 128) for fp32,
-// 1168 (16 modulo 64) for 16-bit, so that the four lane groups of a fragment load (lanes
-// 4 apart read channels 1 or 2 apart) fall 32 bytes apart in distinct banks, and chunks
-// stay 16-byte aligned.
+// 16-bit). NCHW: kPatchChannelPitch elements per channel, 2336 bytes (32 modulo 128) for
+// fp32, 1168 (16 modulo 64) for 16-bit; channels-last: kPatchPixelBytes per pixel (the
+// block's 128 bytes and 16 of padding: 36 words, 4 modulo 32). Either way the lane groups
+// of a fragment load fall on distinct shared-memory banks and 16-byte chunks stay aligned.
 constexpr int kPatchBM = 256;
 constexpr int kPatchBN = 128;
 constexpr int kPatchChannelPitch = 584;
-constexpr int kPatchSlotBytes = 74752;  // 32 x 584 x 4 = 64 x 584 x 2
+constexpr int kPatchPixelBytes = 144;
+constexpr int kPatchSlotBytes = 74880;  // >= 32 x 584 x 4 (NCHW); 520 pixels x 144 (channels-last)
 
 // The K-table sits in shared memory when it has at most this many entries (32 KB); the
 // 128x128 kernels require it there (the launcher picks 128x64 tiles for longer K).
@@ -52,8 +53,9 @@ struct ConvParams {
   int64_t x_sn, x_sh, x_sw;
   int64_t x_sc;
   // The patch kernel only: tiles of tile_h x tile_w output pixels, tiles_h x tiles_w per
-  // image; a patch of patch_rows rows of patch_chunks 16-byte chunks (patch_pitch elements
-  // apart); cblocks channel blocks of Cin channels; taps = KH * KW.
+  // image; a patch of patch_rows rows of patch_chunks 16-byte chunks, patch_pitch elements
+  // (NCHW) or pixels (channels-last) long; cblocks channel blocks of Cin channels;
+  // taps = KH * KW.
   int Cin, KW, taps, dil_h, dil_w;
   int tile_h, tile_w, tiles_h, tiles_w;
   int patch_rows, patch_chunks, patch_pitch, cblocks;

@@ -96,7 +96,7 @@ struct PatchTile {
   int ih0, iw0a, shift;
 };
 
-template <int VEC>
+template <int VEC, bool CL>
 __device__ __forceinline__ PatchTile patch_tile(const ConvParams& p, int64_t t, int n_tiles) {
   PatchTile pt;
   pt.n0 = static_cast<int>(t % n_tiles) * kPatchBN;
@@ -107,12 +107,13 @@ __device__ __forceinline__ PatchTile patch_tile(const ConvParams& p, int64_t t, 
   pt.n = t / p.tiles_h;
   pt.ih0 = pt.oh0 * p.stride_h - p.pad_h;
   const int iw0 = pt.ow0 * p.stride_w - p.pad_w;
-  pt.iw0a = iw0 >= 0 ? iw0 / VEC * VEC : -((VEC - 1 - iw0) / VEC) * VEC;
+  // NCHW rows are copied in 16-byte chunks of columns: start at the chunk boundary below.
+  pt.iw0a = CL ? iw0 : (iw0 >= 0 ? iw0 / VEC * VEC : -((VEC - 1 - iw0) / VEC) * VEC);
   pt.shift = iw0 - pt.iw0a;
   return pt;
 }
 
-template <Math MATH>
+template <Math MATH, bool CL>
 __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(const ConvParams p) {
   using T = typename MathTraits<MATH>::T;
   constexpr int ELEM = sizeof(T);
@@ -120,7 +121,11 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   constexpr int CB = kSliceBytes / ELEM;     // channels per block = K per slice
   constexpr int KSTEP = 32 / ELEM;           // K per wgmma (8 TF32, 16 fp16 / bf16)
   constexpr int NSTEP = CB / KSTEP;          // wgmmas per slice and m-half (4)
-  constexpr int CP = kPatchChannelPitch;  // elements between channels of a patch
+  constexpr int CP = kPatchChannelPitch;  // NCHW: elements between channels of a patch
+  constexpr int CPX = kPatchPixelBytes / ELEM;  // channels-last: elements between pixels
+  // Element strides inside a patch: between channels, columns; rows: row_step.
+  constexpr int CH = CL ? 1 : CP;
+  constexpr int COL = CL ? CPX : 1;
 
   extern __shared__ __align__(1024) unsigned char smem[];
   if ((smem_u32(smem) & 1023u) != 0) __trap();  // the 128B swizzle is a function of the address
@@ -138,7 +143,8 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   const int64_t tiles = images * p.tiles_h * p.tiles_w * n_tiles;
   if (static_cast<int64_t>(blockIdx.x) >= tiles) return;
   const int64_t my_tiles = (tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;
-  auto tile_of = [&](int64_t i) { return patch_tile<VEC>(p, blockIdx.x + i * gridDim.x, n_tiles); };
+  auto tile_of = [&](int64_t i) { return patch_tile<VEC, CL>(p, blockIdx.x + i * gridDim.x, n_tiles); };
+  const int row_step = CL ? p.patch_pitch * CPX : p.patch_pitch;
 
   // This thread's four tile rows (m-half h, row g or g + 8 of its warp's 16): their offsets
   // inside a patch (before the tile's shift and the tap's offset), with the thread's
@@ -149,38 +155,50 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
       const int r = (warp >> 2) * 128 + h * 64 + (warp & 3) * 16 + g + 8 * hi;
-      pix[h][hi] = (r / p.tile_w) * p.stride_h * p.patch_pitch + (r % p.tile_w) * p.stride_w +
-                   (ELEM == 4 ? tq : 2 * tq) * CP;
+      pix[h][hi] = (r / p.tile_w) * p.stride_h * row_step + (r % p.tile_w) * p.stride_w * COL +
+                   (ELEM == 4 ? tq : 2 * tq) * CH;
     }
 
-  // The patch copy: thread t takes the 16-byte chunks q = t, t + 256, ... of a patch
-  // (chunk q: channel q / (rows * chunks), then row and column chunk), split by
-  // multiply-high with rounded-up reciprocals (exact for q * divisor < 2^32), so that the
-  // iterations are independent. The rounding pass walks the same chunks: its own copies,
+  // The patch copy: thread t takes the 16-byte chunks q = t, t + 256, ... of a patch, split
+  // by multiply-high with rounded-up reciprocals (exact for q * divisor < 2^32), so that the
+  // iterations are independent. NCHW: chunk q is (channel, row, column chunk); channels-last:
+  // (row, column, channel chunk), patch_chunks = 8 chunks per column. fn(dst, c, r, col)
+  // gets the chunk's element offset in the slot, its first channel, row and column (from
+  // the window's staged origin). The rounding pass walks the same chunks: its own copies,
   // visible to the thread once its cp.async group completed.
   const int per_c = p.patch_rows * p.patch_chunks;
   const uint32_t inv_per_c = static_cast<uint32_t>(((uint64_t{1} << 32) + per_c - 1) / per_c);
   const uint32_t inv_chunks = static_cast<uint32_t>(((uint64_t{1} << 32) + p.patch_chunks - 1) / p.patch_chunks);
   auto for_my_chunks = [&](auto&& fn) {
 #pragma unroll 4
-    for (int q = tid; q < CB * per_c; q += kPatchThreads) {
-      const int c = static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_per_c));
-      const int rem = q - c * per_c;
-      const int r = static_cast<int>(__umulhi(static_cast<uint32_t>(rem), inv_chunks));
-      fn(c, r, rem - r * p.patch_chunks);
+    for (int q = tid; q < (CL ? 1 : CB) * per_c; q += kPatchThreads) {
+      if constexpr (CL) {
+        const int r = static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_chunks));
+        const int rem = q - r * p.patch_chunks, col = rem >> 3, cc = rem & 7;
+        fn(r * row_step + col * CPX + cc * VEC, cc * VEC, r, col);
+      } else {
+        const int c = static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_per_c));
+        const int rem = q - c * per_c;
+        const int r = static_cast<int>(__umulhi(static_cast<uint32_t>(rem), inv_chunks));
+        const int ch = rem - r * p.patch_chunks;
+        fn(c * CP + r * p.patch_pitch + ch * VEC, c, r, ch * VEC);
+      }
     }
   };
   auto issue_patch = [&](int64_t i, int cb, int slot) {
     const PatchTile pt = tile_of(i);
     const uint32_t dst = sP_addr + static_cast<uint32_t>(slot) * kPatchSlotBytes;
     const T* img = x + pt.n * p.x_sn;
-    for_my_chunks([&](int c, int r, int ch) {
-      const int ci = cb * CB + c, ih = pt.ih0 + r, iw = pt.iw0a + ch * VEC;
-      // A chunk lies wholly inside or wholly outside the row (W % VEC == 0).
+    for_my_chunks([&](int off, int c, int r, int col) {
+      const int ci = cb * CB + c, ih = pt.ih0 + r, iw = pt.iw0a + col;
+      // A chunk lies wholly inside or wholly outside the image (NCHW: W % VEC == 0;
+      // channels-last: Cin % VEC == 0).
       const bool ok = ci < p.Cin && static_cast<unsigned>(ih) < static_cast<unsigned>(p.H) &&
                       static_cast<unsigned>(iw) < static_cast<unsigned>(p.W);
-      const T* src = ok ? img + (ci * static_cast<int>(p.x_sc) + ih * static_cast<int>(p.x_sh) + iw) : x;
-      cp_async_16_zfill(dst + (c * CP + r * p.patch_pitch + ch * VEC) * ELEM, src, ok);
+      const T* src = ok ? img + (ci * static_cast<int>(p.x_sc) + ih * static_cast<int>(p.x_sh) +
+                                 iw * static_cast<int>(p.x_sw))
+                        : x;
+      cp_async_16_zfill(dst + off * ELEM, src, ok);
     });
   };
   // TF32: round this thread's chunks of a landed patch in place (once per element, not
@@ -188,8 +206,8 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   auto round_patch = [&](int slot) {
     if constexpr (MATH == Math::kTF32) {
       unsigned char* base = smem + kPatchBStages * kPatchBN * kSliceBytes + slot * kPatchSlotBytes;
-      for_my_chunks([&](int c, int r, int ch) {
-        uint4* q = reinterpret_cast<uint4*>(base + (c * CP + r * p.patch_pitch + ch * VEC) * ELEM);
+      for_my_chunks([&](int off, int, int, int) {
+        uint4* q = reinterpret_cast<uint4*>(base + off * ELEM);
         uint4 v = *q;
         v.x = f32_to_tf32(__uint_as_float(v.x));
         v.y = f32_to_tf32(__uint_as_float(v.y));
@@ -227,9 +245,9 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
       c.slot ^= 1;
     } else if (++c.kw == p.KW) {
       c.kw = 0;
-      c.off += p.dil_h * p.patch_pitch - (p.KW - 1) * p.dil_w;
+      c.off += p.dil_h * row_step - (p.KW - 1) * p.dil_w * COL;
     } else {
-      c.off += p.dil_w;
+      c.off += p.dil_w * COL;
     }
     return c;
   };
@@ -247,12 +265,19 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
 #pragma unroll
       for (int st = 0; st < NSTEP; ++st) {
         if constexpr (ELEM == 4) {
-          const uint32_t* l = reinterpret_cast<const uint32_t*>(lo) + st * KSTEP * CP;
-          const uint32_t* u = reinterpret_cast<const uint32_t*>(hi) + st * KSTEP * CP;
+          const uint32_t* l = reinterpret_cast<const uint32_t*>(lo) + st * KSTEP * CH;
+          const uint32_t* u = reinterpret_cast<const uint32_t*>(hi) + st * KSTEP * CH;
           a[h][st][0] = l[0];
           a[h][st][1] = u[0];
-          a[h][st][2] = l[4 * CP];
-          a[h][st][3] = u[4 * CP];
+          a[h][st][2] = l[4 * CH];
+          a[h][st][3] = u[4 * CH];
+        } else if constexpr (CL) {  // a channel pair is one aligned word
+          const uint32_t* l = reinterpret_cast<const uint32_t*>(lo + st * KSTEP);
+          const uint32_t* u = reinterpret_cast<const uint32_t*>(hi + st * KSTEP);
+          a[h][st][0] = l[0];
+          a[h][st][1] = u[0];
+          a[h][st][2] = l[4];
+          a[h][st][3] = u[4];
         } else {
           const unsigned short* l = reinterpret_cast<const unsigned short*>(lo) + st * KSTEP * CP;
           const unsigned short* u = reinterpret_cast<const unsigned short*>(hi) + st * KSTEP * CP;

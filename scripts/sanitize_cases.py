@@ -44,6 +44,7 @@ for dtype, tf32 in ((torch.float32, True), (torch.float32, False), (torch.float1
     pays = _cuda._patch_pays
     _cuda._patch_pays = lambda *args: True
     case(2, 80, 5, 136, 130, 3, 1, 1, 1, dtype, False, tf32, "full")
+    case(2, 80, 5, 136, 130, 3, 1, 1, 1, dtype, True, tf32, "chan")
     _cuda._patch_pays = pays
 torch.cuda.synchronize()
 print("sanitize cases done")

@@ -150,43 +150,46 @@ def test_matches_float64_reference(cfg, policy, layout):
     assert_close64(out, ref, policy)
 
 
-# Shapes for the patch kernel (NCHW input on Hopper), and whether it takes them in fp32
-# and in 16-bit (whose patch rows are wider: 16-byte chunks of 8 elements).
+# Shapes for the patch kernel (Hopper), and whether it takes them: NCHW fp32, NCHW 16-bit
+# (whose patch rows are wider: 16-byte chunks of 8 elements), channels-last.
 PATCH_CONFIGS = [
-    ((2, 64, 20, 32, 128, 3, 3, 1, 1, 1), True, True),  # padding on every side, 8 rows per tile
-    ((1, 48, 17, 136, 200, 3, 3, 1, 0, 1), True, True),  # 2 column tiles, partial channel block, 2 channel tiles
-    ((2, 32, 24, 40, 96, 3, 3, 1, 2, 2), True, True),  # dilation (16-bit: narrower tiles)
-    ((1, 40, 9, 16, 70, 3, 5, 1, (1, 2), 1), True, True),  # 3x5 kernel, uneven padding
-    ((3, 72, 7, 8, 64, 3, 3, 1, 1, 1), True, False),  # 8-pixel rows: 32 rows per tile
-    ((1, 32, 8, 32, 40, 5, 5, 1, 2, 1), True, True),  # 25 taps
-    ((16, 32, 66, 64, 128, 3, 3, 1, 0, 1), True, True),  # more tiles than SMs
-    ((2, 64, 11, 16, 64, 3, 3, 2, 1, 1), False, False),  # strided: the patch does not fit
+    ((2, 64, 20, 32, 128, 3, 3, 1, 1, 1), True, True, True),  # padding on every side, 8 rows per tile
+    ((1, 48, 17, 136, 200, 3, 3, 1, 0, 1), True, True, True),  # 2 column tiles, partial channel block, 2 channel tiles
+    ((2, 32, 24, 40, 96, 3, 3, 1, 2, 2), True, True, True),  # dilation (narrower tiles where wider ones do not fit)
+    ((1, 40, 9, 16, 70, 3, 5, 1, (1, 2), 1), True, True, True),  # 3x5 kernel, uneven padding
+    ((3, 72, 7, 8, 64, 3, 3, 1, 1, 1), True, False, True),  # 8-pixel rows: 32 rows per tile
+    ((1, 32, 8, 32, 40, 5, 5, 1, 2, 1), True, True, True),  # 25 taps
+    ((16, 32, 66, 64, 128, 3, 3, 1, 0, 1), True, True, True),  # more tiles than SMs
+    ((2, 64, 11, 16, 64, 3, 3, 2, 1, 1), False, False, False),  # strided: the patch does not fit
 ]
 
 
 @pytest.mark.parametrize("other_kind", ["c11", "full_nchw"])
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("policy", ["tf32", "fp16", "bf16"])
 @pytest.mark.parametrize(
-    "cfg,takes32,takes16",
+    "cfg,takes32,takes16,takes_cl",
     PATCH_CONFIGS,
     ids=lambda c: "x".join(map(str, c[:7])) if isinstance(c, tuple) else "",
 )
 def test_patch_kernel_matches_float64_reference(
-    cfg, takes32, takes16, policy, other_kind, monkeypatch
+    cfg, takes32, takes16, takes_cl, policy, layout, other_kind, monkeypatch
 ):
     # these shapes are below the size rule that picks the patch kernel: bypass it
     monkeypatch.setattr(_cuda, "_patch_pays", lambda *args: True)
     dtype = set_policy(policy)
-    x, w, b, stride, padding, dilation = make(cfg, dtype)
+    x, w, b, stride, padding, dilation = make(cfg, dtype, layout)
     hopper = _cuda._use_wgmma(x.device)
     patch = _cuda._patch_enabled()
     name = _build.load().kernel_name(x, w, stride, padding, dilation, True, hopper, patch)
-    takes = takes32 if dtype == torch.float32 else takes16
-    assert (name == "patch") == (hopper and patch and takes), name
+    takes = takes_cl if layout == "cl" else takes32 if dtype == torch.float32 else takes16
+    expected = ("patch channels-last" if layout == "cl" else "patch") if hopper and patch and takes else None
+    assert name == expected or (expected is None and not name.startswith("patch")), name
     shape = ops.output_shape(x, w, stride, padding, dilation)
     other = _others(shape, dtype)[other_kind]
     out = run_op(x, w, b, other, stride, padding, dilation)
     ref = reference64(x, w, b, other, stride, padding, dilation)
+    assert out.is_contiguous(memory_format=expected_format(x, w))
     assert_close64(out, ref, policy)
 
 
