@@ -325,7 +325,7 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   // `other_at(off, c)`: `other` at element offset `off` (pixel and channel) or, per
   // channel, at tile channel c. Addresses advance by channel strides (no multiply per
   // element); the channel bound is checked only in a tile that crosses Cout.
-  auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at) {
+  auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at, auto paired) {
     T* __restrict__ out = static_cast<T*>(p.out);
     const bool full_n = pt.n0 + kPatchBN <= p.Cout;
 #pragma unroll
@@ -343,34 +343,56 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
           const int c = nt * 8 + c0;
           const float2 b = *reinterpret_cast<const float2*>(chan + c);
           const float* a = acc[h] + nt * 4 + 2 * hi;
-          if (full_n || pt.n0 + c < p.Cout) y[0] = from_float<T>(fused_value(a[0], b.x, other_at(o, c)));
-          if (full_n || pt.n0 + c + 1 < p.Cout)
-            y[p.y_sc] = from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, c + 1)));
+          if constexpr (decltype(paired)::value) {
+            // channels-last output: the lane's two channels are neighbours (Cout is even)
+            if (full_n || pt.n0 + c < p.Cout) {
+              const T v0 = from_float<T>(fused_value(a[0], b.x, other_at(o, c)));
+              const T v1 = from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, c + 1)));
+              if constexpr (ELEM == 4) {
+                *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
+              } else {
+                *reinterpret_cast<uint32_t*>(y) =
+                    static_cast<uint32_t>(reinterpret_cast<const unsigned short&>(v0)) |
+                    (static_cast<uint32_t>(reinterpret_cast<const unsigned short&>(v1)) << 16);
+              }
+            }
+          } else {
+            if (full_n || pt.n0 + c < p.Cout) y[0] = from_float<T>(fused_value(a[0], b.x, other_at(o, c)));
+            if (full_n || pt.n0 + c + 1 < p.Cout)
+              y[p.y_sc] = from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, c + 1)));
+          }
           y += 8 * p.y_sc;
           o += 8 * p.o_sc;
         }
       }
   };
   // One copy of the unrolled stores per kind of `other`, so that no element waits on a
-  // branch before its load.
+  // branch before its load (and, per channel, one with paired stores).
   auto store_tile = [&](const PatchTile& pt, int buf) {
     const float* chan = s_chan + buf * 2 * kPatchBN;
     auto strided = [&](auto tag) {
       const auto* o = static_cast<const decltype(tag)*>(p.other);
       return [=](int64_t off, int) { return static_cast<float>(to_float(__ldg(o + off))); };
     };
+    // Channels-last output whose channel pairs are aligned: one 2-element store per pair.
+    const bool pairable = CL && p.y_sc == 1 && p.Cout % 2 == 0 && p.y_sw % 2 == 0 &&
+                          p.y_sh % 2 == 0 && p.y_sn % 2 == 0 &&
+                          reinterpret_cast<uintptr_t>(p.out) % (2 * ELEM) == 0;
+    const std::false_type single;
     if (other_per_channel) {
-      store_rows(pt, chan, [&](int64_t, int c) { return chan[kPatchBN + c]; });
+      auto per_channel = [&](int64_t, int c) { return chan[kPatchBN + c]; };
+      if (pairable) store_rows(pt, chan, per_channel, std::true_type{});
+      else store_rows(pt, chan, per_channel, single);
     } else if (p.other_kind == kOtherF32) {
-      store_rows(pt, chan, strided(float{}));
+      store_rows(pt, chan, strided(float{}), single);
     } else if (p.other_kind == kOtherF16) {
-      store_rows(pt, chan, strided(__half{}));
+      store_rows(pt, chan, strided(__half{}), single);
     } else if (p.other_kind == kOtherBF16) {
-      store_rows(pt, chan, strided(__nv_bfloat16{}));
+      store_rows(pt, chan, strided(__nv_bfloat16{}), single);
     } else {
       store_rows(pt, chan, [&](int64_t off, int) {
         return static_cast<float>(__ldg(static_cast<const double*>(p.other) + off));
-      });
+      }, single);
     }
   };
 
