@@ -60,8 +60,8 @@ def _use_wgmma(device: torch.device) -> bool:
 
 
 def _patch_enabled() -> bool:
-    """Whether the patch kernel (NCHW input on Hopper) may run: unless FX_FUSE_DISABLE_PATCH=1
-    asks for the K-table kernels (for comparisons and tests)."""
+    """Whether the patch kernel (Hopper) may run: unless FX_FUSE_DISABLE_PATCH=1 asks for the
+    K-table kernels (for comparisons and tests)."""
     return os.environ.get("FX_FUSE_DISABLE_PATCH") != "1"
 
 

@@ -15,7 +15,7 @@ constexpr int kSliceBytes = 128;
 // 128x64 (4 x 2, warp tile 32x32) when Cout <= 64 so that half the MMAs are not padding.
 // kTile128x128Wgmma: the 128x128 tile multiplied by Hopper's wgmma (sm_90a builds on a
 // compute capability 9.0 GPU); it falls back to kTile128x128 where that code is absent.
-// kTilePatch: the patch kernel (patch_conv.cuh) for NCHW input on Hopper.
+// kTilePatch: the patch kernel (patch_conv.cuh) for NCHW and channels-last input on Hopper.
 enum TileConfig : int { kTile128x128 = 0, kTile128x64 = 1, kTile128x128Wgmma = 2, kTilePatch = 3 };
 
 // The patch kernel's tile: kPatchBM output pixels x kPatchBN output channels. An input

@@ -1,14 +1,14 @@
-// The patch kernel: the fused conv2d -> +bias -> relu -> +other for NCHW input on Hopper
-// (sm_90a), where the implicit GEMM's A operand is built in registers from an input patch
-// in shared memory instead of being gathered element by element.
+// The patch kernel: the fused conv2d -> +bias -> relu -> +other on Hopper (sm_90a) for NCHW
+// and channels-last input, where the implicit GEMM's A operand is built in registers from
+// an input patch in shared memory instead of being gathered element by element.
 //
 // A persistent CTA (256 threads: two warpgroups) walks tiles of kPatchBM output pixels
 // (tile_h rows of tile_w pixels) x kPatchBN output channels. K is ordered (channel block,
 // kh, kw, channel) with blocks of CB channels (one 128-byte K slice: 32 fp32 or 64 16-bit),
 // so a slice is one tap of one channel block. For each (tile, channel block) the input
 // patch the tile reads -- patch_rows rows x patch_pitch columns x CB channels, padding
-// zero-filled -- is copied once into shared memory by 16-byte cp.async, one block ahead of
-// its use. Each slice then:
+// zero-filled; channel planes (NCHW) or pixels of CB channels (channels-last) -- is copied
+// once into shared memory by 16-byte cp.async, one block ahead of its use. Each slice then:
 //   - multiplies: two m64n128 wgmmas per k-step and warpgroup (A from registers, B from a
 //     ring slot of the prepared weights, K-major with the 128-byte swizzle);
 //   - builds the next slice's A fragments from the patch (ld.shared at the tap's offset;

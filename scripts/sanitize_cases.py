@@ -39,8 +39,8 @@ for dtype, tf32 in ((torch.float32, True), (torch.float32, False), (torch.float1
         case(2, 8, 11, 13, 130, 3, 1, 1, 1, dtype, cl, tf32, "full")
         case(1, 3, 9, 9, 7, 3, 2, 0, 2, dtype, cl, tf32, "chan")
         case(2, 16, 6, 5, 40, 1, 1, 0, 1, dtype, cl, tf32, "scalar")
-    # the patch kernel (NCHW on Hopper; below its size rule, which is bypassed here): two
-    # column tiles, a partial channel block, two channel tiles
+    # the patch kernel (Hopper; below its size rule, which is bypassed here), NCHW and
+    # channels-last: two column tiles, a partial channel block, two channel tiles
     pays = _cuda._patch_pays
     _cuda._patch_pays = lambda *args: True
     case(2, 80, 5, 136, 130, 3, 1, 1, 1, dtype, False, tf32, "full")
