@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Dict, Optional, Set
+from typing import Any, Dict, Optional, Set
 
 import torch
 from torch import Tensor
@@ -24,8 +24,7 @@ _OTHER_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _INT32_MAX = 2**31 - 1
 
 _warned: Set[str] = set()
-_capability: Dict[int, tuple] = {}
-_sms: Dict[int, int] = {}
+_properties: Dict[int, Any] = {}
 
 
 def _warn_once(reason: str) -> None:
@@ -34,11 +33,17 @@ def _warn_once(reason: str) -> None:
         warnings.warn(f"{ops.OP_NAME}: {reason}; running the reference (ATen) path", stacklevel=4)
 
 
-def _device_capability(device: torch.device) -> tuple:
+def _device_properties(device: torch.device):
+    """The GPU's properties (compute capability, SM count), read once per device."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _capability:
-        _capability[index] = torch.cuda.get_device_capability(index)
-    return _capability[index]
+    if index not in _properties:
+        _properties[index] = torch.cuda.get_device_properties(index)
+    return _properties[index]
+
+
+def _device_capability(device: torch.device) -> tuple:
+    props = _device_properties(device)
+    return (props.major, props.minor)
 
 
 def _max_image_offset(x: Tensor, weight: Tensor, padding, dilation) -> int:
@@ -75,13 +80,6 @@ def _patch_pays(pixels: int, cout: int, sms: int) -> bool:
     tiles) 0.16 / 0.14."""
     tiles = -(-pixels // 256) * -(-cout // 128)
     return cout > 64 and tiles >= 4 * sms
-
-
-def _sm_count(device: torch.device) -> int:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _sms:
-        _sms[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _sms[index]
 
 
 def unsupported_reason(input: Tensor, weight: Tensor, groups: int) -> Optional[str]:
@@ -131,8 +129,9 @@ def conv2d_relu_add(input, weight, bias, other, stride, padding, dilation, group
             if other.dtype not in _OTHER_DTYPES:
                 other = other.to(torch.float32)
             other_t = other.expand(out_shape)
+        sms = _device_properties(x.device).multi_processor_count
         patch = _patch_enabled() and _patch_pays(
-            out_shape[0] * out_shape[2] * out_shape[3], out_shape[1], _sm_count(x.device)
+            out_shape[0] * out_shape[2] * out_shape[3], out_shape[1], sms
         )
         _build.load().conv2d_relu_add_out(
             x,

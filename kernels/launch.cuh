@@ -31,18 +31,20 @@ void launch_tile(const ConvParams& p, cudaStream_t stream) {
 template <Math MATH, bool AVEC>
 constexpr int kWgmmaMinBlocks = (MATH == Math::kTF32 || AVEC) ? 2 : 1;
 
-// Whether the wgmma kernel was compiled for this GPU (an sm_90a cubin is loaded for it).
-template <Math MATH, bool AVEC>
-bool wgmma_compiled() {
+// Whether a kernel's sm_90a code (wgmma, Hopper only) is what this GPU loads for it.
+inline bool sm90a_code_loaded(const void* kernel) {
   cudaFuncAttributes attr{};
-  const void* kernel =
-      reinterpret_cast<const void*>(
-          conv_relu_add_kernel<MATH, AVEC, 128, 128, 8, 1, kWgmmaMinBlocks<MATH, AVEC>, true>);
   if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
     (void)cudaGetLastError();
     return false;
   }
   return attr.binaryVersion == 90;
+}
+
+template <Math MATH, bool AVEC>
+bool wgmma_compiled() {
+  return sm90a_code_loaded(reinterpret_cast<const void*>(
+      conv_relu_add_kernel<MATH, AVEC, 128, 128, 8, 1, kWgmmaMinBlocks<MATH, AVEC>, true>));
 }
 
 template <Math MATH, bool AVEC, int MINB>
@@ -74,16 +76,9 @@ void launch_conv(const ConvParams& p, bool avec, int tile, cudaStream_t stream) 
   }
 }
 
-// Whether the patch kernel was compiled for this GPU (an sm_90a cubin is loaded for it).
 template <Math MATH>
 bool patch_compiled() {
-  cudaFuncAttributes attr{};
-  const void* kernel = reinterpret_cast<const void*>(conv_relu_add_patch_kernel<MATH, false>);
-  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  return attr.binaryVersion == 90;
+  return sm90a_code_loaded(reinterpret_cast<const void*>(conv_relu_add_patch_kernel<MATH, false>));
 }
 
 // One persistent CTA per SM (or per tile, when there are fewer tiles).
