@@ -18,6 +18,20 @@ def bench_ms(fn: Callable[[], object], warmup_ms: int = 50, rep_ms: int = 300) -
     return {"ms": med, "p20": p20, "p80": p80}
 
 
+def gpu_us(fn: Callable[[], object], calls: int = 20):
+    """Kernel time per call on the GPU (the CUDA kernels torch.profiler records, L2 warm):
+    the total, and each kernel's name with its microseconds per call."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    kernels = [(e.key[:60], e.device_time_total / calls) for e in prof.key_averages()
+               if e.device_time_total > 0]
+    return sum(us for _, us in kernels), kernels
+
+
 def conv_flops(n: int, cin: int, cout: int, oh: int, ow: int, kh: int, kw: int) -> float:
     """Multiply-adds of the convolution counted as 2 FLOPs (the epilogue is not counted)."""
     return 2.0 * n * cout * oh * ow * cin * kh * kw

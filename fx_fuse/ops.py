@@ -27,7 +27,11 @@ def _fail(msg: str) -> str:
 
 
 def _check(cond, msg) -> None:
-    """``torch._check`` with the op's name in front of the message."""
+    """``torch._check`` with the op's name in front of the message. A condition that is
+    already ``True`` (concrete sizes, the common case on every call) returns at once: only a
+    failure or a symbolic condition needs ``torch._check``."""
+    if cond is True:
+        return
     torch._check(cond, lambda: _fail(msg()))
 
 
