@@ -8,11 +8,13 @@ Arguments arrive validated by ``ops.check_args`` (stride / padding / dilation no
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Any, Dict, Optional, Set
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
@@ -82,6 +84,35 @@ def _patch_pays(pixels: int, cout: int, sms: int) -> bool:
     return cout > 64 and tiles >= 4 * sms
 
 
+def _cudnn_enabled() -> bool:
+    """Whether the cuDNN path may run: unless FX_FUSE_DISABLE_CUDNN=1 asks for the fused
+    kernels everywhere (for comparisons and tests)."""
+    return os.environ.get("FX_FUSE_DISABLE_CUDNN") != "1"
+
+
+def _cudnn_pays(cin: int, k: int, strided: bool, tiles: int, sms: int, exact_fp32: bool) -> bool:
+    """The size rule for the cuDNN path (cuDNN's convolution, then one relu + add pass),
+    where the patch kernel does not run. ``k`` = C_in x kH x kW; ``tiles``: the K-table
+    kernel's tiles of 128 pixels x 64 (C_out <= 64) or 128 channels.
+
+    Never below 16 input channels (cuDNN's tensor-core kernels pad them; the K-table kernel
+    wins). Otherwise cuDNN when the convolution is exact fp32 (3xTF32 on the K-table kernel
+    is slower than cuDNN's fp32), when the K-table tiles do not fill one wave of the SMs
+    (it has no split-K), or when K >= 512 with stride 1 (where the conv is compute-heavy
+    and cuDNN's kernels multiply faster) unless the problem is large (64 tiles per SM:
+    there the K-table kernel's single pass over the output wins). Measured on the H100,
+    GPU ms, K-table / cuDNN path (``benchmarks/bench_paths.py``, docs/performance.md):
+    ResNet 3x3 layers at batch 32, 56 px 0.163 / 0.139, 28 px 0.083 / 0.076 (bf16 0.080 /
+    0.059), 14 px 0.097 / 0.057, 7 px 0.354 / 0.066; exact fp32 headline 10.75 / 8.97;
+    kept on the K-table kernel: the headline with 64 output channels (120 tiles per SM)
+    1.73 / 2.56, a strided 28 px layer 0.051 / 0.079, a 1x1 (K = 256) 0.059 / 0.106, 16
+    input channels (K = 144) 0.063 / 0.085."""
+    if cin < 16:
+        return False
+    compute_heavy = k >= 512 and not strided and tiles < 64 * sms
+    return exact_fp32 or tiles < sms or compute_heavy
+
+
 def unsupported_reason(input: Tensor, weight: Tensor, groups: int) -> Optional[str]:
     """Why the fused kernel cannot run these arguments, or None when it can."""
     if input.dtype not in _KERNEL_DTYPES:
@@ -115,36 +146,76 @@ def conv2d_relu_add(input, weight, bias, other, stride, padding, dilation, group
         return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
 
     out_shape = ops.output_shape(x, weight, stride, padding, dilation)
-    out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=out_format)
-    if out.numel() > 0:
-        if bias is not None:
-            bias = bias.contiguous()
-        scalar = 0.0
-        if other.device.type != "cuda":
-            # A 0-dim CPU tensor (Python numbers arrive as 0-dim float64): read on the host,
-            # no device sync.
-            scalar = float(other.item())
-            other_t = None
-        else:
-            if other.dtype not in _OTHER_DTYPES:
-                other = other.to(torch.float32)
-            other_t = other.expand(out_shape)
-        sms = _device_properties(x.device).multi_processor_count
-        patch = _patch_enabled() and _patch_pays(
-            out_shape[0] * out_shape[2] * out_shape[3], out_shape[1], sms
+    other_t, scalar = _other_operand(other, out_shape)
+    allow_tf32 = bool(torch.backends.cudnn.allow_tf32)
+    path = _path(x, weight, out_shape, stride, allow_tf32)
+    if path == "cudnn":
+        out = _cudnn_conv_relu_add(
+            x, weight, bias, other_t, scalar, stride, padding, dilation, out_format
         )
-        _build.load().conv2d_relu_add_out(
-            x,
-            weight,
-            bias,
-            other_t,
-            scalar,
-            list(stride),
-            list(padding),
-            list(dilation),
-            bool(torch.backends.cudnn.allow_tf32),
-            _use_wgmma(x.device),
-            patch,
-            out,
-        )
+    else:
+        out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=out_format)
+        if out.numel() > 0:
+            _build.load().conv2d_relu_add_out(
+                x,
+                weight,
+                bias if bias is None else bias.contiguous(),
+                other_t,
+                scalar,
+                list(stride),
+                list(padding),
+                list(dilation),
+                allow_tf32,
+                _use_wgmma(x.device),
+                path == "patch",
+                out,
+            )
     return out.squeeze(0) if unbatched else out
+
+
+def _path(x: Tensor, weight: Tensor, out_shape, stride, allow_tf32: bool) -> str:
+    """Which implementation runs: "patch" (the patch kernel, where the binding finds that its
+    alignment and fit requirements hold; else the K-table kernels), "cudnn" (cuDNN's
+    convolution and one epilogue pass) or "fused" (the K-table kernels)."""
+    sms = _device_properties(x.device).multi_processor_count
+    pixels, cout = out_shape[0] * out_shape[2] * out_shape[3], out_shape[1]
+    exact_fp32 = x.dtype == torch.float32 and not allow_tf32
+    # the patch kernel: TF32, fp16 or bf16 (not 3xTF32), where its size rule says it pays
+    if _patch_enabled() and not exact_fp32 and _patch_pays(pixels, cout, sms):
+        return "patch"
+    tiles = -(-pixels // 128) * -(-cout // (64 if cout <= 64 else 128))  # the K-table tiles
+    if (
+        _cudnn_enabled()
+        and _cudnn_pays(
+            weight.shape[1], math.prod(weight.shape[1:]), max(stride) > 1, tiles, sms, exact_fp32
+        )
+        and math.prod(out_shape[1:]) <= _INT32_MAX  # the epilogue pass's per-image index
+    ):
+        return "cudnn"
+    return "fused"
+
+
+def _other_operand(other: Tensor, out_shape) -> tuple:
+    """``other`` as the kernels read it: a tensor expanded to the output's shape, or (a
+    0-dim CPU tensor; Python numbers arrive as 0-dim float64) a number read on the host,
+    without a device sync."""
+    if other.device.type != "cuda":
+        return None, float(other.item())
+    if other.dtype not in _OTHER_DTYPES:
+        other = other.to(torch.float32)
+    return other.expand(out_shape), 0.0
+
+
+def _cudnn_conv_relu_add(
+    x, weight, bias, other_t, scalar, stride, padding, dilation, out_format
+) -> Tensor:
+    """The cuDNN path: the convolution with its bias by cuDNN (as ``F.conv2d`` runs it, in
+    the input's dtype and TF32 setting), then one pass of relu(y) + other over its output,
+    in place where it is already in the op's output format."""
+    with ops.autocast_disabled(x.device):
+        y = F.conv2d(x, weight, bias, stride, padding, dilation)
+    out = y if y.is_contiguous(memory_format=out_format) else torch.empty_like(
+        y, memory_format=out_format
+    )
+    _build.load().relu_add_out(y, other_t, scalar, out)
+    return out

@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -120,6 +121,35 @@ Plan make_plan(const at::Tensor& x, const at::Tensor& weight, int64_t OW,
   return plan;
 }
 
+// `other`, already expanded to out's shape (0 strides where it broadcasts), or absent: then
+// `other_scalar` is added.
+void set_other(ConvParams& p, const c10::optional<at::Tensor>& other, double other_scalar,
+               const at::Tensor& out) {
+  if (other.has_value() && other->defined()) {
+    const auto& o = *other;
+    TORCH_CHECK(o.dim() == 4 && o.device() == out.device(), kOp,
+                ": expected `other` expanded to the 4-D output on its device");
+    p.other = o.data_ptr();
+    p.other_kind = other_kind(o.scalar_type());
+    p.o_sn = o.stride(0);
+    p.o_sc = o.stride(1);
+    p.o_sh = o.stride(2);
+    p.o_sw = o.stride(3);
+  } else {
+    p.other = nullptr;
+    p.other_kind = kOtherScalar;
+  }
+  p.other_scalar = static_cast<float>(other_scalar);
+}
+
+void set_output(ConvParams& p, const at::Tensor& out) {
+  p.out = out.data_ptr();
+  p.y_sn = out.stride(0);
+  p.y_sc = out.stride(1);
+  p.y_sh = out.stride(2);
+  p.y_sw = out.stride(3);
+}
+
 // Fills `out` (N, Cout, OH, OW), any strides, with relu(conv2d(x, weight) + bias) + other.
 // `other` is either a tensor already expanded to out's shape (0 strides where it
 // broadcasts) or absent, and then `other_scalar` is added. `hopper`: the wgmma kernels may
@@ -197,7 +227,6 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   p.wprep = wprep.data_ptr();
   p.table = pp.table;
   p.bias = bias.has_value() && bias->defined() ? bias->data_ptr() : nullptr;
-  p.out = out.data_ptr();
   p.M = N * OH * OW;
   p.Cout = static_cast<int>(Cout);
   p.K = static_cast<int>(K);
@@ -231,25 +260,8 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   p.patch_chunks = plan.patch_chunks;
   p.patch_pitch = plan.patch_cols;
   p.cblocks = static_cast<int>(cblocks);
-  if (other.has_value() && other->defined()) {
-    const auto& o = *other;
-    TORCH_CHECK(o.dim() == 4 && o.device() == x.device(), kOp,
-                ": expected `other` expanded to the 4-D output on its device");
-    p.other = o.data_ptr();
-    p.other_kind = other_kind(o.scalar_type());
-    p.o_sn = o.stride(0);
-    p.o_sc = o.stride(1);
-    p.o_sh = o.stride(2);
-    p.o_sw = o.stride(3);
-  } else {
-    p.other = nullptr;
-    p.other_kind = kOtherScalar;
-  }
-  p.other_scalar = static_cast<float>(other_scalar);
-  p.y_sn = out.stride(0);
-  p.y_sc = out.stride(1);
-  p.y_sh = out.stride(2);
-  p.y_sw = out.stride(3);
+  set_other(p, other, other_scalar, out);
+  set_output(p, out);
 
   if (plan.tile == kTilePatch) {
     launch_patch(p, math, plan.patch_cl, stream);
@@ -261,6 +273,36 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
     case Math::kF16: launch_conv_f16(p, plan.avec, plan.tile, stream); break;
     case Math::kBF16: launch_conv_bf16(p, plan.avec, plan.tile, stream); break;
   }
+}
+
+// The cuDNN path's epilogue: fills `out` with relu(y) + other, where y (N, Cout, OH, OW) is
+// a convolution's output (bias included), any strides; `out` may be y. The pass runs in
+// channels-last order when y is channels-last.
+void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& other,
+                  double other_scalar, at::Tensor out) {
+  TORCH_CHECK(y.is_cuda() && y.dim() == 4, kOp, ": expected a 4-D CUDA tensor, got ", y.sizes());
+  TORCH_CHECK(out.sizes() == y.sizes() && out.device() == y.device() &&
+                  out.scalar_type() == y.scalar_type(),
+              kOp, ": expected an output of y's shape, dtype and device");
+  const bool channels_last = !y.is_contiguous() && y.is_contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(y.numel() / std::max<int64_t>(y.size(0), 1) < std::numeric_limits<int32_t>::max(),
+              kOp, ": expected fewer than 2^31 elements per image");
+  if (y.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(y.device());
+  ConvParams p{};
+  p.x = y.data_ptr();
+  p.M = y.size(0) * y.size(2) * y.size(3);
+  p.Cout = static_cast<int>(y.size(1));
+  p.OH = static_cast<int>(y.size(2));
+  p.OW = static_cast<int>(y.size(3));
+  p.x_sn = y.stride(0);
+  p.x_sc = y.stride(1);
+  p.x_sh = y.stride(2);
+  p.x_sw = y.stride(3);
+  set_other(p, other, other_scalar, out);
+  set_output(p, out);
+  launch_relu_add(p, static_cast<int>(y.element_size()), y.scalar_type() == at::kBFloat16,
+                  channels_last, c10::cuda::getCurrentCUDAStream());
 }
 
 // The kernel conv2d_relu_add_out runs for these arguments (for tests and diagnostics).
@@ -292,6 +334,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("other_scalar"), pybind11::arg("stride"), pybind11::arg("padding"),
         pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"),
         pybind11::arg("patch"), pybind11::arg("out"));
+  m.def("relu_add_out", &fx_fuse::relu_add_out, "fill `out` with relu(y) + other",
+        pybind11::arg("y"), pybind11::arg("other"), pybind11::arg("other_scalar"),
+        pybind11::arg("out"));
   m.def("kernel_name", &fx_fuse::kernel_name, "which kernel runs these arguments",
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("stride"), pybind11::arg("padding"),
         pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"),

@@ -1,5 +1,7 @@
 """Small launches of every kernel variant, for compute-sanitizer (memcheck, racecheck)."""
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +35,7 @@ def case(n, c, h, w, cout, k, stride, pad, dil, dtype, cl, tf32, other_kind):
 
 
 torch.manual_seed(0)
+os.environ["FX_FUSE_DISABLE_CUDNN"] = "1"  # the fused kernels first
 for dtype, tf32 in ((torch.float32, True), (torch.float32, False), (torch.float16, True),
                     (torch.bfloat16, True)):
     for cl in (False, True):
@@ -46,5 +49,13 @@ for dtype, tf32 in ((torch.float32, True), (torch.float32, False), (torch.float1
     case(2, 80, 5, 136, 130, 3, 1, 1, 1, dtype, False, tf32, "full")
     case(2, 80, 5, 136, 130, 3, 1, 1, 1, dtype, True, tf32, "chan")
     _cuda._patch_pays = pays
+# the cuDNN path's epilogue pass, NCHW and channels-last
+del os.environ["FX_FUSE_DISABLE_CUDNN"]
+_cuda._cudnn_pays = lambda *args: True
+for dtype in (torch.float32, torch.bfloat16):
+    for cl in (False, True):
+        case(2, 16, 7, 9, 24, 3, 1, 1, 1, dtype, cl, True, "full")
+        case(2, 16, 7, 9, 24, 3, 1, 1, 1, dtype, cl, True, "chan")
+        case(2, 16, 7, 9, 24, 3, 1, 1, 1, dtype, cl, True, "scalar")
 torch.cuda.synchronize()
 print("sanitize cases done")

@@ -47,6 +47,7 @@ def built(tmp_path_factory):
 def test_extension_exposes_the_kernel_entry_point(built):
     module, _ = built
     assert callable(module.conv2d_relu_add_out)
+    assert callable(module.relu_add_out)  # the cuDNN path's epilogue pass
 
 
 def test_cuda_implementation_is_registered():
@@ -75,7 +76,9 @@ def test_main_kernels_do_not_spill(built):
     assert sum("ELb1EEEv" in name for name, _, _ in reports) == 6  # the wgmma kernels
     patch = [r for r in _ptxas_reports(log) if "conv_relu_add_patch_kernel" in r[0]]
     assert len(patch) == 6, f"expected 6 patch kernels (3 arithmetics x 2 layouts), got {len(patch)}"
-    spilling = [r for r in reports + patch if r[1] or r[2]]
+    epilogue = [r for r in _ptxas_reports(log) if "conv_epilogue_kernel" in r[0]]
+    assert len(epilogue) == 3, f"expected 3 epilogue kernels (fp32, fp16, bf16), got {len(epilogue)}"
+    spilling = [r for r in reports + patch + epilogue if r[1] or r[2]]
     assert not spilling, f"kernels spilling registers: {spilling}"
 
 

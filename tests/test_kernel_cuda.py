@@ -52,17 +52,23 @@ CONFIGS = [
 ]
 
 
-@pytest.fixture(autouse=True, params=["wgmma", "ktable", "mma_sync"])
+@pytest.fixture(autouse=True, params=["wgmma", "ktable", "mma_sync", "cudnn"])
 def kernel_path(request, monkeypatch):
-    """Every test runs on each kernel: on Hopper the patch kernel where it applies (NCHW) and
-    the K-table wgmma kernel elsewhere; the K-table wgmma kernel everywhere; the portable
-    mma.sync kernel."""
+    """Every test runs on each implementation: on Hopper the patch kernel where it applies
+    and the K-table wgmma kernel elsewhere; the K-table wgmma kernel everywhere; the
+    portable mma.sync kernel; the cuDNN path (cuDNN's convolution and the epilogue pass)
+    wherever the patch kernel does not run. The size rules would send most of these small
+    shapes to the cuDNN path: the first three turn it off."""
     monkeypatch.delenv("FX_FUSE_DISABLE_WGMMA", raising=False)
     monkeypatch.delenv("FX_FUSE_DISABLE_PATCH", raising=False)
+    monkeypatch.setenv("FX_FUSE_DISABLE_CUDNN", "1")
     if request.param == "ktable":
         monkeypatch.setenv("FX_FUSE_DISABLE_PATCH", "1")
     elif request.param == "mma_sync":
         monkeypatch.setenv("FX_FUSE_DISABLE_WGMMA", "1")
+    elif request.param == "cudnn":
+        monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN")
+        monkeypatch.setattr(_cuda, "_cudnn_pays", lambda *args: True)
     return request.param
 
 
@@ -238,6 +244,27 @@ def test_every_kind_of_other(kind, policy):
     ref = reference64(x, w, b, other, stride, padding, dilation)
     assert out.dtype == dtype
     assert_close64(out, ref, policy)
+
+
+def test_cudnn_path_runs_where_its_rule_says(monkeypatch):
+    """The cuDNN path is what runs when its rule picks it (the kernel tests above rely on
+    that), the fused kernel when FX_FUSE_DISABLE_CUDNN=1; both give the same result."""
+    set_policy("tf32")
+    calls = []
+    cudnn_path = _cuda._cudnn_conv_relu_add
+    monkeypatch.setattr(
+        _cuda, "_cudnn_conv_relu_add", lambda *args: calls.append(1) or cudnn_path(*args)
+    )
+    monkeypatch.setattr(_cuda, "_cudnn_pays", lambda *args: True)
+    x, w, b, stride, padding, dilation = make((2, 16, 12, 12, 24, 3, 3, 1, 1, 1), torch.float32)
+    other = torch.randn(24, 1, 1, device=DEV)
+    ref = reference64(x, w, b, other, stride, padding, dilation)
+    monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN", raising=False)
+    assert_close64(run_op(x, w, b, other, stride, padding, dilation), ref, "tf32")
+    assert calls == [1]
+    monkeypatch.setenv("FX_FUSE_DISABLE_CUDNN", "1")
+    assert_close64(run_op(x, w, b, other, stride, padding, dilation), ref, "tf32")
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("policy", ["tf32", "bf16"])

@@ -1,0 +1,90 @@
+"""The cuDNN path against the fused kernels, per conv shape: the op called directly with
+the cuDNN path forced off (the fused kernel: the patch kernel where its size rule picks it,
+else the K-table kernel) and forced on (cuDNN's convolution, then one relu + add pass), and
+eager PyTorch. Prints do_bench medians (L2 flushed), GPU kernel time, and which path the
+op's rule (``fx_fuse._cuda._cudnn_pays``) picks. The evidence behind that rule.
+
+    python benchmarks/bench_paths.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import bench_ms, gpu_us, table  # noqa: E402
+
+import fx_fuse  # noqa: E402
+from fx_fuse import _cuda  # noqa: E402
+
+BF16, TF32_OFF = torch.bfloat16, "tf32 off"
+
+# (name, (N, C, H, W), Cout, k, stride, padding, dtype or TF32_OFF)
+SHAPES = [
+    ("headline", (128, 64, 128, 128), 128, 3, 1, 0, torch.float32),
+    ("headline", (128, 64, 128, 128), 128, 3, 1, 0, BF16),
+    ("headline", (128, 64, 128, 128), 128, 3, 1, 0, TF32_OFF),
+    ("headline, 64 out", (128, 64, 128, 128), 64, 3, 1, 0, torch.float32),
+    ("resnet 56px b32", (32, 64, 56, 56), 64, 3, 1, 1, torch.float32),
+    ("resnet 56px b32", (32, 64, 56, 56), 64, 3, 1, 1, BF16),
+    ("resnet 56px b128", (128, 64, 56, 56), 64, 3, 1, 1, torch.float32),
+    ("resnet 28px b32", (32, 128, 28, 28), 128, 3, 1, 1, torch.float32),
+    ("resnet 28px b32", (32, 128, 28, 28), 128, 3, 1, 1, BF16),
+    ("resnet 28px b32", (32, 128, 28, 28), 128, 3, 1, 1, TF32_OFF),
+    ("resnet 14px b32", (32, 256, 14, 14), 256, 3, 1, 1, torch.float32),
+    ("resnet 7px b32", (32, 512, 7, 7), 512, 3, 1, 1, torch.float32),
+    ("resnet 28px s2 b32", (32, 64, 56, 56), 128, 3, 2, 1, torch.float32),
+    ("1x1 56px b32", (32, 256, 56, 56), 64, 1, 1, 0, torch.float32),
+    ("stem 7x7 s2 b32", (32, 3, 224, 224), 64, 7, 2, 3, torch.float32),
+    ("8 channels 64px b32", (32, 8, 64, 64), 32, 3, 1, 1, torch.float32),
+    ("16 channels 64px b32", (32, 16, 64, 64), 32, 3, 1, 1, torch.float32),
+    ("tiny 16px", (1, 16, 16, 16), 16, 3, 1, 1, torch.float32),
+]
+
+
+def main() -> None:
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    rows = []
+    pays, patch_pays = _cuda._cudnn_pays, _cuda._patch_pays
+    for name, x_shape, cout, k, stride, padding, kind in SHAPES:
+        dtype = torch.float32 if kind == TF32_OFF else kind
+        torch.backends.cudnn.allow_tf32 = kind != TF32_OFF
+        x = torch.rand(x_shape, device="cuda", dtype=dtype)
+        w = (torch.randn(cout, x_shape[1], k, k, device="cuda") / (x_shape[1] * k * k) ** 0.5).to(dtype)
+        b = torch.randn(cout, device="cuda", dtype=dtype)
+        other = torch.randn(cout, 1, 1, device="cuda", dtype=dtype)
+
+        def op():
+            return fx_fuse.conv2d_relu_add(x, w, b, other, stride, padding)
+
+        def eager():
+            return torch.relu(F.conv2d(x, w, b, stride, padding)) + other
+
+        times = {}
+        with torch.no_grad():
+            for path, forced in (("fused", False), ("cudnn", True)):
+                _cuda._cudnn_pays = lambda *args, forced=forced: forced
+                if forced:
+                    _cuda._patch_pays = lambda *args: False
+                try:
+                    times[path] = (bench_ms(op)["ms"], gpu_us(op)[0] / 1e3)
+                finally:
+                    _cuda._cudnn_pays, _cuda._patch_pays = pays, patch_pays
+            times["eager"] = (bench_ms(eager)["ms"], gpu_us(eager)[0] / 1e3)
+        out_shape = fx_fuse.ops.output_shape(x, w, [stride] * 2, [padding] * 2, [1, 1])
+        rule = _cuda._path(x, w, out_shape, [stride] * 2, kind != TF32_OFF)
+        best = min(("fused", "cudnn"), key=lambda p: times[p][1])
+        label = "tf32 off" if kind == TF32_OFF else str(dtype).replace("torch.", "")
+        rows.append([name, label, *times["fused"], *times["cudnn"], *times["eager"], best, rule])
+        print(rows[-1], flush=True)
+    headers = ["shape", "dtype", "fused ms", "fused GPU ms", "cudnn ms", "cudnn GPU ms",
+               "eager ms", "eager GPU ms", "faster on GPU", "rule picks"]
+    print(table(rows, headers))
+
+
+if __name__ == "__main__":
+    main()
