@@ -23,11 +23,14 @@ from fx_fuse import _cuda  # noqa: E402
 
 BF16, TF32_OFF = torch.bfloat16, "tf32 off"
 
-# (name, (N, C, H, W), Cout, k, stride, padding, dtype or TF32_OFF)
+# (name, (N, C, H, W), Cout, k, stride, padding, dtype or TF32_OFF); "channels_last" in the
+# name: the input and weight in that layout
 SHAPES = [
     ("headline", (128, 64, 128, 128), 128, 3, 1, 0, torch.float32),
     ("headline", (128, 64, 128, 128), 128, 3, 1, 0, BF16),
     ("headline", (128, 64, 128, 128), 128, 3, 1, 0, TF32_OFF),
+    ("headline channels_last", (128, 64, 128, 128), 128, 3, 1, 0, torch.float32),
+    ("headline channels_last", (128, 64, 128, 128), 128, 3, 1, 0, BF16),
     ("headline, 64 out", (128, 64, 128, 128), 64, 3, 1, 0, torch.float32),
     ("resnet 56px b32", (32, 64, 56, 56), 64, 3, 1, 1, torch.float32),
     ("resnet 56px b32", (32, 64, 56, 56), 64, 3, 1, 1, BF16),
@@ -39,6 +42,10 @@ SHAPES = [
     ("resnet 7px b32", (32, 512, 7, 7), 512, 3, 1, 1, torch.float32),
     ("resnet 28px s2 b32", (32, 64, 56, 56), 128, 3, 2, 1, torch.float32),
     ("1x1 56px b32", (32, 256, 56, 56), 64, 1, 1, 0, torch.float32),
+    ("resnet 56px b32 channels_last", (32, 64, 56, 56), 64, 3, 1, 1, torch.float32),
+    ("resnet 14px b32 channels_last", (32, 256, 14, 14), 256, 3, 1, 1, torch.float32),
+    ("1x1 56px b32 channels_last", (32, 256, 56, 56), 64, 1, 1, 0, torch.float32),
+    ("16 channels 64px channels_last", (32, 16, 64, 64), 32, 3, 1, 1, torch.float32),
     ("stem 7x7 s2 b32", (32, 3, 224, 224), 64, 7, 2, 3, torch.float32),
     ("8 channels 64px b32", (32, 8, 64, 64), 32, 3, 1, 1, torch.float32),
     ("16 channels 64px b32", (32, 16, 64, 64), 32, 3, 1, 1, torch.float32),
@@ -57,6 +64,9 @@ def main() -> None:
         w = (torch.randn(cout, x_shape[1], k, k, device="cuda") / (x_shape[1] * k * k) ** 0.5).to(dtype)
         b = torch.randn(cout, device="cuda", dtype=dtype)
         other = torch.randn(cout, 1, 1, device="cuda", dtype=dtype)
+        if "channels_last" in name:
+            x = x.contiguous(memory_format=torch.channels_last)
+            w = w.contiguous(memory_format=torch.channels_last)
 
         def op():
             return fx_fuse.conv2d_relu_add(x, w, b, other, stride, padding)

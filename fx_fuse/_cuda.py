@@ -90,27 +90,31 @@ def _cudnn_enabled() -> bool:
     return os.environ.get("FX_FUSE_DISABLE_CUDNN") != "1"
 
 
-def _cudnn_pays(cin: int, k: int, strided: bool, tiles: int, sms: int, exact_fp32: bool) -> bool:
-    """The size rule for the cuDNN path (cuDNN's convolution, then one relu + add pass),
-    where the patch kernel does not run. ``k`` = C_in x kH x kW; ``tiles``: the K-table
-    kernel's tiles of 128 pixels x 64 (C_out <= 64) or 128 channels.
+def _cudnn_pays(
+    cin: int, k: int, strided: bool, tiles: int, sms: int, exact_fp32: bool, channels_last: bool
+) -> bool:
+    """The size rule for the cuDNN path (cuDNN's convolution without bias, then one bias +
+    relu + add pass). ``k`` = C_in x kH x kW; ``tiles``: the K-table kernel's tiles of 128
+    pixels x 64 (C_out <= 64) or 128 channels; ``channels_last``: the input's layout.
 
     Never below 16 input channels (cuDNN's tensor-core kernels pad them; the K-table kernel
-    wins). Otherwise cuDNN when the convolution is exact fp32 (3xTF32 on the K-table kernel
-    is slower than cuDNN's fp32), when the K-table tiles do not fill one wave of the SMs
-    (it has no split-K), or when K >= 512 with stride 1 (where the conv is compute-heavy
-    and cuDNN's kernels multiply faster) unless the problem is large (64 tiles per SM:
-    there the K-table kernel's single pass over the output wins). Measured on the H100,
-    GPU ms, K-table / cuDNN path (``benchmarks/bench_paths.py``, docs/performance.md):
-    ResNet 3x3 layers at batch 32, 56 px 0.163 / 0.139, 28 px 0.083 / 0.076 (bf16 0.080 /
-    0.059), 14 px 0.097 / 0.057, 7 px 0.354 / 0.066; exact fp32 headline 10.75 / 8.97;
-    kept on the K-table kernel: the headline with 64 output channels (120 tiles per SM)
-    1.73 / 2.56, a strided 28 px layer 0.051 / 0.079, a 1x1 (K = 256) 0.059 / 0.106, 16
-    input channels (K = 144) 0.063 / 0.085."""
+    wins). Otherwise cuDNN for channels-last input (its sm90 channels-last kernels beat the
+    patch kernel too), for exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's
+    fp32), where the K-table tiles do not fill one wave of the SMs (no split-K), and where
+    K >= 512 at stride 1 (a compute-heavy conv: cuDNN multiplies faster) unless the problem
+    is large (64 tiles per SM: there the K-table kernel's single pass over the output
+    wins). Measured on the H100, GPU ms, fused kernel / cuDNN path
+    (``benchmarks/bench_paths.py``, docs/performance.md v14): channels-last headline 1.762 /
+    1.624 (bf16 1.006 / 0.844); exact-fp32 headline 10.68 / 7.80; ResNet 3x3 layers at
+    batch 32, 56 px 0.164 / 0.100, 28 px 0.083 / 0.055, 14 px 0.097 / 0.046, 7 px 0.351 /
+    0.063; kept on the fused kernels: the headline with 64 output channels (120 tiles per SM)
+    1.724 / 1.819, a strided 28 px layer 0.051 / 0.058, a 1x1 (K = 256) 0.059 / 0.066, 8
+    input channels 0.042 / 0.064 (and 16 channels, K = 144: 0.064 / 0.059, the one shape of
+    the 24 measured where the rule picks the slower path)."""
     if cin < 16:
         return False
     compute_heavy = k >= 512 and not strided and tiles < 64 * sms
-    return exact_fp32 or tiles < sms or compute_heavy
+    return channels_last or exact_fp32 or tiles < sms or compute_heavy
 
 
 def unsupported_reason(input: Tensor, weight: Tensor, groups: int) -> Optional[str]:
@@ -176,23 +180,32 @@ def conv2d_relu_add(input, weight, bias, other, stride, padding, dilation, group
 def _path(x: Tensor, weight: Tensor, out_shape, stride, allow_tf32: bool) -> str:
     """Which implementation runs: "patch" (the patch kernel, where the binding finds that its
     alignment and fit requirements hold; else the K-table kernels), "cudnn" (cuDNN's
-    convolution and one epilogue pass) or "fused" (the K-table kernels)."""
+    convolution and one epilogue pass) or "fused" (the K-table kernels). ``x`` is dense in
+    its layout (NCHW or channels-last)."""
     sms = _device_properties(x.device).multi_processor_count
     pixels, cout = out_shape[0] * out_shape[2] * out_shape[3], out_shape[1]
     exact_fp32 = x.dtype == torch.float32 and not allow_tf32
-    # the patch kernel: TF32, fp16 or bf16 (not 3xTF32), where its size rule says it pays
-    if _patch_enabled() and not exact_fp32 and _patch_pays(pixels, cout, sms):
-        return "patch"
+    channels_last = x.shape[1] > 1 and x.stride(1) == 1
     tiles = -(-pixels // 128) * -(-cout // (64 if cout <= 64 else 128))  # the K-table tiles
-    if (
+    cudnn = (
         _cudnn_enabled()
-        and _cudnn_pays(
-            weight.shape[1], math.prod(weight.shape[1:]), max(stride) > 1, tiles, sms, exact_fp32
-        )
         and math.prod(out_shape[1:]) <= _INT32_MAX  # the epilogue pass's per-image index
-    ):
-        return "cudnn"
-    return "fused"
+        and _cudnn_pays(
+            weight.shape[1],
+            math.prod(weight.shape[1:]),
+            max(stride) > 1,
+            tiles,
+            sms,
+            exact_fp32,
+            channels_last,
+        )
+    )
+    # the patch kernel: TF32, fp16 or bf16 (not 3xTF32) where its size rule says it pays;
+    # on channels-last input cuDNN's kernels are faster still
+    patch = _patch_enabled() and not exact_fp32 and _patch_pays(pixels, cout, sms)
+    if patch and not (cudnn and channels_last):
+        return "patch"
+    return "cudnn" if cudnn else "fused"
 
 
 def _other_operand(other: Tensor, out_shape) -> tuple:
@@ -209,13 +222,15 @@ def _other_operand(other: Tensor, out_shape) -> tuple:
 def _cudnn_conv_relu_add(
     x, weight, bias, other_t, scalar, stride, padding, dilation, out_format
 ) -> Tensor:
-    """The cuDNN path: the convolution with its bias by cuDNN (as ``F.conv2d`` runs it, in
-    the input's dtype and TF32 setting), then one pass of relu(y) + other over its output,
-    in place where it is already in the op's output format."""
+    """The cuDNN path: the convolution by cuDNN (as ``F.conv2d`` runs it, in the input's
+    dtype and TF32 setting), without its bias (cuDNN adds a channels-last bias in a pass of
+    its own), then one pass of relu(y + bias) + other over its output, in place where it is
+    already in the op's output format."""
     with ops.autocast_disabled(x.device):
-        y = F.conv2d(x, weight, bias, stride, padding, dilation)
+        y = F.conv2d(x, weight, None, stride, padding, dilation)
     out = y if y.is_contiguous(memory_format=out_format) else torch.empty_like(
         y, memory_format=out_format
     )
-    _build.load().relu_add_out(y, other_t, scalar, out)
+    bias = bias if bias is None else bias.contiguous()
+    _build.load().relu_add_out(y, bias, other_t, scalar, out)
     return out

@@ -17,9 +17,11 @@ bool patch_kernel_ready(Math math);
 void launch_patch(const ConvParams& p, Math math, bool channels_last, cudaStream_t stream);
 // elem_bytes: 4 (fp32), 2 (fp16 / bf16: the same bits are copied)
 void launch_prep(const PrepParams& p, int elem_bytes, cudaStream_t stream);
-// The cuDNN path's epilogue: p.out = relu(p.x) + other over a convolution output p.x of
-// elem_bytes (4: fp32; 2: bf16 when `bf16`, else fp16), dense in NCHW or channels-last.
-void launch_relu_add(const ConvParams& p, int elem_bytes, bool bf16, bool channels_last,
-                     cudaStream_t stream);
+// The cuDNN path's epilogue: p.out = relu(p.x + bias) + other over a convolution output
+// p.x of elem_bytes (4: fp32; 2: bf16 when `bf16`, else fp16), in NCHW or channels-last
+// order; `vector`: the 16-byte kernel (p.x dense and written in place, `other` per channel
+// or a number, 16-byte groups within one channel or pixel; checked by the binding).
+void launch_epilogue(const ConvParams& p, int elem_bytes, bool bf16, bool channels_last,
+                     bool vector, cudaStream_t stream);
 
 }  // namespace fx_fuse

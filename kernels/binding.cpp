@@ -275,22 +275,28 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   }
 }
 
-// The cuDNN path's epilogue: fills `out` with relu(y) + other, where y (N, Cout, OH, OW) is
-// a convolution's output (bias included), any strides; `out` may be y. The pass runs in
-// channels-last order when y is channels-last.
-void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& other,
-                  double other_scalar, at::Tensor out) {
+// The cuDNN path's epilogue: fills `out` with relu(y + bias) + other, where y (N, Cout, OH,
+// OW) is a convolution's output without its bias, any strides; `out` may be y. The pass
+// runs in channels-last order when y is channels-last; 16 bytes per thread where y is
+// dense, written in place, and `other` is per channel or a number.
+void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
+                  const c10::optional<at::Tensor>& other, double other_scalar, at::Tensor out) {
   TORCH_CHECK(y.is_cuda() && y.dim() == 4, kOp, ": expected a 4-D CUDA tensor, got ", y.sizes());
   TORCH_CHECK(out.sizes() == y.sizes() && out.device() == y.device() &&
                   out.scalar_type() == y.scalar_type(),
               kOp, ": expected an output of y's shape, dtype and device");
-  const bool channels_last = !y.is_contiguous() && y.is_contiguous(at::MemoryFormat::ChannelsLast);
-  TORCH_CHECK(y.numel() / std::max<int64_t>(y.size(0), 1) < std::numeric_limits<int32_t>::max(),
-              kOp, ": expected fewer than 2^31 elements per image");
+  const bool has_bias = bias.has_value() && bias->defined();
+  TORCH_CHECK(!has_bias || (bias->dim() == 1 && bias->size(0) == y.size(1) && bias->is_contiguous() &&
+                            bias->scalar_type() == y.scalar_type() && bias->device() == y.device()),
+              kOp, ": expected a contiguous bias of y's channels, dtype and device");
+  constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
+  TORCH_CHECK(y.numel() / std::max<int64_t>(y.size(0), 1) < kI32, kOp,
+              ": expected fewer than 2^31 elements per image");
   if (y.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(y.device());
   ConvParams p{};
   p.x = y.data_ptr();
+  p.bias = has_bias ? bias->data_ptr() : nullptr;
   p.M = y.size(0) * y.size(2) * y.size(3);
   p.Cout = static_cast<int>(y.size(1));
   p.OH = static_cast<int>(y.size(2));
@@ -301,8 +307,15 @@ void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& other,
   p.x_sw = y.stride(3);
   set_other(p, other, other_scalar, out);
   set_output(p, out);
-  launch_relu_add(p, static_cast<int>(y.element_size()), y.scalar_type() == at::kBFloat16,
-                  channels_last, c10::cuda::getCurrentCUDAStream());
+  const bool channels_last = !y.is_contiguous() && y.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const int vec = 16 / static_cast<int>(y.element_size());
+  const bool per_channel = p.other == nullptr || (p.o_sn == 0 && p.o_sh == 0 && p.o_sw == 0);
+  const bool vector = (channels_last || y.is_contiguous()) && out.data_ptr() == y.data_ptr() &&
+                      out.strides() == y.strides() && per_channel && aligned16(y.data_ptr()) &&
+                      (channels_last ? y.size(1) : y.size(2) * y.size(3)) % vec == 0 &&
+                      y.numel() / vec < kI32;
+  launch_epilogue(p, static_cast<int>(y.element_size()), y.scalar_type() == at::kBFloat16,
+                  channels_last, vector, c10::cuda::getCurrentCUDAStream());
 }
 
 // The kernel conv2d_relu_add_out runs for these arguments (for tests and diagnostics).
@@ -334,9 +347,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("other_scalar"), pybind11::arg("stride"), pybind11::arg("padding"),
         pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"),
         pybind11::arg("patch"), pybind11::arg("out"));
-  m.def("relu_add_out", &fx_fuse::relu_add_out, "fill `out` with relu(y) + other",
-        pybind11::arg("y"), pybind11::arg("other"), pybind11::arg("other_scalar"),
-        pybind11::arg("out"));
+  m.def("relu_add_out", &fx_fuse::relu_add_out, "fill `out` with relu(y + bias) + other",
+        pybind11::arg("y"), pybind11::arg("bias"), pybind11::arg("other"),
+        pybind11::arg("other_scalar"), pybind11::arg("out"));
   m.def("kernel_name", &fx_fuse::kernel_name, "which kernel runs these arguments",
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("stride"), pybind11::arg("padding"),
         pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"),

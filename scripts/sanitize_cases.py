@@ -57,5 +57,6 @@ for dtype in (torch.float32, torch.bfloat16):
         case(2, 16, 7, 9, 24, 3, 1, 1, 1, dtype, cl, True, "full")
         case(2, 16, 7, 9, 24, 3, 1, 1, 1, dtype, cl, True, "chan")
         case(2, 16, 7, 9, 24, 3, 1, 1, 1, dtype, cl, True, "scalar")
+        case(2, 16, 8, 8, 24, 3, 1, 1, 1, dtype, cl, True, "chan")  # 16-byte groups
 torch.cuda.synchronize()
 print("sanitize cases done")

@@ -232,10 +232,20 @@ OTHER_KINDS = [
 
 @pytest.mark.parametrize("policy", ["tf32", "fp16"])
 @pytest.mark.parametrize("kind", OTHER_KINDS)
-def test_every_kind_of_other(kind, policy):
+@pytest.mark.parametrize(
+    "cfg,layout",
+    [
+        ((2, 6, 11, 9, 10, 3, 3, 1, 1, 1), "nchw"),
+        # 8 x 8 outputs of 16 channels: whole 16-byte groups per channel plane and per pixel
+        # (the cuDNN path's 16-byte epilogue where `other` is per channel or a number)
+        ((2, 8, 8, 8, 16, 3, 3, 1, 1, 1), "nchw"),
+        ((2, 8, 8, 8, 16, 3, 3, 1, 1, 1), "cl"),
+    ],
+    ids=["odd", "groups_nchw", "groups_cl"],
+)
+def test_every_kind_of_other(kind, policy, cfg, layout):
     dtype = set_policy(policy)
-    cfg = (2, 6, 11, 9, 10, 3, 3, 1, 1, 1)
-    x, w, b, stride, padding, dilation = make(cfg, dtype)
+    x, w, b, stride, padding, dilation = make(cfg, dtype, layout)
     shape = ops.output_shape(x, w, stride, padding, dilation)
     other = _others(shape, dtype)[kind]
     if dtype == torch.float16 and kind in ("fp16_full", "bf16_c11"):
