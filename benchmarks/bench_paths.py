@@ -1,8 +1,8 @@
 """The cuDNN path against the fused kernels, per conv shape: the op called directly with
-the cuDNN path forced off (the fused kernel: the patch kernel where its size rule picks it,
-else the K-table kernel) and forced on (cuDNN's convolution, then one relu + add pass), and
-eager PyTorch. Prints do_bench medians (L2 flushed), GPU kernel time, and which path the
-op's rule (``fx_fuse._cuda._cudnn_pays``) picks. The evidence behind that rule.
+the cuDNN path forced off (the fused kernel: the patch kernel where its size rule picks
+it, else the K-table kernel) and forced on (cuDNN's convolution, then one bias + relu + add
+pass), and eager PyTorch. Prints do_bench medians (L2 flushed), GPU kernel time, and which path the
+op's rules (``fx_fuse._cuda._path``) pick. The evidence behind those rules.
 
     python benchmarks/bench_paths.py
 """
@@ -61,7 +61,8 @@ def main() -> None:
         dtype = torch.float32 if kind == TF32_OFF else kind
         torch.backends.cudnn.allow_tf32 = kind != TF32_OFF
         x = torch.rand(x_shape, device="cuda", dtype=dtype)
-        w = (torch.randn(cout, x_shape[1], k, k, device="cuda") / (x_shape[1] * k * k) ** 0.5).to(dtype)
+        fan_in = x_shape[1] * k * k
+        w = (torch.randn(cout, x_shape[1], k, k, device="cuda") / fan_in**0.5).to(dtype)
         b = torch.randn(cout, device="cuda", dtype=dtype)
         other = torch.randn(cout, 1, 1, device="cuda", dtype=dtype)
         if "channels_last" in name:

@@ -1,6 +1,8 @@
 """The CUDA implementation of ``fx_fuse::conv2d_relu_add``: prepares the tensors and calls
-the fused kernel (``kernels/``, built on first use by ``_build``), or the reference (ATen)
-composition for the cases the kernel does not cover, announced once per reason.
+the fused kernel (``kernels/``, built on first use by ``_build``); where the measured size
+rules find it faster, cuDNN's convolution followed by one fused bias + relu + add pass (the
+cuDNN path, ``_path``); or the reference (ATen) composition for the cases the kernels do not
+cover, announced once per reason.
 
 Arguments arrive validated by ``ops.check_args`` (stride / padding / dilation normalized to
 2-element lists).
@@ -189,7 +191,7 @@ def _path(x: Tensor, weight: Tensor, out_shape, stride, allow_tf32: bool) -> str
     tiles = -(-pixels // 128) * -(-cout // (64 if cout <= 64 else 128))  # the K-table tiles
     cudnn = (
         _cudnn_enabled()
-        and math.prod(out_shape[1:]) <= _INT32_MAX  # the epilogue pass's per-image index
+        and math.prod(out_shape[1:]) < _INT32_MAX  # the epilogue pass's per-image index
         and _cudnn_pays(
             weight.shape[1],
             math.prod(weight.shape[1:]),

@@ -1,10 +1,12 @@
 """Where the time of a small fused conv goes: host microseconds per call (launches queued
 behind a GPU sleep, so the host never waits), GPU microseconds per call (torch.profiler's
 kernel times) and the do_bench median, for eager, Inductor and fx_fuse called at each layer
-(backend, op, CUDA implementation). Then the top of a cProfile of the backend path.
+(backend, op, CUDA implementation, binding); optionally the top of a cProfile of the
+backend path, or the host time of each step of the op's CUDA path.
 
     python scripts/host_profile.py                 # the benchmark's small cases
     python scripts/host_profile.py --profile tiny  # and a cProfile of that case
+    python scripts/host_profile.py --parts --cases tiny
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def parts(case) -> None:
         "_cuda._max_image_offset": lambda: _cuda._max_image_offset(x, w, padding, dilation),
         "ops.output_shape": lambda: fx_fuse.ops.output_shape(x, w, stride, padding, dilation),
         "_cuda._other_operand": lambda: _cuda._other_operand(other, out_shape),
-        "_cuda._path": lambda: _cuda._path(x, w, out_shape, True),
+        "_cuda._path": lambda: _cuda._path(x, w, out_shape, stride, True),
         "torch.empty": lambda: torch.empty(out_shape, device="cuda"),
         "_cuda._use_wgmma": lambda: _cuda._use_wgmma(x.device),
         "allow_tf32 flag": lambda: bool(torch.backends.cudnn.allow_tf32),
@@ -108,21 +110,36 @@ def parts(case) -> None:
     print(table(rows, ["case", "step", "host us/call"]))
 
 
+def profile_backend(fn, x, label: str) -> None:
+    """Print the top of a cProfile of 200 calls (the GPU kept busy, so no call waits)."""
+    fn(x)
+    torch.cuda.synchronize()
+    torch.cuda._sleep(2_000_000_000)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(200):
+        fn(x)
+    prof.disable()
+    torch.cuda.synchronize()
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
+    print(f"--- cProfile, backend, {label}, 200 calls")
+    print(s.getvalue())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="resnet,stem,tiny")
     parser.add_argument("--profile", default="", help="cProfile the backend on this case")
     parser.add_argument("--parts", action="store_true", help="time each step of the op")
     args = parser.parse_args()
+    cases = [c for c in CASES if any(key in c.name for key in args.cases.split(","))]
     if args.parts:
-        for case in CASES:
-            if case.name == "tiny 16px":
-                parts(case)
+        for case in cases:
+            parts(case)
         return
     rows = []
-    for case in CASES:
-        if not any(key in case.name for key in args.cases.split(",")):
-            continue
+    for case in cases:
         for mode in ("no_grad", "grad"):
             torch._dynamo.reset()
             model = ConvReluAdd(case.x_shape[1], case.cout, case.k, case.stride, case.padding)
@@ -141,20 +158,7 @@ def main() -> None:
                                  bench_ms(fn)["ms"] * 1e3])
                     print(rows[-1], "; ".join(f"{k} {us:.1f}" for k, us in kernels), flush=True)
                 if args.profile and args.profile in case.name:
-                    fn = fns["backend"]
-                    fn(x)
-                    torch.cuda.synchronize()
-                    torch.cuda._sleep(2_000_000_000)
-                    prof = cProfile.Profile()
-                    prof.enable()
-                    for _ in range(200):
-                        fn(x)
-                    prof.disable()
-                    torch.cuda.synchronize()
-                    s = io.StringIO()
-                    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(30)
-                    print(f"--- cProfile, backend, {case.name} {mode}, 200 calls")
-                    print(s.getvalue())
+                    profile_backend(fns["backend"], x, f"{case.name} {mode}")
     print(table(rows, ["case", "mode", "path", "host us/call", "GPU us/call", "do_bench us"]))
 
 
