@@ -5,10 +5,12 @@ pass), and eager PyTorch. Prints do_bench medians (L2 flushed), GPU kernel time,
 op's rules (``fx_fuse._cuda._path``) pick. The evidence behind those rules.
 
     python benchmarks/bench_paths.py
+    python benchmarks/bench_paths.py --only resnet
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -32,6 +34,13 @@ SHAPES = [
     ("headline channels_last", (128, 64, 128, 128), 128, 3, 1, 0, torch.float32),
     ("headline channels_last", (128, 64, 128, 128), 128, 3, 1, 0, BF16),
     ("headline, 64 out", (128, 64, 128, 128), 64, 3, 1, 0, torch.float32),
+    ("resnet 56px b128, 128 out", (128, 64, 56, 56), 128, 3, 1, 1, torch.float32),
+    ("resnet 56px b128, 128 out", (128, 64, 56, 56), 128, 3, 1, 1, BF16),
+    ("128 channels 128px b32", (32, 128, 128, 128), 128, 3, 1, 1, torch.float32),
+    ("128 channels 128px b32", (32, 128, 128, 128), 128, 3, 1, 1, BF16),
+    ("resnet 28px b256", (256, 128, 28, 28), 128, 3, 1, 1, torch.float32),
+    ("resnet 28px b256", (256, 128, 28, 28), 128, 3, 1, 1, BF16),
+    ("resnet 14px b512", (512, 256, 14, 14), 256, 3, 1, 1, torch.float32),
     ("resnet 56px b32", (32, 64, 56, 56), 64, 3, 1, 1, torch.float32),
     ("resnet 56px b32", (32, 64, 56, 56), 64, 3, 1, 1, BF16),
     ("resnet 56px b128", (128, 64, 56, 56), 64, 3, 1, 1, torch.float32),
@@ -54,10 +63,15 @@ SHAPES = [
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="the shapes whose name contains this")
+    args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     rows = []
     pays, patch_pays = _cuda._cudnn_pays, _cuda._patch_pays
     for name, x_shape, cout, k, stride, padding, kind in SHAPES:
+        if args.only not in name:
+            continue
         dtype = torch.float32 if kind == TF32_OFF else kind
         torch.backends.cudnn.allow_tf32 = kind != TF32_OFF
         x = torch.rand(x_shape, device="cuda", dtype=dtype)

@@ -74,16 +74,20 @@ def _patch_enabled() -> bool:
     return os.environ.get("FX_FUSE_DISABLE_PATCH") != "1"
 
 
-def _patch_pays(pixels: int, cout: int, sms: int) -> bool:
+def _patch_pays(pixels: int, cout: int, k: int, sms: int) -> bool:
     """The size rule for the patch kernel: its tiles are 256 output pixels x 128 channels on
     a persistent grid of one CTA per SM, so it runs where the tiles are mostly full (more
-    than 64 output channels) and there are at least 4 of them per SM (fewer leave SMs idle
-    or unevenly loaded). Measured on the H100 (ms, patch against the K-table kernel): the
-    headline 128 x 128 x 126 x 126 output 1.84 / 1.95 (fp32), 1.18 / 1.84 (bf16); a 56 px
-    layer with 64 channels (448 tiles) 0.29 / 0.17; a 14 px one with 256 channels (64
-    tiles) 0.16 / 0.14."""
+    than 64 output channels), there are at least 4 of them per SM (fewer leave SMs idle or
+    unevenly loaded), and K = C_in x kH x kW is below 1024 (beyond, the conv's arithmetic
+    outweighs the output pass the fused kernel saves, and cuDNN multiplies faster).
+    Measured on the H100 (ms, patch against the K-table kernel): the headline 128 x 128 x
+    126 x 126 output 1.84 / 1.95 (fp32), 1.18 / 1.84 (bf16); a 56 px layer with 64
+    channels (448 tiles) 0.29 / 0.17; a 14 px one with 256 channels (64 tiles) 0.16 / 0.14.
+    Against the cuDNN path (GPU ms, v14): K = 576, 56 px, 128 channels 0.403 / 0.531; K =
+    1152, 28 px, batch 256 0.396 / 0.383 (bf16 0.494 / 0.225); K = 2304, 14 px, batch 512
+    1.120 / 0.504."""
     tiles = -(-pixels // 256) * -(-cout // 128)
-    return cout > 64 and tiles >= 4 * sms
+    return cout > 64 and tiles >= 4 * sms and k < 1024
 
 
 def _cudnn_enabled() -> bool:
@@ -103,9 +107,8 @@ def _cudnn_pays(
     wins). Otherwise cuDNN for channels-last input (its sm90 channels-last kernels beat the
     patch kernel too), for exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's
     fp32), where the K-table tiles do not fill one wave of the SMs (no split-K), and where
-    K >= 512 at stride 1 (a compute-heavy conv: cuDNN multiplies faster) unless the problem
-    is large (64 tiles per SM: there the K-table kernel's single pass over the output
-    wins). Measured on the H100, GPU ms, fused kernel / cuDNN path
+    the conv is compute-heavy at stride 1: K >= 1024, or K >= 512 unless the problem is
+    large (64 tiles per SM: there the K-table kernel's single pass over the output wins). Measured on the H100, GPU ms, fused kernel / cuDNN path
     (``benchmarks/bench_paths.py``, docs/performance.md v14): channels-last headline 1.762 /
     1.624 (bf16 1.006 / 0.844); exact-fp32 headline 10.68 / 7.80; ResNet 3x3 layers at
     batch 32, 56 px 0.164 / 0.100, 28 px 0.083 / 0.055, 14 px 0.097 / 0.046, 7 px 0.351 /
@@ -115,7 +118,7 @@ def _cudnn_pays(
     the 24 measured where the rule picks the slower path)."""
     if cin < 16:
         return False
-    compute_heavy = k >= 512 and not strided and tiles < 64 * sms
+    compute_heavy = not strided and (k >= 1024 or (k >= 512 and tiles < 64 * sms))
     return channels_last or exact_fp32 or tiles < sms or compute_heavy
 
 
@@ -188,13 +191,14 @@ def _path(x: Tensor, weight: Tensor, out_shape, stride, allow_tf32: bool) -> str
     pixels, cout = out_shape[0] * out_shape[2] * out_shape[3], out_shape[1]
     exact_fp32 = x.dtype == torch.float32 and not allow_tf32
     channels_last = x.shape[1] > 1 and x.stride(1) == 1
+    k = math.prod(weight.shape[1:])
     tiles = -(-pixels // 128) * -(-cout // (64 if cout <= 64 else 128))  # the K-table tiles
     cudnn = (
         _cudnn_enabled()
         and math.prod(out_shape[1:]) < _INT32_MAX  # the epilogue pass's per-image index
         and _cudnn_pays(
             weight.shape[1],
-            math.prod(weight.shape[1:]),
+            k,
             max(stride) > 1,
             tiles,
             sms,
@@ -204,7 +208,7 @@ def _path(x: Tensor, weight: Tensor, out_shape, stride, allow_tf32: bool) -> str
     )
     # the patch kernel: TF32, fp16 or bf16 (not 3xTF32) where its size rule says it pays;
     # on channels-last input cuDNN's kernels are faster still
-    patch = _patch_enabled() and not exact_fp32 and _patch_pays(pixels, cout, sms)
+    patch = _patch_enabled() and not exact_fp32 and _patch_pays(pixels, cout, k, sms)
     if patch and not (cudnn and channels_last):
         return "patch"
     return "cudnn" if cudnn else "fused"

@@ -51,7 +51,8 @@ def functions(case, model, x):
     out = fx_fuse.conv2d_relu_add(x, conv.weight, conv.bias, model.bias, stride, padding)
     tf32 = torch.backends.cudnn.allow_tf32
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    patch = _cuda._patch_pays(out.shape[0] * out.shape[2] * out.shape[3], out.shape[1], sms)
+    pixels, k = out.shape[0] * out.shape[2] * out.shape[3], conv.weight[0].numel()
+    patch = _cuda._patch_pays(pixels, out.shape[1], k, sms)
     return {
         "eager": lambda: model(x),
         "inductor": torch.compile(model),

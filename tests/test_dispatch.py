@@ -8,15 +8,18 @@ from fx_fuse import _cuda, ops
 
 def test_patch_kernel_size_rule():
     sms = 132
-    # the headline: 128 images of 126 x 126 output pixels, 128 channels
-    assert _cuda._patch_pays(128 * 126 * 126, 128, sms)
+    # the headline: 128 images of 126 x 126 output pixels, 128 channels, K = 64 x 9
+    assert _cuda._patch_pays(128 * 126 * 126, 128, 576, sms)
     # ResNet layers at batch 32: 64 channels (half-empty tiles), too few tiles
-    assert not _cuda._patch_pays(32 * 56 * 56, 64, sms)
-    assert not _cuda._patch_pays(32 * 14 * 14, 256, sms)
+    assert not _cuda._patch_pays(32 * 56 * 56, 64, 576, sms)
+    assert not _cuda._patch_pays(32 * 14 * 14, 256, 2304, sms)
     # the threshold: 4 tiles of 256 pixels x 128 channels per SM
-    assert _cuda._patch_pays(4 * sms * 256, 128, sms)
-    assert not _cuda._patch_pays((4 * sms - 1) * 256, 128, sms)
-    assert _cuda._patch_pays(2 * sms * 256, 256, sms)
+    assert _cuda._patch_pays(4 * sms * 256, 128, 576, sms)
+    assert not _cuda._patch_pays((4 * sms - 1) * 256, 128, 576, sms)
+    assert _cuda._patch_pays(2 * sms * 256, 256, 576, sms)
+    # K of 1024 or more: cuDNN multiplies faster (ResNet 14 px at batch 512)
+    assert _cuda._patch_pays(256 * 28 * 28, 128, 1023, sms)
+    assert not _cuda._patch_pays(512 * 14 * 14, 256, 2304, sms)
 
 
 def test_patch_kernel_can_be_disabled(monkeypatch):
@@ -41,6 +44,8 @@ def test_cudnn_path_size_rule():
     # K >= 512 up to 64 tiles per SM; the headline with 64 output channels is above
     assert _cudnn_pays(64, 512, False, 64 * sms - 1, sms, exact_fp32=False)
     assert not _cudnn_pays(64, 576, False, 15876, sms, exact_fp32=False)
+    # K >= 1024 at any size
+    assert _cudnn_pays(128, 1152, False, 15876, sms, exact_fp32=False)
     assert not _cudnn_pays(64, 511, False, 1000, sms, exact_fp32=False)
     # strided or small K with the SMs filled: the K-table kernel (a 1x1 with 256 channels)
     assert not _cudnn_pays(64, 576, True, 196, sms, exact_fp32=False)
@@ -67,6 +72,8 @@ class _H100:
         ((128, 64, 128, 128), 128, 3, torch.float32, False, "nchw", "cudnn", "fused"),
         ((128, 64, 128, 128), 64, 3, torch.float32, True, "nchw", "fused", "fused"),
         ((32, 256, 14, 14), 256, 3, torch.float32, True, "nchw", "cudnn", "fused"),  # 72 tiles
+        # K = 2304: not the patch kernel, although its size rule would pay
+        ((512, 256, 14, 14), 256, 3, torch.bfloat16, True, "nchw", "cudnn", "fused"),
         ((32, 64, 56, 56), 64, 3, torch.float32, True, "nchw", "cudnn", "fused"),  # K 576
         ((32, 256, 56, 56), 64, 1, torch.float32, True, "nchw", "fused", "fused"),  # K 256
         ((1, 3, 16, 16), 16, 3, torch.float32, False, "nchw", "fused", "fused"),  # 3 channels
