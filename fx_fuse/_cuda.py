@@ -108,8 +108,9 @@ def _cudnn_pays(
     patch kernel too), for exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's
     fp32), where the K-table tiles do not fill one wave of the SMs (no split-K), and where
     the conv is compute-heavy at stride 1: K >= 1024, or K >= 512 unless the problem is
-    large (64 tiles per SM: there the K-table kernel's single pass over the output wins). Measured on the H100, GPU ms, fused kernel / cuDNN path
-    (``benchmarks/bench_paths.py``, docs/performance.md v14): channels-last headline 1.762 /
+    large (64 tiles per SM: there the K-table kernel's single pass over the output wins).
+    Measured on the H100, GPU ms, fused kernel / cuDNN path (``benchmarks/bench_paths.py``,
+    docs/performance.md v14 and v15): channels-last headline 1.762 /
     1.624 (bf16 1.006 / 0.844); exact-fp32 headline 10.68 / 7.80; ResNet 3x3 layers at
     batch 32, 56 px 0.164 / 0.100, 28 px 0.083 / 0.055, 14 px 0.097 / 0.046, 7 px 0.351 /
     0.063; kept on the fused kernels: the headline with 64 output channels (120 tiles per SM)
@@ -156,6 +157,7 @@ def conv2d_relu_add(input, weight, bias, other, stride, padding, dilation, group
 
     out_shape = ops.output_shape(x, weight, stride, padding, dilation)
     other_t, scalar = _other_operand(other, out_shape)
+    bias = bias if bias is None else bias.contiguous()
     allow_tf32 = bool(torch.backends.cudnn.allow_tf32)
     path = _path(x, weight, out_shape, stride, allow_tf32)
     if path == "cudnn":
@@ -168,7 +170,7 @@ def conv2d_relu_add(input, weight, bias, other, stride, padding, dilation, group
             _build.load().conv2d_relu_add_out(
                 x,
                 weight,
-                bias if bias is None else bias.contiguous(),
+                bias,
                 other_t,
                 scalar,
                 list(stride),
@@ -231,12 +233,11 @@ def _cudnn_conv_relu_add(
     """The cuDNN path: the convolution by cuDNN (as ``F.conv2d`` runs it, in the input's
     dtype and TF32 setting), without its bias (cuDNN adds a channels-last bias in a pass of
     its own), then one pass of relu(y + bias) + other over its output, in place where it is
-    already in the op's output format."""
+    already in the op's output format. ``bias`` is contiguous."""
     with ops.autocast_disabled(x.device):
         y = F.conv2d(x, weight, None, stride, padding, dilation)
     out = y if y.is_contiguous(memory_format=out_format) else torch.empty_like(
         y, memory_format=out_format
     )
-    bias = bias if bias is None else bias.contiguous()
     _build.load().relu_add_out(y, bias, other_t, scalar, out)
     return out
