@@ -45,6 +45,43 @@ def test_each_inner_compiler_fuses_and_matches_eager(inner):
     assert counters["fx_fuse"]["refused"] == 1
 
 
+class ConvReluAdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bias = nn.Parameter(torch.randn(8, 1, 1))
+
+    def forward(self, x):
+        return torch.relu(self.conv(x)) + self.bias
+
+
+@pytest.mark.parametrize(
+    "model,options,inductor",
+    [
+        (ConvReluAdd(), None, False),  # nothing but the fused op is left: no Inductor
+        (ConvReluAdd(), {"inner": "inductor"}, True),  # asked for
+        (ConvReluAdd(), {"max_autotune": False}, True),  # Inductor config
+        (TwoSites(), None, True),  # more than fused ops is left
+    ],
+    ids=["only-fused", "inner-inductor", "inductor-config", "more-left"],
+)
+def test_inductor_compiles_what_is_left_by_default(monkeypatch, model, options, inductor):
+    from fx_fuse import backend
+
+    calls = []
+    real = backend._inductor
+    monkeypatch.setitem(
+        backend._COMPILERS, "inductor", lambda *args: calls.append(1) or real(*args)
+    )
+    model, x = model.eval(), torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(model, backend="fx_fuse", options=options, fullgraph=True)
+    with torch.no_grad():
+        for got, want in zip(compiled(x), model(x)):
+            torch.testing.assert_close(got, want)
+    assert counters["fx_fuse"]["fused"] >= 1
+    assert bool(calls) == inductor
+
+
 def test_graph_breaks_fuse_in_every_graph():
     model, x = TwoSites(graph_break=True).eval(), torch.randn(2, 3, 16, 16)
     graphs = []
