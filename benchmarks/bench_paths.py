@@ -95,13 +95,16 @@ def main() -> None:
                 _cuda._cudnn_pays = lambda *args, forced=forced: forced
                 if forced:
                     _cuda._patch_pays = lambda *args: False
+                _cuda.forget_plans()  # plan again under the replaced rules
                 try:
                     times[path] = (bench_ms(op)["ms"], gpu_us(op)[0] / 1e3)
                 finally:
                     _cuda._cudnn_pays, _cuda._patch_pays = pays, patch_pays
+                    _cuda.forget_plans()
             times["eager"] = (bench_ms(eager)["ms"], gpu_us(eager)[0] / 1e3)
         out_shape = fx_fuse.ops.output_shape(x, w, [stride] * 2, [padding] * 2, [1, 1])
-        rule = _cuda._path(x, w, out_shape, [stride] * 2, kind != TF32_OFF)
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        rule = _cuda._path(x, w, out_shape, [stride] * 2, kind != TF32_OFF, sms)
         best = min(("fused", "cudnn"), key=lambda p: times[p][1])
         label = "tf32 off" if kind == TF32_OFF else str(dtype).replace("torch.", "")
         rows.append([name, label, *times["fused"], *times["cudnn"], *times["eager"], best, rule])

@@ -1,11 +1,12 @@
-"""The CUDA implementation of ``fx_fuse::conv2d_relu_add``: prepares the tensors and calls
-the fused kernel (``kernels/``, built on first use by ``_build``); where the measured size
-rules find it faster, cuDNN's convolution followed by one fused bias + relu + add pass (the
-cuDNN path, ``_path``); or the reference (ATen) composition for the cases the kernels do not
-cover, announced once per reason.
+"""The CUDA implementation of ``fx_fuse::conv2d_relu_add``.
 
-Arguments arrive validated by ``ops.check_args`` (stride / padding / dilation normalized to
-2-element lists).
+The kernel the dispatcher runs for CUDA tensors is C++ (``kernels/op.cpp``), registered by
+the first CUDA call (``conv2d_relu_add`` here, which the op's default implementation calls
+until then). For each call signature it asks ``plan`` once how the call runs and remembers
+the answer: the fused kernels (``kernels/``, built on first use by ``_build``); cuDNN's
+convolution followed by one fused bias + relu + add pass (the cuDNN path), where the
+measured size rules (``_path``) find it faster; or the reference (ATen) composition for
+the cases the kernels do not cover, announced once per reason.
 """
 
 from __future__ import annotations
@@ -16,19 +17,17 @@ import warnings
 from typing import Any, Dict, Optional, Set
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
 from . import _build, ops
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# dtypes of `other` the kernel reads directly; anything else is converted to fp32 first
-_OTHER_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _INT32_MAX = 2**31 - 1
 
 _warned: Set[str] = set()
 _properties: Dict[int, Any] = {}
+_registered = False
 
 
 def _warn_once(reason: str) -> None:
@@ -137,59 +136,70 @@ def unsupported_reason(input: Tensor, weight: Tensor, groups: int) -> Optional[s
 
 
 def conv2d_relu_add(input, weight, bias, other, stride, padding, dilation, groups) -> Tensor:
+    """The first CUDA call: registers the C++ kernels for the calls after it, and runs it."""
+    return _extension().conv2d_relu_add(
+        input, weight, bias, other, stride, padding, dilation, groups
+    )
+
+
+def _extension():
+    """The compiled extension, its kernels registered as the op's CUDA and AutogradCUDA
+    kernels (once)."""
+    global _registered
+    ext = _build.load()
+    if not _registered:
+        ext.register_op(_planner, ops.grads)
+        _registered = True
+    return ext
+
+
+def forget_plans() -> None:
+    """Make the C++ kernel ask ``plan`` again for every call signature (after a size rule
+    changes, e.g. a test or a benchmark replacing one)."""
+    if _registered:
+        _build.load().forget_plans()
+
+
+@torch._disable_dynamo
+def _planner(input, weight, bias, other, stride, padding, dilation, groups):
+    # ``plan`` is looked up on each call, so that a replaced one takes effect
+    return plan(input, weight, bias, other, stride, padding, dilation, groups)
+
+
+def plan(input, weight, bias, other, stride, padding, dilation, groups):
+    """How the C++ kernel runs these arguments (called once per call signature):
+    ``(path, channels_last, hopper)``, with ``path`` from ``_path``, ``channels_last`` the
+    output's memory format and ``hopper`` whether the wgmma kernels may run; or, for the
+    arguments the kernels do not cover, the reference path's result (announced once per
+    reason; that answer is not remembered). Bad arguments raise the op's errors."""
+    stride, padding, dilation = ops.check_args(
+        input, weight, bias, other, stride, padding, dilation, groups
+    )
     reason = unsupported_reason(input, weight, groups)
     if reason is None and (
         dilation[0] * (weight.shape[2] - 1) > 32767 or dilation[1] * (weight.shape[3] - 1) > 32767
     ):
         reason = "the fused kernel does not handle a dilated kernel extent over 32767"
+    x = input.unsqueeze(0) if input.dim() == 3 else input
+    # the input as the kernels read it: dense in its own layout (NCHW or channels-last)
+    x = x.contiguous(memory_format=suggest_memory_format(x))
+    if reason is None and _max_image_offset(x, weight, padding, dilation) > _INT32_MAX:
+        reason = "the fused kernel does not handle an input image of 2^31 or more elements"
     if reason is not None:
         _warn_once(reason)
         return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
-
-    out_format = ops.output_memory_format(input, weight)
-    unbatched = input.dim() == 3
-    x = input.unsqueeze(0) if unbatched else input
-    # Read the input in its own layout (NCHW or channels-last), made dense in it explicitly.
-    x = x.contiguous(memory_format=suggest_memory_format(x))
-    if _max_image_offset(x, weight, padding, dilation) > _INT32_MAX:
-        _warn_once("the fused kernel does not handle an input image of 2^31 or more elements")
-        return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
-
     out_shape = ops.output_shape(x, weight, stride, padding, dilation)
-    other_t, scalar = _other_operand(other, out_shape)
-    bias = bias if bias is None else bias.contiguous()
-    allow_tf32 = bool(torch.backends.cudnn.allow_tf32)
-    path = _path(x, weight, out_shape, stride, allow_tf32)
-    if path == "cudnn":
-        out = _cudnn_conv_relu_add(
-            x, weight, bias, other_t, scalar, stride, padding, dilation, out_format
-        )
-    else:
-        out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=out_format)
-        if out.numel() > 0:
-            _build.load().conv2d_relu_add_out(
-                x,
-                weight,
-                bias,
-                other_t,
-                scalar,
-                list(stride),
-                list(padding),
-                list(dilation),
-                allow_tf32,
-                _use_wgmma(x.device),
-                path == "patch",
-                out,
-            )
-    return out.squeeze(0) if unbatched else out
+    sms = _device_properties(x.device).multi_processor_count
+    path = _path(x, weight, out_shape, stride, bool(torch.backends.cudnn.allow_tf32), sms)
+    channels_last = ops.output_memory_format(input, weight) == torch.channels_last
+    return path, channels_last, _use_wgmma(x.device)
 
 
-def _path(x: Tensor, weight: Tensor, out_shape, stride, allow_tf32: bool) -> str:
+def _path(x: Tensor, weight: Tensor, out_shape, stride, allow_tf32: bool, sms: int) -> str:
     """Which implementation runs: "patch" (the patch kernel, where the binding finds that its
     alignment and fit requirements hold; else the K-table kernels), "cudnn" (cuDNN's
     convolution and one epilogue pass) or "fused" (the K-table kernels). ``x`` is dense in
-    its layout (NCHW or channels-last)."""
-    sms = _device_properties(x.device).multi_processor_count
+    its layout (NCHW or channels-last); ``sms``: the GPU's SM count."""
     pixels, cout = out_shape[0] * out_shape[2] * out_shape[3], out_shape[1]
     exact_fp32 = x.dtype == torch.float32 and not allow_tf32
     channels_last = x.shape[1] > 1 and x.stride(1) == 1
@@ -214,30 +224,3 @@ def _path(x: Tensor, weight: Tensor, out_shape, stride, allow_tf32: bool) -> str
     if patch and not (cudnn and channels_last):
         return "patch"
     return "cudnn" if cudnn else "fused"
-
-
-def _other_operand(other: Tensor, out_shape) -> tuple:
-    """``other`` as the kernels read it: a tensor expanded to the output's shape, or (a
-    0-dim CPU tensor; Python numbers arrive as 0-dim float64) a number read on the host,
-    without a device sync."""
-    if other.device.type != "cuda":
-        return None, float(other.item())
-    if other.dtype not in _OTHER_DTYPES:
-        other = other.to(torch.float32)
-    return other.expand(out_shape), 0.0
-
-
-def _cudnn_conv_relu_add(
-    x, weight, bias, other_t, scalar, stride, padding, dilation, out_format
-) -> Tensor:
-    """The cuDNN path: the convolution by cuDNN (as ``F.conv2d`` runs it, in the input's
-    dtype and TF32 setting), without its bias (cuDNN adds a channels-last bias in a pass of
-    its own), then one pass of relu(y + bias) + other over its output, in place where it is
-    already in the op's output format. ``bias`` is contiguous."""
-    with ops.autocast_disabled(x.device):
-        y = F.conv2d(x, weight, None, stride, padding, dilation)
-    out = y if y.is_contiguous(memory_format=out_format) else torch.empty_like(
-        y, memory_format=out_format
-    )
-    _build.load().relu_add_out(y, bias, other_t, scalar, out)
-    return out

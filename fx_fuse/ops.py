@@ -1,5 +1,6 @@
-"""The custom op ``fx_fuse::conv2d_relu_add``: schema, checks, fake kernel, autograd,
-reference kernel and the registration of the fused CUDA kernel.
+"""The custom op ``fx_fuse::conv2d_relu_add``: schema, checks, fake kernel, autograd and
+reference kernel; CUDA tensors go to the fused kernels (``_cuda``, which registers their
+C++ implementation as the op's CUDA and AutogradCUDA kernels on the first CUDA call).
 
 ``conv2d_relu_add(input, weight, bias, other, stride, padding, dilation, groups)``
 computes ``relu(conv2d(input, weight, bias, stride, padding, dilation, groups)) + other``
@@ -231,6 +232,12 @@ def _conv2d_relu_add(
     dilation: List[int],
     groups: int,
 ) -> Tensor:
+    if input.device.type == "cuda":
+        # The first CUDA call builds the kernels and registers their C++ implementation as
+        # the op's CUDA (and AutogradCUDA) kernel: later CUDA calls go straight to it.
+        from . import _cuda
+
+        return _cuda.conv2d_relu_add(input, weight, bias, other, stride, padding, dilation, groups)
     stride, padding, dilation = check_args(
         input, weight, bias, other, stride, padding, dilation, groups
     )
@@ -250,20 +257,11 @@ def _fake(input, weight, bias, other, stride, padding, dilation, groups):
     )
 
 
-@_conv2d_relu_add.register_kernel("cuda")
-def _cuda_kernel(input, weight, bias, other, stride, padding, dilation, groups):
-    stride, padding, dilation = check_args(
-        input, weight, bias, other, stride, padding, dilation, groups
-    )
-    from . import _cuda  # the fused kernel, built on first use
-
-    return _cuda.conv2d_relu_add(input, weight, bias, other, stride, padding, dilation, groups)
-
-
 # Autograd. The forward saves its inputs (references, no copies) and nothing else, so a
 # forward in grad mode costs what it costs under no_grad; backward recomputes the conv
 # once to know where relu was active, which is exact in every dtype (``out - other``
-# would lose the sign of small activations next to a large ``other``).
+# would lose the sign of small activations next to a large ``other``). On CUDA the same
+# is done by the C++ autograd kernel (kernels/op.cpp), which calls ``grads``.
 
 
 def _setup_context(ctx, inputs, output):
@@ -271,22 +269,28 @@ def _setup_context(ctx, inputs, output):
     saved_bias = bias if bias is not None else torch.empty(0)
     ctx.save_for_backward(input, weight, saved_bias)
     ctx.has_bias = bias is not None
-    ctx.conv_args = (
-        _pair("stride", stride),
-        _pair("padding", padding),
-        _pair("dilation", dilation),
-        groups,
-    )
-    ctx.other_shape = other.shape
-    ctx.other_dtype = other.dtype
-    ctx.other_device = other.device
+    ctx.conv_args = (stride, padding, dilation, groups)
+    ctx.other_meta = (other.shape, other.dtype, other.device)
 
 
 def _backward(ctx, grad):
     input, weight, bias = ctx.saved_tensors
     bias = bias if ctx.has_bias else None
-    stride, padding, dilation, groups = ctx.conv_args
-    needs_input, needs_weight, needs_bias, needs_other = ctx.needs_input_grad[:4]
+    needs = ctx.needs_input_grad[:4]
+    grad_args = grads(grad, input, weight, bias, *ctx.conv_args, *ctx.other_meta, needs)
+    return (*grad_args, None, None, None, None)
+
+
+def grads(
+    grad, input, weight, bias, stride, padding, dilation, groups, other_shape, other_dtype,
+    other_device, needs,
+):
+    """The gradients of ``input``, ``weight``, ``bias`` and ``other`` (None where ``needs``,
+    four flags, does not ask for one) from the output's gradient ``grad``."""
+    stride = _pair("stride", stride)
+    padding = _pair("padding", padding)
+    dilation = _pair("dilation", dilation)
+    needs_input, needs_weight, needs_bias, needs_other = needs
     grad_input = grad_weight = grad_bias = grad_other = None
     if needs_input or needs_weight or needs_bias:
         unbatched = input.dim() == 3
@@ -299,20 +303,20 @@ def _backward(ctx, grad):
             grad_conv,
             batched_input,
             weight,
-            [weight.shape[0]] if ctx.has_bias else None,
+            [weight.shape[0]] if bias is not None else None,
             stride,
             padding,
             dilation,
             False,
             [0, 0],
             groups,
-            [needs_input, needs_weight, needs_bias and ctx.has_bias],
+            [needs_input, needs_weight, needs_bias and bias is not None],
         )
         if unbatched and grad_input is not None:
             grad_input = grad_input.squeeze(0)
     if needs_other:
-        grad_other = grad.sum_to_size(ctx.other_shape).to(ctx.other_device, ctx.other_dtype)
-    return grad_input, grad_weight, grad_bias, grad_other, None, None, None, None
+        grad_other = grad.sum_to_size(other_shape).to(other_device, other_dtype)
+    return grad_input, grad_weight, grad_bias, grad_other
 
 
 _conv2d_relu_add.register_autograd(_backward, setup_context=_setup_context)

@@ -1,7 +1,7 @@
-// Python binding: prepares the kernel's parameters from tensors and launches it on the
-// current stream. Shapes and dtypes were validated by fx_fuse/ops.py (check_args) and the
-// cases the kernel does not cover were routed to the reference by fx_fuse/_cuda.py; the
-// checks here guard the kernel's own assumptions.
+// Host side of the fused kernels and the Python binding: prepares the kernels' parameters
+// from tensors and launches them on the current stream. Shapes and dtypes were validated
+// by fx_fuse/ops.py (check_args) and the cases the kernels do not cover were routed to the
+// reference by fx_fuse/_cuda.py; the checks here guard the kernels' own assumptions.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
@@ -12,6 +12,7 @@
 #include <string>
 
 #include "api.h"
+#include "host.h"
 
 namespace fx_fuse {
 namespace {
@@ -150,11 +151,9 @@ void set_output(ConvParams& p, const at::Tensor& out) {
   p.y_sw = out.stride(3);
 }
 
-// Fills `out` (N, Cout, OH, OW), any strides, with relu(conv2d(x, weight) + bias) + other.
-// `other` is either a tensor already expanded to out's shape (0 strides where it
-// broadcasts) or absent, and then `other_scalar` is added. `hopper`: the wgmma kernels may
-// run; `patch`: so may the patch kernel (the caller's size rule says it pays), where it
-// applies.
+}  // namespace
+
+// The fused kernels (host.h): picks the kernel (make_plan), prepares the weights, launches.
 void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
                          const c10::optional<at::Tensor>& bias,
                          const c10::optional<at::Tensor>& other, double other_scalar,
@@ -275,10 +274,9 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   }
 }
 
-// The cuDNN path's epilogue: fills `out` with relu(y + bias) + other, where y (N, Cout, OH,
-// OW) is a convolution's output without its bias, any strides; `out` may be y. The pass
-// runs in channels-last order when y is channels-last; 16 bytes per thread where y is
-// dense, written in place, and `other` is per channel or a number.
+// The cuDNN path's epilogue (host.h). The pass runs in channels-last order when y is
+// channels-last; 16 bytes per thread where y is dense, written in place, and `other` is per
+// channel or a number.
 void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
                   const c10::optional<at::Tensor>& other, double other_scalar, at::Tensor out) {
   TORCH_CHECK(y.is_cuda() && y.dim() == 4, kOp, ": expected a 4-D CUDA tensor, got ", y.sizes());
@@ -318,6 +316,8 @@ void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
                   channels_last, vector, c10::cuda::getCurrentCUDAStream());
 }
 
+namespace {
+
 // The kernel conv2d_relu_add_out runs for these arguments (for tests and diagnostics).
 std::string kernel_name(const at::Tensor& x, const at::Tensor& weight, std::vector<int64_t> stride,
                         std::vector<int64_t> padding, std::vector<int64_t> dilation,
@@ -350,6 +350,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("relu_add_out", &fx_fuse::relu_add_out, "fill `out` with relu(y + bias) + other",
         pybind11::arg("y"), pybind11::arg("bias"), pybind11::arg("other"),
         pybind11::arg("other_scalar"), pybind11::arg("out"));
+  m.def("conv2d_relu_add", &fx_fuse::conv2d_relu_add,
+        "the op's CUDA kernel (what the dispatcher calls once register_op has run)",
+        pybind11::arg("input"), pybind11::arg("weight"), pybind11::arg("bias"),
+        pybind11::arg("other"), pybind11::arg("stride"), pybind11::arg("padding"),
+        pybind11::arg("dilation"), pybind11::arg("groups"));
+  m.def("register_op", &fx_fuse::register_op,
+        "register the op's CUDA and AutogradCUDA kernels with the planner and the backward "
+        "formula (Python functions)",
+        pybind11::arg("planner"), pybind11::arg("grads"));
+  m.def("forget_plans", &fx_fuse::forget_plans, "forget every remembered plan");
   m.def("kernel_name", &fx_fuse::kernel_name, "which kernel runs these arguments",
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("stride"), pybind11::arg("padding"),
         pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"),

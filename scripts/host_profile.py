@@ -1,8 +1,8 @@
 """Where the time of a small fused conv goes: host microseconds per call (launches queued
 behind a GPU sleep, so the host never waits), GPU microseconds per call (torch.profiler's
 kernel times) and the do_bench median, for eager, Inductor and fx_fuse called at each layer
-(backend, op, CUDA implementation, binding); optionally the top of a cProfile of the
-backend path, or the host time of each step of the op's CUDA path.
+(backend, op, its C++ CUDA kernel, the fused kernels' binding); optionally the top of a
+cProfile of the backend path, or the host time of each step of the op's CUDA path.
 
     python scripts/host_profile.py                 # the benchmark's small cases
     python scripts/host_profile.py --profile tiny  # and a cProfile of that case
@@ -63,7 +63,7 @@ def functions(case, model, x):
         "op": lambda: torch.ops.fx_fuse.conv2d_relu_add.default(
             x, conv.weight, conv.bias, model.bias, stride, padding, dilation, 1
         ),
-        "_cuda": lambda: _cuda.conv2d_relu_add(
+        "C++ kernel": lambda: ext.conv2d_relu_add(
             x, conv.weight, conv.bias, model.bias, stride, padding, dilation, 1
         ),
         "reference": lambda: fx_fuse.ops.reference(
@@ -93,12 +93,12 @@ def parts(case) -> None:
         "x.contiguous(format)": lambda: x.contiguous(memory_format=torch.contiguous_format),
         "_cuda._max_image_offset": lambda: _cuda._max_image_offset(x, w, padding, dilation),
         "ops.output_shape": lambda: fx_fuse.ops.output_shape(x, w, stride, padding, dilation),
-        "_cuda._other_operand": lambda: _cuda._other_operand(other, out_shape),
-        "_cuda._path": lambda: _cuda._path(x, w, out_shape, stride, True),
+        "_cuda._path": lambda: _cuda._path(x, w, out_shape, stride, True, 132),
         "torch.empty": lambda: torch.empty(out_shape, device="cuda"),
         "_cuda._use_wgmma": lambda: _cuda._use_wgmma(x.device),
         "allow_tf32 flag": lambda: bool(torch.backends.cudnn.allow_tf32),
-        "_cuda.conv2d_relu_add": lambda: _cuda.conv2d_relu_add(*args),
+        "_cuda.plan (once per signature)": lambda: _cuda.plan(*args),
+        "C++ kernel": lambda: _cuda.conv2d_relu_add(*args),
         "op (no_grad)": lambda: torch.ops.fx_fuse.conv2d_relu_add.default(*args),
     }
     cpu = [a.cpu() if isinstance(a, torch.Tensor) else a for a in args]

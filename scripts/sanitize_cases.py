@@ -46,12 +46,15 @@ for dtype, tf32 in ((torch.float32, True), (torch.float32, False), (torch.float1
     # channels-last: two column tiles, a partial channel block, two channel tiles
     pays = _cuda._patch_pays
     _cuda._patch_pays = lambda *args: True
+    _cuda.forget_plans()
     case(2, 80, 5, 136, 130, 3, 1, 1, 1, dtype, False, tf32, "full")
     case(2, 80, 5, 136, 130, 3, 1, 1, 1, dtype, True, tf32, "chan")
     _cuda._patch_pays = pays
+    _cuda.forget_plans()
 # the cuDNN path's epilogue pass, NCHW and channels-last
 del os.environ["FX_FUSE_DISABLE_CUDNN"]
 _cuda._cudnn_pays = lambda *args: True
+_cuda.forget_plans()
 for dtype in (torch.float32, torch.bfloat16):
     for cl in (False, True):
         case(2, 16, 7, 9, 24, 3, 1, 1, 1, dtype, cl, True, "full")

@@ -21,6 +21,23 @@ class Block(nn.Module):
         return torch.relu(self.conv2(y)) + x
 
 
+def test_the_compiled_kernel_becomes_the_ops_cuda_kernel():
+    """After the first CUDA call the dispatcher runs the extension's C++ kernels (no Python
+    between the call and the launch, in grad mode too); their result is the op's."""
+    import fx_fuse
+
+    x = torch.randn(2, 16, 12, 12, device="cuda")
+    w, b = torch.randn(8, 16, 3, 3, device="cuda"), torch.randn(8, device="cuda")
+    want = torch.relu(torch.nn.functional.conv2d(x, w, b)) + 0.5
+    for _ in range(2):
+        got = fx_fuse.conv2d_relu_add(x, w, b, 0.5)
+        torch.testing.assert_close(got, want, atol=5e-3, rtol=5e-3)
+    dump = torch._C._dispatch_dump("fx_fuse::conv2d_relu_add").splitlines()
+    for key in ("CUDA:", "AutogradCUDA:"):
+        line = next((line for line in dump if line.startswith(key)), "")
+        assert "op.cpp" in line, dump
+
+
 def test_reduce_overhead_mode_uses_cuda_graphs():
     model = Block().cuda().eval()
     compiled = torch.compile(model, backend="fx_fuse", mode="reduce-overhead")

@@ -59,8 +59,7 @@ def test_cudnn_path_size_rule():
     assert not _cudnn_pays(8, 72, False, 10, sms, exact_fp32=False)
 
 
-class _H100:
-    multi_processor_count = 132
+H100_SMS = 132
 
 
 @pytest.mark.parametrize(
@@ -87,15 +86,14 @@ class _H100:
 def test_path_choice(monkeypatch, x_shape, cout, k, dtype, tf32, layout, expected, without_cudnn):
     monkeypatch.delenv("FX_FUSE_DISABLE_PATCH", raising=False)
     monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN", raising=False)
-    monkeypatch.setattr(_cuda, "_device_properties", lambda device: _H100)
     x = torch.empty(x_shape, dtype=dtype, device="meta")
     if layout == "cl":
         x = x.contiguous(memory_format=torch.channels_last)
     w = torch.empty(cout, x_shape[1], k, k, dtype=dtype, device="meta")
     out_shape = ops.output_shape(x, w, [1, 1], [0, 0], [1, 1])
-    assert _cuda._path(x, w, out_shape, [1, 1], tf32) == expected
+    assert _cuda._path(x, w, out_shape, [1, 1], tf32, H100_SMS) == expected
     monkeypatch.setenv("FX_FUSE_DISABLE_CUDNN", "1")
-    assert _cuda._path(x, w, out_shape, [1, 1], tf32) == without_cudnn
+    assert _cuda._path(x, w, out_shape, [1, 1], tf32, H100_SMS) == without_cudnn
 
 
 def test_cudnn_path_can_be_disabled(monkeypatch):

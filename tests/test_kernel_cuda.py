@@ -69,6 +69,7 @@ def kernel_path(request, monkeypatch):
     elif request.param == "cudnn":
         monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN")
         monkeypatch.setattr(_cuda, "_cudnn_pays", lambda *args: True)
+    _cuda.forget_plans()  # plans made under another test's rules
     return request.param
 
 
@@ -256,25 +257,52 @@ def test_every_kind_of_other(kind, policy, cfg, layout):
     assert_close64(out, ref, policy)
 
 
+def _kernels_run(fn) -> str:
+    """The names of the CUDA kernels ``fn`` launches, joined."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return " ".join(e.key for e in prof.key_averages() if e.device_time_total > 0)
+
+
 def test_cudnn_path_runs_where_its_rule_says(monkeypatch):
-    """The cuDNN path is what runs when its rule picks it (the kernel tests above rely on
-    that), the fused kernel when FX_FUSE_DISABLE_CUDNN=1; both give the same result."""
+    """The cuDNN path (cuDNN's convolution, then the epilogue pass) is what runs when its
+    rule picks it (the kernel tests above rely on that), the fused kernel when
+    FX_FUSE_DISABLE_CUDNN=1; both give the same result."""
     set_policy("tf32")
-    calls = []
-    cudnn_path = _cuda._cudnn_conv_relu_add
-    monkeypatch.setattr(
-        _cuda, "_cudnn_conv_relu_add", lambda *args: calls.append(1) or cudnn_path(*args)
-    )
     monkeypatch.setattr(_cuda, "_cudnn_pays", lambda *args: True)
     x, w, b, stride, padding, dilation = make((2, 16, 12, 12, 24, 3, 3, 1, 1, 1), torch.float32)
     other = torch.randn(24, 1, 1, device=DEV)
     ref = reference64(x, w, b, other, stride, padding, dilation)
     monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN", raising=False)
     assert_close64(run_op(x, w, b, other, stride, padding, dilation), ref, "tf32")
-    assert calls == [1]
+    kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, padding, dilation))
+    assert "conv_epilogue" in kernels and "conv_relu_add" not in kernels, kernels
     monkeypatch.setenv("FX_FUSE_DISABLE_CUDNN", "1")
     assert_close64(run_op(x, w, b, other, stride, padding, dilation), ref, "tf32")
-    assert calls == [1]
+    kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, padding, dilation))
+    assert "conv_epilogue" not in kernels and "conv_relu_add" in kernels, kernels
+
+
+def test_plans_are_remembered_per_signature(monkeypatch):
+    """The planner runs once per call signature: again for a new shape or a changed switch,
+    not for new data of the same signature."""
+    set_policy("tf32")
+    calls = []
+    plan = _cuda.plan
+    monkeypatch.setattr(_cuda, "plan", lambda *args: calls.append(1) or plan(*args))
+    x, w, b, stride, padding, dilation = make((2, 16, 12, 12, 24, 3, 3, 1, 1, 1), torch.float32)
+    other = torch.randn(24, 1, 1, device=DEV)
+    for _ in range(3):
+        x.normal_()
+        ref = reference64(x, w, b, other, stride, padding, dilation)
+        assert_close64(run_op(x, w, b, other, stride, padding, dilation), ref, "tf32")
+    assert len(calls) == 1
+    run_op(x[:1], w, b, other, stride, padding, dilation)  # another shape
+    assert len(calls) == 2
+    torch.backends.cudnn.allow_tf32 = False  # a setting the rules read
+    run_op(x, w, b, other, stride, padding, dilation)
+    assert len(calls) == 3
 
 
 @pytest.mark.parametrize("policy", ["tf32", "bf16"])
@@ -413,6 +441,31 @@ def test_grads_match_eager(layout):
     xe, we, be, oe = eager_leaves
     eager = torch.relu(F.conv2d(xe, we, be, stride, padding, dilation)) + oe
     want = torch.autograd.grad(eager, eager_leaves, grad)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("needs", ["all", "input only", "other only"])
+def test_grads_without_bias_unbatched(needs):
+    """The C++ autograd kernel's bookkeeping: no bias (one input fewer), a 3-D input, and
+    only some inputs requiring grad."""
+    set_policy("fp32")
+    x, w, _, stride, padding, dilation = make((1, 5, 10, 9, 7, 3, 3, 1, 1, 1), torch.float32)
+    x = x[0]
+    other = torch.randn(7, 1, 1, device=DEV)
+    wants = {"all": (True, True, True), "input only": (True, False, False),
+             "other only": (False, False, True)}[needs]
+
+    def leaves():
+        return [t.detach().clone().requires_grad_(r) for t, r in zip((x, w, other), wants)]
+
+    fused, eager = leaves(), leaves()
+    out = OP(fused[0], fused[1], None, fused[2], stride, padding, dilation, 1)
+    grad = torch.randn_like(out)
+    ref = torch.relu(F.conv2d(eager[0], eager[1], None, stride, padding, dilation)) + eager[2]
+    got = torch.autograd.grad(out, [t for t in fused if t.requires_grad], grad)
+    want = torch.autograd.grad(ref, [t for t in eager if t.requires_grad], grad)
+    assert len(got) == sum(wants)
     for g, e in zip(got, want):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
 

@@ -1,0 +1,43 @@
+// Host entry points shared by the Python binding (binding.cpp) and the op's dispatcher
+// kernel (op.cpp). Arguments arrive validated by fx_fuse/ops.py (check_args).
+#pragma once
+
+#include <torch/extension.h>
+
+#include <vector>
+
+namespace fx_fuse {
+
+// Fills `out` (N, Cout, OH, OW), any strides, with relu(conv2d(x, weight) + bias) + other
+// on the fused kernels. `other` is a tensor already expanded to out's shape (0 strides
+// where it broadcasts) or absent, and then `other_scalar` is added. `hopper`: the wgmma
+// kernels may run; `patch`: so may the patch kernel, where it applies.
+void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
+                         const c10::optional<at::Tensor>& bias,
+                         const c10::optional<at::Tensor>& other, double other_scalar,
+                         std::vector<int64_t> stride, std::vector<int64_t> padding,
+                         std::vector<int64_t> dilation, bool allow_tf32, bool hopper,
+                         bool patch, at::Tensor out);
+
+// The cuDNN path's epilogue: fills `out` with relu(y + bias) + other, where y (N, Cout, OH,
+// OW) is a convolution's output without its bias, any strides; `out` may be y. `bias` is
+// contiguous; `other` as for conv2d_relu_add_out.
+void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
+                  const c10::optional<at::Tensor>& other, double other_scalar, at::Tensor out);
+
+// The op's CUDA kernel (op.cpp): what the dispatcher runs for CUDA tensors once
+// register_op has been called.
+at::Tensor conv2d_relu_add(const at::Tensor& input, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& bias, const at::Tensor& other,
+                           at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, int64_t groups);
+
+// Registers conv2d_relu_add as the op's CUDA kernel, and an AutogradCUDA kernel (once per
+// process), with `planner`, the Python function that decides how a call signature runs,
+// and `grads`, the Python backward formula; forgets the plans made so far.
+void register_op(pybind11::object planner, pybind11::object grads);
+
+// Forgets every remembered plan (after the size rules change, e.g. in tests).
+void forget_plans();
+
+}  // namespace fx_fuse
