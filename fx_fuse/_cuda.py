@@ -168,8 +168,9 @@ def _planner(input, weight, bias, other, stride, padding, dilation, groups):
 
 def plan(input, weight, bias, other, stride, padding, dilation, groups):
     """How the C++ kernel runs these arguments (called once per call signature):
-    ``(path, channels_last, hopper)``, with ``path`` from ``_path``, ``channels_last`` the
-    output's memory format and ``hopper`` whether the wgmma kernels may run; or, for the
+    ``(path, input_channels_last, output_channels_last, hopper)``: ``path`` from ``_path``,
+    the layouts the input is read in (made dense in it) and the output is written in, and
+    whether the wgmma kernels may run; or, for the
     arguments the kernels do not cover, the reference path's result (announced once per
     reason; that answer is not remembered). Bad arguments raise the op's errors."""
     stride, padding, dilation = ops.check_args(
@@ -182,7 +183,8 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
         reason = "the fused kernel does not handle a dilated kernel extent over 32767"
     x = input.unsqueeze(0) if input.dim() == 3 else input
     # the input as the kernels read it: dense in its own layout (NCHW or channels-last)
-    x = x.contiguous(memory_format=suggest_memory_format(x))
+    x_format = suggest_memory_format(x)
+    x = x.contiguous(memory_format=x_format)
     if reason is None and _max_image_offset(x, weight, padding, dilation) > _INT32_MAX:
         reason = "the fused kernel does not handle an input image of 2^31 or more elements"
     if reason is not None:
@@ -191,8 +193,8 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
     out_shape = ops.output_shape(x, weight, stride, padding, dilation)
     sms = _device_properties(x.device).multi_processor_count
     path = _path(x, weight, out_shape, stride, bool(torch.backends.cudnn.allow_tf32), sms)
-    channels_last = ops.output_memory_format(input, weight) == torch.channels_last
-    return path, channels_last, _use_wgmma(x.device)
+    out_channels_last = ops.output_memory_format(input, weight) == torch.channels_last
+    return path, x_format == torch.channels_last, out_channels_last, _use_wgmma(x.device)
 
 
 def _path(x: Tensor, weight: Tensor, out_shape, stride, allow_tf32: bool, sms: int) -> str:

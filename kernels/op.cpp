@@ -29,8 +29,9 @@ enum class Path { kPatch, kFused, kCudnn };
 
 struct Plan {
   Path path;
-  bool channels_last;  // the output's memory format
-  bool hopper;         // the wgmma kernels may run
+  bool input_channels_last;  // the layout the input is read in (made dense in it)
+  bool output_channels_last;
+  bool hopper;  // the wgmma kernels may run
 };
 
 using Signature = std::vector<int64_t>;
@@ -104,8 +105,10 @@ Signature signature_of(const at::Tensor& input, const at::Tensor& weight,
   return s;
 }
 
-// The planner's answer for a signature: (path, channels-last output, hopper).
+// The planner's answer for a signature: (path, input channels-last, output channels-last,
+// hopper).
 Plan plan_from(const pybind11::tuple& answer) {
+  TORCH_CHECK(answer.size() == 4, kOp, ": expected a plan of 4 fields, got ", answer.size());
   const auto path = answer[0].cast<std::string>();
   Plan plan{};
   if (path == "patch") {
@@ -117,8 +120,9 @@ Plan plan_from(const pybind11::tuple& answer) {
   } else {
     TORCH_CHECK(false, kOp, ": the planner returned an unknown path '", path, "'");
   }
-  plan.channels_last = answer[1].cast<bool>();
-  plan.hopper = answer[2].cast<bool>();
+  plan.input_channels_last = answer[1].cast<bool>();
+  plan.output_channels_last = answer[2].cast<bool>();
+  plan.hopper = answer[3].cast<bool>();
   return plan;
 }
 
@@ -136,8 +140,8 @@ at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weig
                at::IntArrayRef dilation_arg) {
   const bool unbatched = input.dim() == 3;
   at::Tensor x = unbatched ? input.unsqueeze(0) : input;
-  // The input in its own layout (NCHW or channels-last), made dense in it.
-  x = x.contiguous(x.suggest_memory_format());
+  x = x.contiguous(plan.input_channels_last ? at::MemoryFormat::ChannelsLast
+                                            : at::MemoryFormat::Contiguous);
   const auto stride = pair(stride_arg), padding = pair(padding_arg), dilation = pair(dilation_arg);
   std::vector<int64_t> out_shape{x.size(0), weight.size(0), 0, 0};
   for (int i = 0; i < 2; ++i) {
@@ -155,8 +159,8 @@ at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weig
   }
   c10::optional<at::Tensor> b;
   if (bias.has_value() && bias->defined()) b = bias->contiguous();
-  const auto format = plan.channels_last ? at::MemoryFormat::ChannelsLast
-                                         : at::MemoryFormat::Contiguous;
+  const auto format = plan.output_channels_last ? at::MemoryFormat::ChannelsLast
+                                                : at::MemoryFormat::Contiguous;
   at::Tensor out;
   if (plan.path == Path::kCudnn) {
     // cuDNN's convolution in the input's dtype and TF32 setting, without the bias (cuDNN

@@ -66,10 +66,15 @@ def test_autocast_regions_fuse_and_match_eager(dtype):
     assert counters["fx_fuse"]["fused"] == 2
 
 
-def test_training_step_matches_eager():
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("inner", [None, "inductor"], ids=["default", "inductor"])
+def test_training_step_matches_eager(inner, dynamic):
+    """Training through the op's C++ autograd kernel: run as it is (the default for a graph
+    of fused ops) and traced by AOTAutograd for Inductor, with static and symbolic sizes."""
     torch.manual_seed(0)
     model = Block().cuda()
-    compiled = torch.compile(model, backend="fx_fuse")
+    options = {"inner": inner} if inner else None
+    compiled = torch.compile(model, backend="fx_fuse", options=options, dynamic=dynamic)
     x = torch.randn(4, 16, 20, 20, device="cuda")
     compiled(x).square().mean().backward()
     fused_grads = [p.grad.clone() for p in model.parameters()]

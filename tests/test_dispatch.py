@@ -101,3 +101,47 @@ def test_cudnn_path_can_be_disabled(monkeypatch):
     assert _cuda._cudnn_enabled()
     monkeypatch.setenv("FX_FUSE_DISABLE_CUDNN", "1")
     assert not _cuda._cudnn_enabled()
+
+
+class _H100Properties:
+    major, minor, multi_processor_count = 9, 0, H100_SMS
+
+
+@pytest.mark.parametrize(
+    "dtype,layout,expected",
+    [
+        (torch.float32, "nchw", ("patch", False, False, True)),
+        (torch.bfloat16, "nchw", ("patch", False, False, True)),
+        (torch.float32, "cl", ("cudnn", True, True, True)),
+    ],
+)
+def test_plan_for_the_cpp_kernel(monkeypatch, dtype, layout, expected):
+    """The planner's answer (path, input and output layouts, Hopper) for the headline."""
+    monkeypatch.delenv("FX_FUSE_DISABLE_PATCH", raising=False)
+    monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN", raising=False)
+    monkeypatch.delenv("FX_FUSE_DISABLE_WGMMA", raising=False)
+    monkeypatch.setattr(_cuda, "_device_properties", lambda device: _H100Properties)
+    x = torch.empty(128, 64, 128, 128, dtype=dtype, device="meta")
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.empty(128, 64, 3, 3, dtype=dtype, device="meta")
+    b, other = torch.empty(128, dtype=dtype, device="meta"), ops.scalar_other(0.5)
+    assert _cuda.plan(x, w, b, other, [1, 1], [0, 0], [1, 1], 1) == expected
+
+
+def test_plan_runs_the_reference_where_the_kernels_do_not_apply(monkeypatch):
+    monkeypatch.setattr(_cuda, "_device_properties", lambda device: _H100Properties)
+    monkeypatch.setattr(_cuda, "_warned", set())  # announced once per process
+    x = torch.empty(2, 8, 9, 9, dtype=torch.float64, device="meta")
+    w = torch.empty(4, 8, 3, 3, dtype=torch.float64, device="meta")
+    with pytest.warns(UserWarning, match="reference"):
+        out = _cuda.plan(x, w, None, ops.scalar_other(1.0), [1, 1], [0, 0], [1, 1], 1)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 4, 7, 7)
+
+
+def test_plan_raises_the_ops_errors(monkeypatch):
+    monkeypatch.setattr(_cuda, "_device_properties", lambda device: _H100Properties)
+    x = torch.empty(2, 8, 9, 9, device="meta")
+    w = torch.empty(4, 7, 3, 3, device="meta")
+    with pytest.raises(RuntimeError, match="fx_fuse::conv2d_relu_add: expected `input` to have"):
+        _cuda.plan(x, w, None, ops.scalar_other(1.0), [1, 1], [0, 0], [1, 1], 1)
