@@ -170,9 +170,9 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
     """How the C++ kernel runs these arguments (called once per call signature):
     ``(path, input_channels_last, output_channels_last, hopper)``: ``path`` from ``_path``,
     the layouts the input is read in (made dense in it) and the output is written in, and
-    whether the wgmma kernels may run; or, for the
-    arguments the kernels do not cover, the reference path's result (announced once per
-    reason; that answer is not remembered). Bad arguments raise the op's errors."""
+    whether the wgmma kernels may run; or, for the arguments the kernels do not cover, the
+    reference path's result (announced once per reason; that answer is not remembered).
+    Bad arguments raise the op's errors."""
     stride, padding, dilation = ops.check_args(
         input, weight, bias, other, stride, padding, dilation, groups
     )

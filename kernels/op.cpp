@@ -1,11 +1,11 @@
 // The op's CUDA and AutogradCUDA kernels, as the dispatcher calls them once fx_fuse/_cuda.py
-// has registered them (on the first CUDA call). How a call runs (which kernel, or the reference path) is
-// decided in Python by the planner (fx_fuse/_cuda.py: the op's checks, the fallbacks and
-// the size rules) once per call signature: the shapes, strides, dtypes and devices of the
-// arguments, the convolution's arguments and the switches the rules read. The plan is
-// remembered here, so a call whose signature was seen before runs without Python. The
-// autograd kernel records the op for backward in C++ too; its backward is the Python
-// formula (fx_fuse/ops.py, grads), called once per backward.
+// has registered them (on the first CUDA call). How a call runs (which kernel, or the
+// reference path) is decided in Python by the planner (fx_fuse/_cuda.py: the op's checks,
+// the fallbacks and the size rules) once per call signature: the shapes, strides, dtypes
+// and devices of the arguments, the convolution's arguments and the switches the rules
+// read. The plan is remembered here, so a call whose signature was seen before runs
+// without Python. The autograd kernel records the op for backward in C++ too; its backward
+// is the Python formula (fx_fuse/ops.py, grads), called once per backward.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/extension.h>
@@ -13,7 +13,6 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
