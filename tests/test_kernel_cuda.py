@@ -122,14 +122,25 @@ def run_op(x, w, b, other, stride, padding, dilation, groups=1):
     return out
 
 
-def assert_close64(out, ref, policy):
+def rounding_scale64(x, w, stride, padding, dilation):
+    """Per output element, the size of the error that rounding its products makes: the root
+    of the sum of the squared products. An output of a few elements whose sums cancel would
+    otherwise be held to an error relative to a result near zero."""
+    return F.conv2d(x.double() ** 2, w.double() ** 2, None, stride, padding, dilation).sqrt()
+
+
+def assert_close64(out, ref, policy, scale=None):
+    """``out`` against the float64 ``ref``: the error's norm relative to the result's (or to
+    the norm of ``scale``, the rounding scale, where that is larger), and element-wise."""
     rel_tol, atol_scale, rtol = POLICIES[policy][2]
     out64 = out.double()
     assert not torch.isnan(out64).any(), "NaN in the output (unwritten or wrong elements)"
-    rel = ((out64 - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    norm, largest = ref.norm().item(), ref.abs().max().item()
+    if scale is not None:
+        norm, largest = max(norm, scale.norm().item()), max(largest, scale.max().item())
+    rel = (out64 - ref).norm().item() / max(norm, 1e-30)
     assert rel < rel_tol, f"relative error {rel:.3e} >= {rel_tol:.1e} ({policy})"
-    scale = ref.abs().max().item() or 1.0
-    torch.testing.assert_close(out64, ref, atol=atol_scale * scale, rtol=rtol)
+    torch.testing.assert_close(out64, ref, atol=atol_scale * (largest or 1.0), rtol=rtol)
 
 
 def set_policy(policy):
@@ -154,7 +165,7 @@ def test_matches_float64_reference(cfg, policy, layout):
     ref = reference64(x, w, b, other, stride, padding, dilation)
     assert out.shape == ref.shape and out.dtype == dtype
     assert out.is_contiguous(memory_format=expected_format(x, w))
-    assert_close64(out, ref, policy)
+    assert_close64(out, ref, policy, rounding_scale64(x, w, stride, padding, dilation))
 
 
 # Shapes for the patch kernel (Hopper), and whether it takes them: NCHW fp32, NCHW 16-bit
@@ -167,6 +178,7 @@ PATCH_CONFIGS = [
     ((3, 72, 7, 8, 64, 3, 3, 1, 1, 1), True, False, True),  # 8-pixel rows: 32 rows per tile
     ((1, 32, 8, 32, 40, 5, 5, 1, 2, 1), True, True, True),  # 25 taps
     ((16, 32, 66, 64, 128, 3, 3, 1, 0, 1), True, True, True),  # more tiles than SMs
+    ((2, 32, 12, 16, 128, 3, 4, 1, 1, 1), True, True, True),  # odd output width (15)
     ((2, 64, 11, 16, 64, 3, 3, 2, 1, 1), False, False, False),  # strided: the patch does not fit
 ]
 
@@ -247,6 +259,31 @@ OTHER_KINDS = [
 def test_every_kind_of_other(kind, policy, cfg, layout):
     dtype = set_policy(policy)
     x, w, b, stride, padding, dilation = make(cfg, dtype, layout)
+    shape = ops.output_shape(x, w, stride, padding, dilation)
+    other = _others(shape, dtype)[kind]
+    if dtype == torch.float16 and kind in ("fp16_full", "bf16_c11"):
+        other = other.to(dtype)  # a bf16 tensor would promote an fp16 result to fp32
+    out = run_op(x, w, b, other, stride, padding, dilation)
+    ref = reference64(x, w, b, other, stride, padding, dilation)
+    assert out.dtype == dtype
+    assert_close64(out, ref, policy)
+
+
+# The patch kernel's epilogue with every kind of `other` (the shapes above use two), on
+# output rows of an odd and an even width.
+@pytest.mark.parametrize("policy", ["tf32", "fp16"])
+@pytest.mark.parametrize("kind", OTHER_KINDS)
+@pytest.mark.parametrize(
+    "cfg", [(2, 32, 12, 16, 128, 3, 4, 1, 1, 1), (1, 64, 6, 24, 72, 3, 3, 1, 0, 1)],
+    ids=["width15", "width22"],
+)
+def test_every_kind_of_other_on_the_patch_kernel(cfg, kind, policy, monkeypatch):
+    monkeypatch.setattr(_cuda, "_patch_pays", lambda *args: True)
+    dtype = set_policy(policy)
+    x, w, b, stride, padding, dilation = make(cfg, dtype)
+    hopper, patch = _cuda._use_wgmma(x.device), _cuda._patch_enabled()
+    name = _build.load().kernel_name(x, w, stride, padding, dilation, True, hopper, patch)
+    assert name == "patch" or not (hopper and patch), name
     shape = ops.output_shape(x, w, stride, padding, dilation)
     other = _others(shape, dtype)[kind]
     if dtype == torch.float16 and kind in ("fp16_full", "bf16_c11"):
