@@ -258,7 +258,12 @@ OTHER_KINDS = [
 )
 def test_every_kind_of_other(kind, policy, cfg, layout):
     dtype = set_policy(policy)
-    x, w, b, stride, padding, dilation = make(cfg, dtype, layout)
+    assert_other_kind_matches(make(cfg, dtype, layout), kind, dtype, policy)
+
+
+def assert_other_kind_matches(args, kind, dtype, policy):
+    """The op on ``args`` (from ``make``) with `other` of that kind, against float64."""
+    x, w, b, stride, padding, dilation = args
     shape = ops.output_shape(x, w, stride, padding, dilation)
     other = _others(shape, dtype)[kind]
     if dtype == torch.float16 and kind in ("fp16_full", "bf16_c11"):
@@ -280,18 +285,12 @@ def test_every_kind_of_other(kind, policy, cfg, layout):
 def test_every_kind_of_other_on_the_patch_kernel(cfg, kind, policy, monkeypatch):
     monkeypatch.setattr(_cuda, "_patch_pays", lambda *args: True)
     dtype = set_policy(policy)
-    x, w, b, stride, padding, dilation = make(cfg, dtype)
+    args = make(cfg, dtype)
+    x, w, _, stride, padding, dilation = args
     hopper, patch = _cuda._use_wgmma(x.device), _cuda._patch_enabled()
     name = _build.load().kernel_name(x, w, stride, padding, dilation, True, hopper, patch)
     assert name == "patch" or not (hopper and patch), name
-    shape = ops.output_shape(x, w, stride, padding, dilation)
-    other = _others(shape, dtype)[kind]
-    if dtype == torch.float16 and kind in ("fp16_full", "bf16_c11"):
-        other = other.to(dtype)  # a bf16 tensor would promote an fp16 result to fp32
-    out = run_op(x, w, b, other, stride, padding, dilation)
-    ref = reference64(x, w, b, other, stride, padding, dilation)
-    assert out.dtype == dtype
-    assert_close64(out, ref, policy)
+    assert_other_kind_matches(args, kind, dtype, policy)
 
 
 def _kernels_run(fn) -> str:
