@@ -687,6 +687,18 @@ __device__ __forceinline__ void decompose_k(const PrepParams& p, int k, int& c, 
   }
 }
 
+// Where the patch kernel's weights go: slice by slice ([Cout_pad / kPatchBN][K_pad /
+// k_block][kPatchBN][k_block]), each 128-byte row's 16-byte chunk c already at c ^ (row & 7)
+// (the 128B swizzle of a ring slot), so that one bulk copy moves a slice as wgmma reads it.
+template <typename T>
+__device__ __forceinline__ int64_t blocked_index(const PrepParams& p, int co, int k) {
+  constexpr int VEC = 16 / sizeof(T);
+  const int slice = k / p.k_block, e = k % p.k_block, row = co % kPatchBN;
+  const int at = ((e / VEC) ^ (row & 7)) * VEC + e % VEC;
+  return ((static_cast<int64_t>(co / kPatchBN) * (p.K_pad / p.k_block) + slice) * kPatchBN + row) *
+             p.k_block + at;
+}
+
 template <typename T>
 __global__ void conv_prep_kernel(const PrepParams p) {
   const int64_t total = static_cast<int64_t>(p.Cout_pad) * p.K_pad;
@@ -703,7 +715,7 @@ __global__ void conv_prep_kernel(const PrepParams p) {
           if (p.round_tf32) v = __uint_as_float(f32_to_tf32(v));
         }
       }
-      static_cast<T*>(p.wprep)[i] = v;
+      static_cast<T*>(p.wprep)[p.k_order == kOrderBlocked ? blocked_index<T>(p, co, k) : i] = v;
     } else {
       const int k = static_cast<int>(i - total);
       int2 t = make_int2(0, 0);

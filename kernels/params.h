@@ -40,7 +40,8 @@ enum OtherKind : int { kOtherScalar = 0, kOtherF32 = 1, kOtherF16 = 2, kOtherBF1
 
 struct ConvParams {
   const void* x;        // input (N, C, H, W) with strides x_s*, elements of T
-  const void* wprep;    // [Cout_pad][K_pad] weights in the kernel's K order
+  const void* wprep;    // [Cout_pad][K_pad] weights in the kernel's K order (the patch
+                        // kernel: slice by slice, swizzled; see blocked_index)
   const int2* table;    // [K_pad] {offset from the pixel base, dh << 16 | dw}
   const void* bias;     // [Cout] or nullptr
   const void* other;    // strided over the output's (n, c, h, w); nullptr: other_scalar

@@ -2,37 +2,119 @@
 // and channels-last input, where the implicit GEMM's A operand is built in registers from
 // an input patch in shared memory instead of being gathered element by element.
 //
-// A persistent CTA (256 threads: two warpgroups) walks tiles of kPatchBM output pixels
-// (tile_h rows of tile_w pixels) x kPatchBN output channels. K is ordered (channel block,
-// kh, kw, channel) with blocks of CB channels (one 128-byte K slice: 32 fp32 or 64 16-bit),
-// so a slice is one tap of one channel block. For each (tile, channel block) the input
-// patch the tile reads -- patch_rows rows x patch_pitch columns x CB channels, padding
-// zero-filled; channel planes (NCHW) or pixels of CB channels (channels-last) -- is copied
-// once into shared memory by 16-byte cp.async, one block ahead of its use. Each slice then:
-//   - multiplies: two m64n128 wgmmas per k-step and warpgroup (A from registers, B from a
-//     ring slot of the prepared weights, K-major with the 128-byte swizzle);
-//   - builds the next slice's A fragments from the patch (ld.shared at the tap's offset;
-//     16-bit pairs packed; a TF32 patch is rounded in place once, when it has landed)
-//     while that wgmma runs;
-//   - refills the weight ring kPatchBAhead slices ahead.
-// After a tile's last slice the epilogue (bias, relu, other, one store) runs from the
-// accumulators while the next tile's first patch and weight slices are in flight.
+// A persistent CTA walks tiles of kPatchBM output pixels (tile_h rows of tile_w pixels) x
+// kPatchBN output channels. K is ordered (channel block, kh, kw, channel) with blocks of CB
+// channels (one 128-byte K slice: 32 fp32 or 64 16-bit), so a slice is one tap of one
+// channel block, and a unit (one channel block of one tile) is `taps` slices. The CTA's
+// three warpgroups have one job each:
+//   - the producer (warpgroup 0, few registers): its first thread copies each weight slice
+//     into a ring slot with one bulk copy (the prepared weights are laid out slice by
+//     slice, already swizzled); its warps 1-3 copy each unit's input patch --
+//     patch_rows rows x patch_pitch columns x CB channels, padding zero-filled; channel
+//     planes (NCHW) or pixels of CB channels (channels-last) -- into a patch slot with
+//     16-byte cp.async as soon as the slot is free, round a landed TF32 patch in place
+//     once, and publish it;
+//   - two consumers (warpgroups 1 and 2, 128 tile rows each) multiply: per slice two
+//     m64n128 wgmmas per k-step (A from registers, B from the ring slot), and while they
+//     run, build the next slice's A fragments from the patch (ld.shared at the tap's
+//     offset; 16-bit pairs packed). After a tile's last slice each consumer runs its
+//     epilogue (bias, relu, other, one store) from its accumulators.
+// The warpgroups meet only at mbarriers: a slot is "full" once its copy landed and
+// "empty" once both consumers are past it, so one consumer's epilogue can run beside the
+// other's wgmmas, and the copies beside both.
 #pragma once
 
 #include "conv_relu_add.cuh"
 
 namespace fx_fuse {
 
-constexpr int kPatchThreads = 256;
-constexpr int kPatchBStages = 4;  // weight ring slots
-constexpr int kPatchBAhead = 2;   // slices in flight ahead of the one multiplied
-constexpr int kPatchSlots = 2;    // input patch buffers (one in use, one loading)
+constexpr int kPatchProducerThreads = 128;
+constexpr int kPatchConsumerThreads = 256;
+constexpr int kPatchThreads = kPatchProducerThreads + kPatchConsumerThreads;
+constexpr int kPatchCopyThreads = kPatchProducerThreads - 32;  // the producer's patch warps
+constexpr int kPatchBStages = 4;    // weight ring slots
+constexpr int kPatchSlots = 2;      // input patch buffers (one in use, one loading)
+constexpr int kPatchSliceBytes = kPatchBN * kSliceBytes;
+// Registers per thread after setmaxnreg: the 384 x 168 a thread gets at launch, moved
+// from the producer to the consumers (the CTA can only share what it holds):
+// 128 x (168 - 40) = 256 x (232 - 168).
+constexpr int kPatchProducerRegs = 40;
+constexpr int kPatchConsumerRegs = 232;
+constexpr int kPatchLaunchRegs = 65536 / kPatchThreads / 8 * 8;
+static_assert(kPatchProducerThreads * (kPatchLaunchRegs - kPatchProducerRegs) >=
+                  kPatchConsumerThreads * (kPatchConsumerRegs - kPatchLaunchRegs),
+              "the consumers' registers must come from the producer's");
 
-// The weight ring, the patch slots and two buffers of per-channel bias and `other`.
+// The mbarriers, by index: weight slot full / empty, patch slot landed (the copies are
+// done) / full (rounded, ready) / empty.
+enum PatchBarrier : int {
+  kBarWFull = 0,
+  kBarWEmpty = kBarWFull + kPatchBStages,
+  kBarPLanded = kBarWEmpty + kPatchBStages,
+  kBarPFull = kBarPLanded + kPatchSlots,
+  kBarPEmpty = kBarPFull + kPatchSlots,
+  kPatchBarriers = kBarPEmpty + kPatchSlots,
+};
+
+// Per consumer and tile parity, the tile's bias and per-channel `other`.
+constexpr int kPatchChanBytes = 2 * 2 * 2 * kPatchBN * static_cast<int>(sizeof(float));
+
+// The weight ring, the patch slots, the per-channel values and the mbarriers.
 constexpr int patch_smem_bytes() {
-  return kPatchBStages * kPatchBN * kSliceBytes + kPatchSlots * kPatchSlotBytes +
-         2 * 2 * kPatchBN * static_cast<int>(sizeof(float));
+  return kPatchBStages * kPatchSliceBytes + kPatchSlots * kPatchSlotBytes + kPatchChanBytes +
+         kPatchBarriers * 8;
 }
+
+#ifdef FX_FUSE_WGMMA
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// Wait until the phase of parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nLAB_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra LAB_WAIT;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Arrive and expect `bytes` more from the copy engine before the phase completes.
+__device__ __forceinline__ void mbar_arrive_expect(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+// The barrier counts one arrival once this thread's cp.async copies so far have landed.
+__device__ __forceinline__ void cp_async_arrive(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// One contiguous copy of `bytes` (a multiple of 16) by the copy engine, counted on `bar`.
+__device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes,
+                                          uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+          dst),
+      "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+template <int N> __device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+#endif
+
+// Named barriers (0 is __syncthreads): each consumer's own.
+constexpr int kBarConsumer = 1;
 
 // D (64 x 128, fp32) += A (64 x k, this thread's fragment in registers) * B (128 x k)^T from
 // shared memory; k = 8 for TF32, 16 for fp16 / bf16. scale_d == 0: D = A * B.
@@ -91,8 +173,135 @@ __device__ __forceinline__ PatchTile patch_tile(const ConvParams& p, int64_t t, 
   return pt;
 }
 
+// What both roles know about the CTA: its shared memory, its tiles, and the patch geometry.
+struct PatchCta {
+  unsigned char* patch;         // the patch slots
+  uint32_t ring, slots, bars;  // shared addresses: weight ring, patch slots, mbarriers
+  float* chan;                 // per consumer and tile parity: bias, then per-channel other
+  int n_tiles;                 // tiles along Cout
+  int64_t my_tiles;            // tiles this CTA walks: blockIdx.x + i * gridDim.x
+  int S;                       // slices per tile
+  int row_step;                // elements between the rows of a patch
+
+  __device__ uint32_t bar(int b) const { return bars + 8u * static_cast<uint32_t>(b); }
+  __device__ int64_t tile(int64_t i) const { return blockIdx.x + i * gridDim.x; }
+};
+
+// Warp 0 of the producer, one thread: the weight slices, in the order the consumers use
+// them, each into the next ring slot once both consumers are past its previous slice.
+template <Math MATH>
+__device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const PatchCta& k) {
+#ifdef FX_FUSE_WGMMA
+  using T = typename MathTraits<MATH>::T;
+  constexpr int CB = kSliceBytes / static_cast<int>(sizeof(T));
+  const T* wp = static_cast<const T*>(p.wprep);
+  uint32_t slot = 0, parity = 0;  // the ring slot of the next slice, its use's parity
+  for (int64_t i = 0; i < k.my_tiles; ++i) {
+    const T* w = wp + static_cast<int64_t>(k.tile(i) % k.n_tiles) * k.S * kPatchBN * CB;
+    for (int s = 0; s < k.S; ++s, w += kPatchBN * CB) {
+      mbar_wait(k.bar(kBarWEmpty + slot), parity ^ 1u);
+      mbar_arrive_expect(k.bar(kBarWFull + slot), kPatchSliceBytes);
+      bulk_copy(k.ring + slot * kPatchSliceBytes, w, kPatchSliceBytes, k.bar(kBarWFull + slot));
+      if (++slot == kPatchBStages) {
+        slot = 0;
+        parity ^= 1u;
+      }
+    }
+  }
+#endif
+}
+
+// Warps 1-3 of the producer (kPatchCopyThreads threads): the units' input patches, each
+// into its slot as soon as both consumers are done with the unit before it there; a TF32
+// patch is rounded in place once it has landed (once per element, not once per tap that
+// reads it); then the consumers may read it.
 template <Math MATH, bool CL>
-__global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(const ConvParams p) {
+__device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const PatchCta& k) {
+#ifdef FX_FUSE_WGMMA
+  using T = typename MathTraits<MATH>::T;
+  constexpr int ELEM = sizeof(T);
+  constexpr int VEC = 16 / ELEM;
+  constexpr int CB = kSliceBytes / ELEM;
+  constexpr int CP = kPatchChannelPitch;
+  constexpr int CPX = kPatchPixelBytes / ELEM;
+  const int tid = threadIdx.x - 32;
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+
+  // Thread t copies the 16-byte chunks q = t, t + kPatchCopyThreads, ... of a patch, split
+  // by multiply-high with rounded-up reciprocals (exact for q * divisor < 2^32), so that
+  // the iterations are independent. NCHW: chunk q is (channel, row, column chunk);
+  // channels-last: (row, column, channel chunk), patch_chunks = 8 chunks per column.
+  const int per_c = p.patch_rows * p.patch_chunks;
+  const uint32_t inv_per_c = static_cast<uint32_t>(((uint64_t{1} << 32) + per_c - 1) / per_c);
+  const uint32_t inv_chunks =
+      static_cast<uint32_t>(((uint64_t{1} << 32) + p.patch_chunks - 1) / p.patch_chunks);
+  auto issue_patch = [&](int64_t i, int cb, int slot) {
+    const PatchTile pt = patch_tile<VEC, CL>(p, k.tile(i), k.n_tiles);
+    const uint32_t dst = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
+    const T* img = x + pt.n * p.x_sn;
+#pragma unroll 4
+    for (int q = tid; q < (CL ? 1 : CB) * per_c; q += kPatchCopyThreads) {
+      int off, c, r, col;  // the chunk's element offset in the slot, channel, row, column
+      if constexpr (CL) {
+        r = static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_chunks));
+        const int rem = q - r * p.patch_chunks, cc = rem & 7;
+        col = rem >> 3;
+        c = cc * VEC;
+        off = r * k.row_step + col * CPX + c;
+      } else {
+        c = static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_per_c));
+        const int rem = q - c * per_c;
+        r = static_cast<int>(__umulhi(static_cast<uint32_t>(rem), inv_chunks));
+        col = (rem - r * p.patch_chunks) * VEC;
+        off = c * CP + r * p.patch_pitch + col;
+      }
+      const int ci = cb * CB + c, ih = pt.ih0 + r, iw = pt.iw0a + col;
+      // A chunk lies wholly inside or wholly outside the image (NCHW: W % VEC == 0;
+      // channels-last: Cin % VEC == 0).
+      const bool ok = ci < p.Cin && static_cast<unsigned>(ih) < static_cast<unsigned>(p.H) &&
+                      static_cast<unsigned>(iw) < static_cast<unsigned>(p.W);
+      const T* src = ok ? img + (ci * static_cast<int>(p.x_sc) + ih * static_cast<int>(p.x_sh) +
+                                 iw * static_cast<int>(p.x_sw))
+                        : x;
+      cp_async_16_zfill(dst + off * ELEM, src, ok);
+    }
+    cp_async_arrive(k.bar(kBarPLanded + slot));
+  };
+  // TF32: round the slot's patch in place, 16-byte chunk by chunk over the whole region
+  // the copies write (padding between rows or pixels included: never read, harmless).
+  const int round_chunks = CL ? p.patch_rows * k.row_step * ELEM / 16 : CB * CP * ELEM / 16;
+  auto round_patch = [&](int slot) {
+    uint4* base = reinterpret_cast<uint4*>(k.patch + slot * kPatchSlotBytes);
+#pragma unroll 4
+    for (int q = tid; q < round_chunks; q += kPatchCopyThreads) {
+      uint4 v = base[q];
+      v.x = f32_to_tf32(__uint_as_float(v.x));
+      v.y = f32_to_tf32(__uint_as_float(v.y));
+      v.z = f32_to_tf32(__uint_as_float(v.z));
+      v.w = f32_to_tf32(__uint_as_float(v.w));
+      base[q] = v;
+    }
+  };
+
+  int64_t u = 0;  // units so far: unit u goes into slot u % 2
+  for (int64_t i = 0; i < k.my_tiles; ++i) {
+    for (int cb = 0; cb < p.cblocks; ++cb, ++u) {
+      const int slot = static_cast<int>(u & 1);
+      const uint32_t parity = static_cast<uint32_t>(u >> 1) & 1u;
+      mbar_wait(k.bar(kBarPEmpty + slot), parity ^ 1u);
+      issue_patch(i, cb, slot);
+      mbar_wait(k.bar(kBarPLanded + slot), parity);
+      if constexpr (MATH == Math::kTF32) round_patch(slot);
+      mbar_arrive(k.bar(kBarPFull + slot));
+    }
+  }
+#endif
+}
+
+// Warpgroup 1 + c (c = 0, 1): tile rows 128 c .. 128 c + 127 of every tile of the CTA.
+template <Math MATH, bool CL>
+__device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCta& k, int c) {
+#ifdef FX_FUSE_WGMMA
   using T = typename MathTraits<MATH>::T;
   constexpr int ELEM = sizeof(T);
   constexpr int VEC = 16 / ELEM;             // elements per 16-byte chunk
@@ -105,24 +314,10 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   constexpr int CH = CL ? 1 : CP;
   constexpr int COL = CL ? CPX : 1;
 
-  extern __shared__ __align__(1024) unsigned char smem[];
-  if ((smem_u32(smem) & 1023u) != 0) __trap();  // the 128B swizzle is a function of the address
-  unsigned char* sB = smem;
-  const T* sP = reinterpret_cast<const T*>(smem + kPatchBStages * kPatchBN * kSliceBytes);
-  const uint32_t sP_addr = smem_u32(sP);
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int g = lane >> 2, tq = lane & 3;
-  const T* __restrict__ x = static_cast<const T*>(p.x);
-  const T* __restrict__ wp = static_cast<const T*>(p.wprep);
-
-  const int n_tiles = (p.Cout + kPatchBN - 1) / kPatchBN;
-  const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);
-  const int64_t tiles = images * p.tiles_h * p.tiles_w * n_tiles;
-  if (static_cast<int64_t>(blockIdx.x) >= tiles) return;
-  const int64_t my_tiles = (tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;
-  auto tile_of = [&](int64_t i) { return patch_tile<VEC, CL>(p, blockIdx.x + i * gridDim.x, n_tiles); };
-  const int row_step = CL ? p.patch_pitch * CPX : p.patch_pitch;
+  const int ct = threadIdx.x - kPatchProducerThreads - 128 * c;  // thread in the warpgroup
+  const int lane = ct & 31, wq = ct >> 5, g = lane >> 2, tq = lane & 3;
+  const T* sP = reinterpret_cast<const T*>(k.patch);
+  const int row0 = 128 * c + 16 * wq + g;  // this thread's first tile row
 
   // This thread's four tile rows (m-half h, row g or g + 8 of its warp's 16): their offsets
   // inside a patch (before the tile's shift and the tap's offset), with the thread's
@@ -132,110 +327,36 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   for (int h = 0; h < 2; ++h)
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
-      const int r = (warp >> 2) * 128 + h * 64 + (warp & 3) * 16 + g + 8 * hi;
-      pix[h][hi] = (r / p.tile_w) * p.stride_h * row_step + (r % p.tile_w) * p.stride_w * COL +
+      const int r = row0 + h * 64 + 8 * hi;
+      pix[h][hi] = (r / p.tile_w) * p.stride_h * k.row_step + (r % p.tile_w) * p.stride_w * COL +
                    (ELEM == 4 ? tq : 2 * tq) * CH;
     }
-
-  // The patch copy: thread t takes the 16-byte chunks q = t, t + 256, ... of a patch, split
-  // by multiply-high with rounded-up reciprocals (exact for q * divisor < 2^32), so that the
-  // iterations are independent. NCHW: chunk q is (channel, row, column chunk); channels-last:
-  // (row, column, channel chunk), patch_chunks = 8 chunks per column. fn(dst, c, r, col)
-  // gets the chunk's element offset in the slot, its first channel, row and column (from
-  // the window's staged origin). The rounding pass walks the same chunks: its own copies,
-  // visible to the thread once its cp.async group completed.
-  const int per_c = p.patch_rows * p.patch_chunks;
-  const uint32_t inv_per_c = static_cast<uint32_t>(((uint64_t{1} << 32) + per_c - 1) / per_c);
-  const uint32_t inv_chunks = static_cast<uint32_t>(((uint64_t{1} << 32) + p.patch_chunks - 1) / p.patch_chunks);
-  auto for_my_chunks = [&](auto&& fn) {
-#pragma unroll 4
-    for (int q = tid; q < (CL ? 1 : CB) * per_c; q += kPatchThreads) {
-      if constexpr (CL) {
-        const int r = static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_chunks));
-        const int rem = q - r * p.patch_chunks, col = rem >> 3, cc = rem & 7;
-        fn(r * row_step + col * CPX + cc * VEC, cc * VEC, r, col);
-      } else {
-        const int c = static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_per_c));
-        const int rem = q - c * per_c;
-        const int r = static_cast<int>(__umulhi(static_cast<uint32_t>(rem), inv_chunks));
-        const int ch = rem - r * p.patch_chunks;
-        fn(c * CP + r * p.patch_pitch + ch * VEC, c, r, ch * VEC);
-      }
-    }
-  };
-  auto issue_patch = [&](int64_t i, int cb, int slot) {
-    const PatchTile pt = tile_of(i);
-    const uint32_t dst = sP_addr + static_cast<uint32_t>(slot) * kPatchSlotBytes;
-    const T* img = x + pt.n * p.x_sn;
-    for_my_chunks([&](int off, int c, int r, int col) {
-      const int ci = cb * CB + c, ih = pt.ih0 + r, iw = pt.iw0a + col;
-      // A chunk lies wholly inside or wholly outside the image (NCHW: W % VEC == 0;
-      // channels-last: Cin % VEC == 0).
-      const bool ok = ci < p.Cin && static_cast<unsigned>(ih) < static_cast<unsigned>(p.H) &&
-                      static_cast<unsigned>(iw) < static_cast<unsigned>(p.W);
-      const T* src = ok ? img + (ci * static_cast<int>(p.x_sc) + ih * static_cast<int>(p.x_sh) +
-                                 iw * static_cast<int>(p.x_sw))
-                        : x;
-      cp_async_16_zfill(dst + off * ELEM, src, ok);
-    });
-  };
-  // TF32: round this thread's chunks of a landed patch in place (once per element, not
-  // once per tap that reads it).
-  auto round_patch = [&](int slot) {
-    if constexpr (MATH == Math::kTF32) {
-      unsigned char* base = smem + kPatchBStages * kPatchBN * kSliceBytes + slot * kPatchSlotBytes;
-      for_my_chunks([&](int off, int, int, int) {
-        uint4* q = reinterpret_cast<uint4*>(base + off * ELEM);
-        uint4 v = *q;
-        v.x = f32_to_tf32(__uint_as_float(v.x));
-        v.y = f32_to_tf32(__uint_as_float(v.y));
-        v.z = f32_to_tf32(__uint_as_float(v.z));
-        v.w = f32_to_tf32(__uint_as_float(v.w));
-        *q = v;
-      });
-    }
-  };
-
-  // Copy weight slice s of the tile with first channel n0 into ring slot `slot`.
-  auto issue_b = [&](int n0, int s, int slot) {
-    const uint32_t base = smem_u32(sB + slot * kPatchBN * kSliceBytes);
-    const T* src = wp + static_cast<int64_t>(n0) * p.K_pad + s * CB;
-#pragma unroll
-    for (int q = 0; q < kPatchBN * 8 / kPatchThreads; ++q) {
-      const int c = tid + q * kPatchThreads;
-      const int row = c >> 3, kc = c & 7;
-      cp_async_16(base + swizzle(row, kc), src + static_cast<int64_t>(row) * p.K_pad + kc * VEC);
-    }
-  };
-  auto n0_of = [&](int64_t i) {
-    return n_tiles == 1 ? 0 : static_cast<int>((blockIdx.x + i * gridDim.x) % n_tiles) * kPatchBN;
-  };
 
   // Where a slice reads its patch: the tap (index, kw) and its offset inside the patch,
   // the channel block and the slot. Slices are walked in order, without divisions.
   struct Slice {
     int tap, kw, off, cb, slot;
   };
-  auto next_slice = [&](Slice c) {
-    if (++c.tap == p.taps) {
-      c.tap = c.kw = c.off = 0;
-      ++c.cb;
-      c.slot ^= 1;
-    } else if (++c.kw == p.KW) {
-      c.kw = 0;
-      c.off += p.dil_h * row_step - (p.KW - 1) * p.dil_w * COL;
+  auto next_slice = [&](Slice s) {
+    if (++s.tap == p.taps) {
+      s.tap = s.kw = s.off = 0;
+      ++s.cb;
+      s.slot ^= 1;
+    } else if (++s.kw == p.KW) {
+      s.kw = 0;
+      s.off += p.dil_h * k.row_step - (p.KW - 1) * p.dil_w * COL;
     } else {
-      c.off += p.dil_w * COL;
+      s.off += p.dil_w * COL;
     }
-    return c;
+    return s;
   };
 
   // A fragments of a slice: [m-half][k-step][register], in the wgmma register layout
   // (register e: row g + 8 (e & 1), k = tq + 4 (e >> 1) for TF32; the k pair 2 tq + 8 (e >> 1)
   // for 16-bit).
   using Frag = uint32_t[2][NSTEP][4];
-  auto build_a = [&](const Slice& c, int shift, Frag& a) {
-    const int base = c.slot * (kPatchSlotBytes / ELEM) + c.off + shift;
+  auto build_a = [&](const Slice& s, int shift, Frag& a) {
+    const int base = s.slot * (kPatchSlotBytes / ELEM) + s.off + shift;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const T* lo = sP + base + pix[h][0];
@@ -259,8 +380,8 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
         } else {
           const unsigned short* l = reinterpret_cast<const unsigned short*>(lo) + st * KSTEP * CP;
           const unsigned short* u = reinterpret_cast<const unsigned short*>(hi) + st * KSTEP * CP;
-          auto pair = [](const unsigned short* q, int k) {
-            return static_cast<uint32_t>(q[k * CP]) | (static_cast<uint32_t>(q[(k + 1) * CP]) << 16);
+          auto pair = [](const unsigned short* q, int kk) {
+            return static_cast<uint32_t>(q[kk * CP]) | (static_cast<uint32_t>(q[(kk + 1) * CP]) << 16);
           };
           a[h][st][0] = pair(l, 0);
           a[h][st][1] = pair(u, 0);
@@ -272,8 +393,8 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   };
 
   float acc[2][64] = {};
-  auto multiply = [&](const Frag& a, int slot, bool first) {
-    const uint32_t b_tile = smem_u32(sB + slot * kPatchBN * kSliceBytes);
+  auto multiply = [&](const Frag& a, uint32_t slot, bool first) {
+    const uint32_t b_tile = k.ring + slot * kPatchSliceBytes;
     wgmma_fence();
 #pragma unroll
     for (int st = 0; st < NSTEP; ++st)
@@ -283,20 +404,18 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
     wgmma_commit();
   };
 
-  // Bias and a per-channel `other` (or the scalar) of tile i's channels, in smem buffer
-  // i % 2: written before the tile's first barrier, read by its epilogue, rewritten two
-  // tiles later (after every thread passed the barriers of the tile between).
-  float* s_chan = reinterpret_cast<float*>(smem + kPatchBStages * kPatchBN * kSliceBytes +
-                                           kPatchSlots * kPatchSlotBytes);
+  // Bias and a per-channel `other` (or the scalar) of tile i's channels, in this
+  // consumer's buffer i % 2: written at the tile's start, read by its epilogue after the
+  // consumer's barrier, rewritten two tiles later (after every warp passed the barrier of
+  // the tile between).
   const bool other_per_channel = p.o_sn == 0 && p.o_sh == 0 && p.o_sw == 0;
+  auto chan_of = [&](int buf) { return k.chan + (2 * c + buf) * 2 * kPatchBN; };
   auto load_channels = [&](const PatchTile& pt, int buf) {
-    if (tid < kPatchBN) {
-      const int co = pt.n0 + tid;
-      const bool ok = co < p.Cout;
-      float* dst = s_chan + buf * 2 * kPatchBN;
-      dst[tid] = ok && p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[co]) : 0.f;
-      dst[kPatchBN + tid] = ok && other_per_channel ? load_other(p, co * p.o_sc) : 0.f;
-    }
+    const int co = pt.n0 + ct;
+    const bool ok = co < p.Cout;
+    float* dst = chan_of(buf);
+    dst[ct] = ok && p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[co]) : 0.f;
+    dst[kPatchBN + ct] = ok && other_per_channel ? load_other(p, co * p.o_sc) : 0.f;
   };
 
   // Epilogue of a tile whose accumulators are complete: + bias, relu, + other, one store.
@@ -310,7 +429,7 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int hi = 0; hi < 2; ++hi) {
-        const int r = (warp >> 2) * 128 + h * 64 + (warp & 3) * 16 + g + 8 * hi;
+        const int r = row0 + h * 64 + 8 * hi;
         const int oh = pt.oh0 + r / p.tile_w, ow = pt.ow0 + r % p.tile_w;
         if (oh >= p.OH || ow >= p.OW) continue;
         const int c0 = 2 * tq;
@@ -318,14 +437,14 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
         int64_t o = pt.n * p.o_sn + oh * p.o_sh + ow * p.o_sw + (pt.n0 + c0) * p.o_sc;
 #pragma unroll
         for (int nt = 0; nt < 16; ++nt) {
-          const int c = nt * 8 + c0;
-          const float2 b = *reinterpret_cast<const float2*>(chan + c);
+          const int cc = nt * 8 + c0;
+          const float2 b = *reinterpret_cast<const float2*>(chan + cc);
           const float* a = acc[h] + nt * 4 + 2 * hi;
           if constexpr (decltype(paired)::value) {
             // channels-last output: the lane's two channels are neighbours (Cout is even)
-            if (full_n || pt.n0 + c < p.Cout) {
-              const T v0 = from_float<T>(fused_value(a[0], b.x, other_at(o, c)));
-              const T v1 = from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, c + 1)));
+            if (full_n || pt.n0 + cc < p.Cout) {
+              const T v0 = from_float<T>(fused_value(a[0], b.x, other_at(o, cc)));
+              const T v1 = from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1)));
               if constexpr (ELEM == 4) {
                 *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
               } else {
@@ -335,9 +454,9 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
               }
             }
           } else {
-            if (full_n || pt.n0 + c < p.Cout) y[0] = from_float<T>(fused_value(a[0], b.x, other_at(o, c)));
-            if (full_n || pt.n0 + c + 1 < p.Cout)
-              y[p.y_sc] = from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, c + 1)));
+            if (full_n || pt.n0 + cc < p.Cout) y[0] = from_float<T>(fused_value(a[0], b.x, other_at(o, cc)));
+            if (full_n || pt.n0 + cc + 1 < p.Cout)
+              y[p.y_sc] = from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1)));
           }
           y += 8 * p.y_sc;
           o += 8 * p.o_sc;
@@ -347,7 +466,7 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   // One copy of the unrolled stores per kind of `other`, so that no element waits on a
   // branch before its load (and, per channel, one with paired stores).
   auto store_tile = [&](const PatchTile& pt, int buf) {
-    const float* chan = s_chan + buf * 2 * kPatchBN;
+    const float* chan = chan_of(buf);
     auto strided = [&](auto tag) {
       const auto* o = static_cast<const decltype(tag)*>(p.other);
       return [=](int64_t off, int) { return static_cast<float>(to_float(__ldg(o + off))); };
@@ -358,7 +477,7 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
                           reinterpret_cast<uintptr_t>(p.out) % (2 * ELEM) == 0;
     const std::false_type single;
     if (other_per_channel) {
-      auto per_channel = [&](int64_t, int c) { return chan[kPatchBN + c]; };
+      auto per_channel = [&](int64_t, int cc) { return chan[kPatchBN + cc]; };
       if (pairable) store_rows(pt, chan, per_channel, std::true_type{});
       else store_rows(pt, chan, per_channel, single);
     } else if (p.other_kind == kOtherF32) {
@@ -374,75 +493,113 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
     }
   };
 
-  // Slice s of tile i (the CTA's j-th, reading `cur`): wait for its weights, refill the
-  // ring, start the next unit's patch, multiply, and build the next fragments while the
-  // wgmma runs. Returns where the next slice reads.
-  const int S = p.cblocks * p.taps;  // slices per tile
+  // One arrival per warp on a barrier counting the consumers' 8 warps.
+  auto release = [&](int b) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(k.bar(b));
+  };
+  uint32_t wslot = 0, wparity = 0;  // the ring slot of the current slice, its use's parity
+  int64_t u = 0;                    // units finished
+
+  // Slice s of the tile (reading `cur`): wait for its weights, multiply, and while the wgmma
+  // runs release what the previous slice read and build the next slice's fragments.
+  // Returns where the next slice reads.
   Frag frag[2];
-  auto step = [&](int64_t i, int s, int64_t j, const PatchTile& pt, const Slice& cur, auto buf) {
+  auto step = [&](int s, const PatchTile& pt, const Slice& cur, auto buf) {
     constexpr int B = decltype(buf)::value;
     const Slice nxt = next_slice(cur);
-    const bool last = s + 1 == S;
-    cp_async_wait<kPatchBAhead - 1>();
-    // The next slice starts a unit: its patch has landed (this thread's part); round it.
-    if (nxt.tap == 0) round_patch(cur.slot ^ 1);
-    fence_proxy_async();
-    // Every thread's copies for slice j (and the patches it reads) have landed, and every
-    // warpgroup is past slice j - 1, whose wait retired the wgmma of slice j - 2: its ring
-    // slot, refilled below, is free.
-    __syncthreads();
-    if (s + kPatchBAhead < S) {
-      issue_b(pt.n0, s + kPatchBAhead, static_cast<int>((j + kPatchBAhead) % kPatchBStages));
-    } else if (i + 1 < my_tiles) {
-      issue_b(n0_of(i + 1), s + kPatchBAhead - S, static_cast<int>((j + kPatchBAhead) % kPatchBStages));
+    mbar_wait(k.bar(kBarWFull + static_cast<int>(wslot)), wparity);
+    multiply(frag[B], wslot, s == 0);
+    wgmma_wait<1>();  // the wgmma of the slice before is done: its slot is free
+    if (s > 0) release(kBarWEmpty + static_cast<int>((wslot + kPatchBStages - 1) % kPatchBStages));
+    if (nxt.tap == 0) {  // this slice ends its unit, whose last fragments were built before
+      release(kBarPEmpty + cur.slot);
+      ++u;
     }
-    // A unit's first slice starts the copy of the next unit's patch into the other slot,
-    // whose last reader (the previous unit) is behind the barrier above.
-    if (cur.tap == 0) {
-      if (cur.cb + 1 < p.cblocks) issue_patch(i, cur.cb + 1, cur.slot ^ 1);
-      else if (i + 1 < my_tiles) issue_patch(i + 1, 0, cur.slot ^ 1);
+    if (s + 1 < k.S) {
+      if (nxt.tap == 0) mbar_wait(k.bar(kBarPFull + nxt.slot), static_cast<uint32_t>(u >> 1) & 1u);
+      build_a(nxt, pt.shift, frag[1 - B]);
     }
-    cp_async_commit();
-    multiply(frag[B], static_cast<int>(j % kPatchBStages), s == 0);
-    wgmma_wait<1>();  // the wgmma of slice j - 1 is done: its fragments can be rebuilt
-    if (!last) build_a(nxt, pt.shift, frag[1 - B]);
+    if (++wslot == kPatchBStages) {
+      wslot = 0;
+      wparity ^= 1u;
+    }
     return nxt;
   };
 
-  // Prologue: the first unit's patch and two weight slices.
-  issue_patch(0, 0, 0);
-  issue_b(n0_of(0), 0, 0);
-  cp_async_commit();
-  if (S > 1) issue_b(n0_of(0), 1, 1);
-  cp_async_commit();
-  cp_async_wait<1>();
-  round_patch(0);
-  __syncthreads();
-  PatchTile pt = tile_of(0);
+  PatchTile pt = patch_tile<VEC, CL>(p, k.tile(0), k.n_tiles);
   Slice cur{0, 0, 0, 0, 0};
+  mbar_wait(k.bar(kBarPFull + 0), 0);
   build_a(cur, pt.shift, frag[0]);
-  int64_t j = 0;
-  for (int64_t i = 0; i < my_tiles; ++i) {
+  for (int64_t i = 0; i < k.my_tiles; ++i) {
     load_channels(pt, static_cast<int>(i & 1));
     int s = 0;
-    for (; s + 1 < S; s += 2, j += 2) {
-      cur = step(i, s, j, pt, cur, std::integral_constant<int, 0>{});
-      cur = step(i, s + 1, j + 1, pt, cur, std::integral_constant<int, 1>{});
+    for (; s + 1 < k.S; s += 2) {
+      cur = step(s, pt, cur, std::integral_constant<int, 0>{});
+      cur = step(s + 1, pt, cur, std::integral_constant<int, 1>{});
     }
-    if (s < S) {
-      cur = step(i, s, j, pt, cur, std::integral_constant<int, 0>{});
-      ++j;
-    }
+    if (s < k.S) cur = step(s, pt, cur, std::integral_constant<int, 0>{});
     wgmma_wait<0>();
+    release(kBarWEmpty + static_cast<int>((wslot + kPatchBStages - 1) % kPatchBStages));
+    named_sync(kBarConsumer + c, 128);  // this consumer's bias and `other` are written
     store_tile(pt, static_cast<int>(i & 1));
-    if (i + 1 < my_tiles) {
+    if (i + 1 < k.my_tiles) {
       // The next tile's first unit: cur walked past the last slice into (cb = cblocks,
       // slot of the next unit).
-      pt = tile_of(i + 1);
+      pt = patch_tile<VEC, CL>(p, k.tile(i + 1), k.n_tiles);
       cur = Slice{0, 0, 0, 0, cur.slot};
+      mbar_wait(k.bar(kBarPFull + cur.slot), static_cast<uint32_t>(u >> 1) & 1u);
       build_a(cur, pt.shift, frag[0]);
     }
   }
+#endif
+}
+
+template <Math MATH, bool CL>
+__global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(const ConvParams p) {
+#ifdef FX_FUSE_WGMMA
+  extern __shared__ __align__(1024) unsigned char smem[];
+  if ((smem_u32(smem) & 1023u) != 0) __trap();  // the 128B swizzle is a function of the address
+  constexpr int ELEM = sizeof(typename MathTraits<MATH>::T);
+  PatchCta k;
+  k.patch = smem + kPatchBStages * kPatchSliceBytes;
+  k.ring = smem_u32(smem);
+  k.slots = k.ring + kPatchBStages * kPatchSliceBytes;
+  k.chan = reinterpret_cast<float*>(smem + kPatchBStages * kPatchSliceBytes + kPatchSlots * kPatchSlotBytes);
+  k.bars = k.slots + kPatchSlots * kPatchSlotBytes + kPatchChanBytes;
+  k.n_tiles = (p.Cout + kPatchBN - 1) / kPatchBN;
+  const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);
+  const int64_t tiles = images * p.tiles_h * p.tiles_w * k.n_tiles;
+  if (static_cast<int64_t>(blockIdx.x) >= tiles) return;
+  k.my_tiles = (tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;
+  k.S = p.cblocks * p.taps;
+  k.row_step = CL ? p.patch_pitch * (kPatchPixelBytes / ELEM) : p.patch_pitch;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kPatchBStages; ++s) {
+      mbar_init(k.bar(kBarWFull + s), 1);
+      mbar_init(k.bar(kBarWEmpty + s), kPatchConsumerThreads / 32);
+    }
+    for (int s = 0; s < kPatchSlots; ++s) {
+      mbar_init(k.bar(kBarPLanded + s), kPatchCopyThreads);
+      mbar_init(k.bar(kBarPFull + s), kPatchCopyThreads);
+      mbar_init(k.bar(kBarPEmpty + s), kPatchConsumerThreads / 32);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (threadIdx.x < kPatchProducerThreads) {
+    setmaxnreg_dec<kPatchProducerRegs>();
+    if (threadIdx.x == 0) patch_produce_weights<MATH>(p, k);
+    else if (threadIdx.x >= 32) patch_produce_patches<MATH, CL>(p, k);
+  } else {
+    setmaxnreg_inc<kPatchConsumerRegs>();
+    patch_consume<MATH, CL>(p, k, (threadIdx.x - kPatchProducerThreads) / 128);
+  }
+#else
+  __trap();  // never launched: the host picks this kernel only where sm_90a code exists
+#endif
 }
 
 }  // namespace fx_fuse
