@@ -84,7 +84,10 @@ def _patch_pays(pixels: int, cout: int, k: int, sms: int) -> bool:
     channels (448 tiles) 0.29 / 0.17; a 14 px one with 256 channels (64 tiles) 0.16 / 0.14.
     Against the cuDNN path (GPU ms, v14): K = 576, 56 px, 128 channels 0.403 / 0.531; K =
     1152, 28 px, batch 256 0.396 / 0.383 (bf16 0.494 / 0.225); K = 2304, 14 px, batch 512
-    1.120 / 0.504."""
+    1.120 / 0.504. The warp-specialised kernel (v20, H200, GPU ms, patch / cuDNN path): the
+    headline 1.435 / 2.487 (bf16 0.998 / 2.258), channels-last 1.399 / 1.470 (bf16 0.817 /
+    0.843), K = 576, 56 px, 128 channels 0.305 / 0.486, so it takes channels-last input
+    too."""
     tiles = -(-pixels // 256) * -(-cout // 128)
     return cout > 64 and tiles >= 4 * sms and k < 1024
 
@@ -104,7 +107,7 @@ def _cudnn_pays(
 
     Never below 16 input channels (cuDNN's tensor-core kernels pad them; the K-table kernel
     wins). Otherwise cuDNN for channels-last input (its sm90 channels-last kernels beat the
-    patch kernel too), for exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's
+    K-table kernel; the patch kernel, where it runs, goes first), for exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's
     fp32), where the K-table tiles do not fill one wave of the SMs (no split-K), and where
     the conv is compute-heavy at stride 1: K >= 1024, or K >= 512 unless the problem is
     large (64 tiles per SM: there the K-table kernel's single pass over the output wins).
@@ -220,9 +223,7 @@ def _path(x: Tensor, weight: Tensor, out_shape, stride, allow_tf32: bool, sms: i
             channels_last,
         )
     )
-    # the patch kernel: TF32, fp16 or bf16 (not 3xTF32) where its size rule says it pays;
-    # on channels-last input cuDNN's kernels are faster still
-    patch = _patch_enabled() and not exact_fp32 and _patch_pays(pixels, cout, k, sms)
-    if patch and not (cudnn and channels_last):
+    # the patch kernel: TF32, fp16 or bf16 (not 3xTF32) where its size rule says it pays
+    if _patch_enabled() and not exact_fp32 and _patch_pays(pixels, cout, k, sms):
         return "patch"
     return "cudnn" if cudnn else "fused"

@@ -77,9 +77,10 @@ H100_SMS = 132
         ((32, 256, 56, 56), 64, 1, torch.float32, True, "nchw", "fused", "fused"),  # K 256
         ((1, 3, 16, 16), 16, 3, torch.float32, False, "nchw", "fused", "fused"),  # 3 channels
         ((1, 16, 16, 16), 16, 3, torch.float32, True, "nchw", "cudnn", "fused"),  # one tile
-        # channels-last input: cuDNN, also where the patch kernel would pay
-        ((128, 64, 128, 128), 128, 3, torch.float32, True, "cl", "cudnn", "patch"),
-        ((128, 64, 128, 128), 128, 3, torch.bfloat16, True, "cl", "cudnn", "patch"),
+        # channels-last input: the patch kernel where it pays, else cuDNN
+        ((128, 64, 128, 128), 128, 3, torch.float32, True, "cl", "patch", "patch"),
+        ((128, 64, 128, 128), 128, 3, torch.bfloat16, True, "cl", "patch", "patch"),
+        ((32, 64, 56, 56), 64, 3, torch.float32, True, "cl", "cudnn", "fused"),
         ((32, 8, 64, 64), 32, 3, torch.float32, True, "cl", "fused", "fused"),  # 8 channels
     ],
 )
@@ -112,7 +113,7 @@ class _H100Properties:
     [
         (torch.float32, "nchw", ("patch", False, False, True)),
         (torch.bfloat16, "nchw", ("patch", False, False, True)),
-        (torch.float32, "cl", ("cudnn", True, True, True)),
+        (torch.float32, "cl", ("patch", True, True, True)),
     ],
 )
 def test_plan_for_the_cpp_kernel(monkeypatch, dtype, layout, expected):
