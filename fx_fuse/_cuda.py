@@ -107,10 +107,11 @@ def _cudnn_pays(
 
     Never below 16 input channels (cuDNN's tensor-core kernels pad them; the K-table kernel
     wins). Otherwise cuDNN for channels-last input (its sm90 channels-last kernels beat the
-    K-table kernel; the patch kernel, where it runs, goes first), for exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's
-    fp32), where the K-table tiles do not fill one wave of the SMs (no split-K), and where
-    the conv is compute-heavy at stride 1: K >= 1024, or K >= 512 unless the problem is
-    large (64 tiles per SM: there the K-table kernel's single pass over the output wins).
+    K-table kernel; the patch kernel, where it runs, goes first), for exact fp32 (3xTF32 on
+    the K-table kernel is slower than cuDNN's fp32), where the K-table tiles do not fill
+    one wave of the SMs (no split-K), and where the conv is compute-heavy at stride 1:
+    K >= 1024, or K >= 512 unless the problem is large (64 tiles per SM: there the K-table
+    kernel's single pass over the output wins).
     Measured on the H100, GPU ms, fused kernel / cuDNN path (``benchmarks/bench_paths.py``,
     docs/performance.md v14 and v15): channels-last headline 1.762 /
     1.624 (bf16 1.006 / 0.844); exact-fp32 headline 10.68 / 7.80; ResNet 3x3 layers at

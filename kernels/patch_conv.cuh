@@ -176,7 +176,7 @@ __device__ __forceinline__ PatchTile patch_tile(const ConvParams& p, int64_t t, 
 
 // What both roles know about the CTA: its shared memory, its tiles, and the patch geometry.
 struct PatchCta {
-  unsigned char* patch;         // the patch slots
+  unsigned char* patch;        // the patch slots
   uint32_t ring, slots, bars;  // shared addresses: weight ring, patch slots, mbarriers
   float* chan;                 // per consumer and tile parity: bias, then per-channel other
   int n_tiles;                 // tiles along Cout
