@@ -16,8 +16,8 @@
 //     once, and publish it;
 //   - two consumers (warpgroups 1 and 2, 128 tile rows each) multiply: per slice two
 //     m64n128 wgmmas per k-step (A from registers, B from the ring slot), and while they
-//     run, build the next slice's A fragments from the patch (one ld.shared per register
-//     at the tap's offset). After a tile's last slice each consumer runs its
+//     run, build the next slice's A fragments from the patch (ld.shared at the tap's
+//     offset; 16-bit pairs packed). After a tile's last slice each consumer runs its
 //     epilogue (bias, relu, other, one store) from its accumulators.
 // The warpgroups meet only at mbarriers: a slot is "full" once its copy landed and
 // "empty" once both consumers are past it, so one consumer's epilogue can run beside the
@@ -113,9 +113,8 @@ template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
 }
 #endif
 
-// Named barriers (0 is __syncthreads): each consumer's own (1, 2), the patch warps'.
+// Named barriers (0 is __syncthreads): each consumer's own.
 constexpr int kBarConsumer = 1;
-constexpr int kBarPatchWarps = 3;
 
 // D (64 x 128, fp32) += A (64 x k, this thread's fragment in registers) * B (128 x k)^T from
 // shared memory; k = 8 for TF32, 16 for fp16 / bf16. scale_d == 0: D = A * B.
@@ -213,10 +212,9 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
 }
 
 // Warps 1-3 of the producer (kPatchCopyThreads threads): the units' input patches, each
-// into its slot as soon as both consumers are done with the unit before it there. Once
-// it has landed, a TF32 patch is rounded in place (once per element, not once per tap
-// that reads it) and a 16-bit NCHW one gets its channel pairs interleaved; then the
-// consumers may read it.
+// into its slot as soon as both consumers are done with the unit before it there; a TF32
+// patch is rounded in place once it has landed (once per element, not once per tap that
+// reads it); then the consumers may read it.
 template <Math MATH, bool CL>
 __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const PatchCta& k) {
 #ifdef FX_FUSE_WGMMA
@@ -285,32 +283,6 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
   };
 
-  // 16-bit NCHW: interleave each pair of channel planes in place, so that a channel pair
-  // at one position is one aligned word (what a fragment register holds): chunk j of the
-  // two planes (8 positions each) becomes words 8 j .. 8 j + 7 of the pair's plane. All of
-  // a pair's chunks are read before any is written: one pair per round, then a barrier
-  // of the patch warps.
-  constexpr int kPairChunks = CP * ELEM / 16;  // 16-byte chunks of one channel plane
-  static_assert(ELEM == 4 || kPairChunks <= kPatchCopyThreads, "one chunk per thread and pair");
-  auto interleave_pairs = [&](int slot) {
-    uint4* pair = reinterpret_cast<uint4*>(k.patch + slot * kPatchSlotBytes) + 2 * tid;
-    const bool mine = tid < kPairChunks;
-    for (int q = 0; q < CB / 2; ++q, pair += 2 * kPairChunks) {
-      uint4 a, b;
-      if (mine) {
-        a = pair[-tid];
-        b = pair[kPairChunks - tid];
-      }
-      named_sync(kBarPatchWarps, kPatchCopyThreads);
-      if (mine) {
-        pair[0] = make_uint4(__byte_perm(a.x, b.x, 0x5410), __byte_perm(a.x, b.x, 0x7632),
-                             __byte_perm(a.y, b.y, 0x5410), __byte_perm(a.y, b.y, 0x7632));
-        pair[1] = make_uint4(__byte_perm(a.z, b.z, 0x5410), __byte_perm(a.z, b.z, 0x7632),
-                             __byte_perm(a.w, b.w, 0x5410), __byte_perm(a.w, b.w, 0x7632));
-      }
-    }
-  };
-
   int64_t u = 0;  // units so far: unit u goes into slot u % 2
   for (int64_t i = 0; i < k.my_tiles; ++i) {
     for (int cb = 0; cb < p.cblocks; ++cb, ++u) {
@@ -320,7 +292,6 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
       issue_patch(i, cb, slot);
       mbar_wait(k.bar(kBarPLanded + slot), parity);
       if constexpr (MATH == Math::kTF32) round_patch(slot);
-      else if constexpr (!CL) interleave_pairs(slot);
       mbar_arrive(k.bar(kBarPFull + slot));
     }
   }
@@ -342,10 +313,6 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // Element strides inside a patch: between channels, columns; rows: row_step.
   constexpr int CH = CL ? 1 : CP;
   constexpr int COL = CL ? CPX : 1;
-  // A fragment register is one 32-bit word of the patch: fp32, and 16-bit NCHW, whose
-  // channel pairs the producer interleaved (pair planes of CP words; positions within a
-  // plane count words there, as they count elements in an fp32 plane).
-  constexpr bool WORDS = ELEM == 4 || !CL;
 
   const int ct = threadIdx.x - kPatchProducerThreads - 128 * c;  // thread in the warpgroup
   const int lane = ct & 31, wq = ct >> 5, g = lane >> 2, tq = lane & 3;
@@ -362,7 +329,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     for (int hi = 0; hi < 2; ++hi) {
       const int r = row0 + h * 64 + 8 * hi;
       pix[h][hi] = (r / p.tile_w) * p.stride_h * k.row_step + (r % p.tile_w) * p.stride_w * COL +
-                   (WORDS ? tq : 2 * tq) * CH;
+                   (ELEM == 4 ? tq : 2 * tq) * CH;
     }
 
   // Where a slice reads its patch: the tap (index, kw) and its offset inside the patch,
@@ -389,25 +356,37 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // for 16-bit).
   using Frag = uint32_t[2][NSTEP][4];
   auto build_a = [&](const Slice& s, int shift, Frag& a) {
-    constexpr int UNIT = WORDS ? 4 : ELEM;  // the bytes `base` and `pix` count in
-    const int base = s.slot * (kPatchSlotBytes / UNIT) + s.off + shift;
+    const int base = s.slot * (kPatchSlotBytes / ELEM) + s.off + shift;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
+      const T* lo = sP + base + pix[h][0];
+      const T* hi = sP + base + pix[h][1];
 #pragma unroll
       for (int st = 0; st < NSTEP; ++st) {
-        if constexpr (WORDS) {  // k-step st: 8 channels (TF32) or channel pairs (16-bit) on
-          const uint32_t* w = reinterpret_cast<const uint32_t*>(sP) + base + st * 8 * CH;
-          a[h][st][0] = w[pix[h][0]];
-          a[h][st][1] = w[pix[h][1]];
-          a[h][st][2] = w[pix[h][0] + 4 * CH];
-          a[h][st][3] = w[pix[h][1] + 4 * CH];
-        } else {  // channels-last 16-bit: a channel pair is one aligned word
-          const uint32_t* l = reinterpret_cast<const uint32_t*>(sP + base + pix[h][0] + st * KSTEP);
-          const uint32_t* u = reinterpret_cast<const uint32_t*>(sP + base + pix[h][1] + st * KSTEP);
+        if constexpr (ELEM == 4) {
+          const uint32_t* l = reinterpret_cast<const uint32_t*>(lo) + st * KSTEP * CH;
+          const uint32_t* u = reinterpret_cast<const uint32_t*>(hi) + st * KSTEP * CH;
+          a[h][st][0] = l[0];
+          a[h][st][1] = u[0];
+          a[h][st][2] = l[4 * CH];
+          a[h][st][3] = u[4 * CH];
+        } else if constexpr (CL) {  // a channel pair is one aligned word
+          const uint32_t* l = reinterpret_cast<const uint32_t*>(lo + st * KSTEP);
+          const uint32_t* u = reinterpret_cast<const uint32_t*>(hi + st * KSTEP);
           a[h][st][0] = l[0];
           a[h][st][1] = u[0];
           a[h][st][2] = l[4];
           a[h][st][3] = u[4];
+        } else {
+          const unsigned short* l = reinterpret_cast<const unsigned short*>(lo) + st * KSTEP * CP;
+          const unsigned short* u = reinterpret_cast<const unsigned short*>(hi) + st * KSTEP * CP;
+          auto pair = [](const unsigned short* q, int kk) {
+            return static_cast<uint32_t>(q[kk * CP]) | (static_cast<uint32_t>(q[(kk + 1) * CP]) << 16);
+          };
+          a[h][st][0] = pair(l, 0);
+          a[h][st][1] = pair(u, 0);
+          a[h][st][2] = pair(l, 8);
+          a[h][st][3] = pair(u, 8);
         }
       }
     }
