@@ -16,8 +16,8 @@
 //     once, and publish it;
 //   - two consumers (warpgroups 1 and 2, 128 tile rows each) multiply: per slice two
 //     m64n128 wgmmas per k-step (A from registers, B from the ring slot), and while they
-//     run, build the next slice's A fragments from the patch (ld.shared at the tap's
-//     offset; 16-bit pairs packed). After a tile's last slice each consumer runs its
+//     run, build the next slice's A fragments from the patch (one ld.shared per register
+//     at the tap's offset). After a tile's last slice each consumer runs its
 //     epilogue (bias, relu, other, one store) from its accumulators.
 // The warpgroups meet only at mbarriers: a slot is "full" once its copy landed and
 // "empty" once both consumers are past it, so one consumer's epilogue can run beside the
@@ -105,6 +105,16 @@ __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_
 __device__ __forceinline__ void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+__device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_shared_v4(uint32_t addr, uint4 v) {
+  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y),
+               "r"(v.z), "r"(v.w) : "memory");
+}
 template <int N> __device__ __forceinline__ void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
 }
@@ -113,8 +123,33 @@ template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
 }
 #endif
 
-// Named barriers (0 is __syncthreads): each consumer's own.
+// Named barriers (0 is __syncthreads): each consumer's own (1, 2), the patch warps'.
 constexpr int kBarConsumer = 1;
+constexpr int kBarPatchWarps = 3;
+
+// How the epilogue writes a lane's values (patch_consume's store_rows).
+enum StoreLayout : int { kStoreSingle, kStoreChannelPairs, kStorePixelPairs };
+
+// Two 16-bit values in one word, the first in the low half (its lower address).
+template <typename T> __device__ __forceinline__ uint32_t pack_pair(float v0, float v1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 h = __floats2half2_rn(v0, v1);
+    return reinterpret_cast<const uint32_t&>(h);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
+    return reinterpret_cast<const uint32_t&>(h);
+  }
+}
+
+// Two neighbouring output elements in one store (8 bytes fp32, 4 bytes 16-bit); `y` is
+// aligned to the pair.
+template <typename T> __device__ __forceinline__ void store_pair(T* y, float v0, float v1) {
+  if constexpr (std::is_same_v<T, float>) {
+    *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
+  } else {
+    *reinterpret_cast<uint32_t*>(y) = pack_pair<T>(v0, v1);
+  }
+}
 
 // D (64 x 128, fp32) += A (64 x k, this thread's fragment in registers) * B (128 x k)^T from
 // shared memory; k = 8 for TF32, 16 for fp16 / bf16. scale_d == 0: D = A * B.
@@ -212,9 +247,10 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
 }
 
 // Warps 1-3 of the producer (kPatchCopyThreads threads): the units' input patches, each
-// into its slot as soon as both consumers are done with the unit before it there; a TF32
-// patch is rounded in place once it has landed (once per element, not once per tap that
-// reads it); then the consumers may read it.
+// into its slot as soon as both consumers are done with the unit before it there. Once
+// it has landed, a TF32 patch is rounded in place (once per element, not once per tap
+// that reads it) and a 16-bit NCHW one gets its channel pairs interleaved; then the
+// consumers may read it.
 template <Math MATH, bool CL>
 __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const PatchCta& k) {
 #ifdef FX_FUSE_WGMMA
@@ -283,8 +319,40 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
   };
 
-  int64_t u = 0;  // units so far: unit u goes into slot u % 2
-  for (int64_t i = 0; i < k.my_tiles; ++i) {
+  // 16-bit NCHW: interleave each pair of channel planes in place, so that a channel pair
+  // at one position is one aligned word (what a fragment register holds): chunk j of the
+  // two planes (8 positions each) becomes words 8 j .. 8 j + 7 of the pair's plane. All of
+  // a pair's chunks are read before any is written: one pair per round, then a barrier
+  // of the patch warps.
+  constexpr int kPairChunks = CP * ELEM / 16;  // 16-byte chunks of one channel plane
+  static_assert(ELEM == 4 || kPairChunks <= kPatchCopyThreads, "one chunk per thread and pair");
+  auto interleave_pairs = [&](int slot) {
+    // Every thread takes every barrier at the same instruction (bar.sync is warp-aligned);
+    // a thread without a chunk of its own loads chunk 0 and stores nothing.
+    const bool mine = tid < kPairChunks;
+    const uint32_t t = mine ? static_cast<uint32_t>(tid) : 0u;
+    const uint32_t base = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
+    for (int q = 0; q < CB / 2; ++q) {
+      const uint32_t pair = base + static_cast<uint32_t>(q * 2 * CP * ELEM);
+      const uint4 a = ld_shared_v4(pair + 16 * t);
+      const uint4 b = ld_shared_v4(pair + 16 * (kPairChunks + t));
+      named_sync(kBarPatchWarps, kPatchCopyThreads);
+      if (mine) {
+        st_shared_v4(pair + 32 * t, make_uint4(__byte_perm(a.x, b.x, 0x5410), __byte_perm(a.x, b.x, 0x7632),
+                                               __byte_perm(a.y, b.y, 0x5410), __byte_perm(a.y, b.y, 0x7632)));
+        st_shared_v4(pair + 32 * t + 16, make_uint4(__byte_perm(a.z, b.z, 0x5410), __byte_perm(a.z, b.z, 0x7632),
+                                                    __byte_perm(a.w, b.w, 0x5410), __byte_perm(a.w, b.w, 0x7632)));
+      }
+    }
+  };
+
+  // Units so far (unit u goes into slot u % 2) and tiles: 64-bit counters in the fp32
+  // kernels (v20), 32-bit in the 16-bit ones (v21); each kernel keeps the code it was
+  // measured and checked with (docs/performance.md, v22).
+  using Unit = std::conditional_t<ELEM == 4, int64_t, uint32_t>;
+  using Tile = std::conditional_t<ELEM == 4, int64_t, int>;
+  Unit u = 0;
+  for (Tile i = 0; i < k.my_tiles; ++i) {
     for (int cb = 0; cb < p.cblocks; ++cb, ++u) {
       const int slot = static_cast<int>(u & 1);
       const uint32_t parity = static_cast<uint32_t>(u >> 1) & 1u;
@@ -292,6 +360,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
       issue_patch(i, cb, slot);
       mbar_wait(k.bar(kBarPLanded + slot), parity);
       if constexpr (MATH == Math::kTF32) round_patch(slot);
+      else if constexpr (!CL) interleave_pairs(slot);
       mbar_arrive(k.bar(kBarPFull + slot));
     }
   }
@@ -313,6 +382,10 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // Element strides inside a patch: between channels, columns; rows: row_step.
   constexpr int CH = CL ? 1 : CP;
   constexpr int COL = CL ? CPX : 1;
+  // A fragment register is one 32-bit word of the patch: fp32, and 16-bit NCHW, whose
+  // channel pairs the producer interleaved (pair planes of CP words; positions within a
+  // plane count words there, as they count elements in an fp32 plane).
+  constexpr bool WORDS = ELEM == 4 || !CL;
 
   const int ct = threadIdx.x - kPatchProducerThreads - 128 * c;  // thread in the warpgroup
   const int lane = ct & 31, wq = ct >> 5, g = lane >> 2, tq = lane & 3;
@@ -329,7 +402,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     for (int hi = 0; hi < 2; ++hi) {
       const int r = row0 + h * 64 + 8 * hi;
       pix[h][hi] = (r / p.tile_w) * p.stride_h * k.row_step + (r % p.tile_w) * p.stride_w * COL +
-                   (ELEM == 4 ? tq : 2 * tq) * CH;
+                   (WORDS ? tq : 2 * tq) * CH;
     }
 
   // Where a slice reads its patch: the tap (index, kw) and its offset inside the patch,
@@ -356,37 +429,41 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // for 16-bit).
   using Frag = uint32_t[2][NSTEP][4];
   auto build_a = [&](const Slice& s, int shift, Frag& a) {
-    const int base = s.slot * (kPatchSlotBytes / ELEM) + s.off + shift;
+    constexpr int UNIT = WORDS ? 4 : ELEM;  // the bytes `base` and `pix` count in
+    const int base = s.slot * (kPatchSlotBytes / UNIT) + s.off + shift;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const T* lo = sP + base + pix[h][0];
-      const T* hi = sP + base + pix[h][1];
+      // fp32 and 16-bit NCHW read the same word layout; each keeps the address form it was
+      // measured with (v22).
+      if constexpr (ELEM == 4) {  // k-step st: channels 8 st .. 8 st + 7
+        const T* lo = sP + base + pix[h][0];
+        const T* hi = sP + base + pix[h][1];
 #pragma unroll
-      for (int st = 0; st < NSTEP; ++st) {
-        if constexpr (ELEM == 4) {
+        for (int st = 0; st < NSTEP; ++st) {
           const uint32_t* l = reinterpret_cast<const uint32_t*>(lo) + st * KSTEP * CH;
           const uint32_t* u = reinterpret_cast<const uint32_t*>(hi) + st * KSTEP * CH;
           a[h][st][0] = l[0];
           a[h][st][1] = u[0];
           a[h][st][2] = l[4 * CH];
           a[h][st][3] = u[4 * CH];
-        } else if constexpr (CL) {  // a channel pair is one aligned word
-          const uint32_t* l = reinterpret_cast<const uint32_t*>(lo + st * KSTEP);
-          const uint32_t* u = reinterpret_cast<const uint32_t*>(hi + st * KSTEP);
-          a[h][st][0] = l[0];
-          a[h][st][1] = u[0];
-          a[h][st][2] = l[4];
-          a[h][st][3] = u[4];
-        } else {
-          const unsigned short* l = reinterpret_cast<const unsigned short*>(lo) + st * KSTEP * CP;
-          const unsigned short* u = reinterpret_cast<const unsigned short*>(hi) + st * KSTEP * CP;
-          auto pair = [](const unsigned short* q, int kk) {
-            return static_cast<uint32_t>(q[kk * CP]) | (static_cast<uint32_t>(q[(kk + 1) * CP]) << 16);
-          };
-          a[h][st][0] = pair(l, 0);
-          a[h][st][1] = pair(u, 0);
-          a[h][st][2] = pair(l, 8);
-          a[h][st][3] = pair(u, 8);
+        }
+      } else {
+#pragma unroll
+        for (int st = 0; st < NSTEP; ++st) {
+          if constexpr (WORDS) {  // 16-bit NCHW: channel pairs 8 st .. 8 st + 7
+            const uint32_t* w = reinterpret_cast<const uint32_t*>(sP) + base + st * 8 * CH;
+            a[h][st][0] = w[pix[h][0]];
+            a[h][st][1] = w[pix[h][1]];
+            a[h][st][2] = w[pix[h][0] + 4 * CH];
+            a[h][st][3] = w[pix[h][1] + 4 * CH];
+          } else {  // channels-last 16-bit: a channel pair is one aligned word
+            const uint32_t* l = reinterpret_cast<const uint32_t*>(sP + base + pix[h][0] + st * KSTEP);
+            const uint32_t* u = reinterpret_cast<const uint32_t*>(sP + base + pix[h][1] + st * KSTEP);
+            a[h][st][0] = l[0];
+            a[h][st][1] = u[0];
+            a[h][st][2] = l[4];
+            a[h][st][3] = u[4];
+          }
         }
       }
     }
@@ -421,42 +498,66 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // Epilogue of a tile whose accumulators are complete: + bias, relu, + other, one store.
   // `other_at(off, c)`: `other` at element offset `off` (pixel and channel) or, per
   // channel, at tile channel c. Addresses advance by channel strides (no multiply per
-  // element); the channel bound is checked only in a tile that crosses Cout.
-  auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at, auto paired) {
+  // element); the channel bound is checked only in a tile that crosses Cout. `layout`:
+  //   kStoreSingle: one element per store;
+  //   kStoreChannelPairs (channels-last output): a lane's two channels of a pixel are
+  //     neighbours, one 2-element store;
+  //   kStorePixelPairs (16-bit NCHW output): the lanes of rows g and g ^ 1 (lane ^ 4)
+  //     trade one word per channel pair, so that the lane of the even row holds the
+  //     pair's first channel at both pixels and the lane of the odd row its second: one
+  //     4-byte store of neighbouring pixels (tile_w and OW are even: a pair never crosses
+  //     a row).
+  auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at, auto layout) {
+    constexpr int LAYOUT = decltype(layout)::value;
+    constexpr bool kPixelPairs = LAYOUT == kStorePixelPairs;
     T* __restrict__ out = static_cast<T*>(p.out);
     const bool full_n = pt.n0 + kPatchBN <= p.Cout;
+    const int odd = kPixelPairs ? g & 1 : 0;  // pixel pairs: this lane takes channel 2 tq + 1
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int hi = 0; hi < 2; ++hi) {
-        const int r = row0 + h * 64 + 8 * hi;
+        const int r = row0 + h * 64 + 8 * hi - odd;  // pixel pairs: the pair's first row
         const int oh = pt.oh0 + r / p.tile_w, ow = pt.ow0 + r % p.tile_w;
-        if (oh >= p.OH || ow >= p.OW) continue;
-        const int c0 = 2 * tq;
+        const bool row_ok = oh < p.OH && ow < p.OW;
+        // (pixel pairs: skip only rows that no lane of the warp stores, as every lane
+        // takes the shuffles)
+        if (kPixelPairs ? !__any_sync(0xffffffffu, row_ok) : !row_ok) continue;
+        const int c0 = 2 * tq + odd;
         T* __restrict__ y = out + (pt.n * p.y_sn + oh * p.y_sh + ow * p.y_sw + (pt.n0 + c0) * p.y_sc);
         int64_t o = pt.n * p.o_sn + oh * p.o_sh + ow * p.o_sw + (pt.n0 + c0) * p.o_sc;
 #pragma unroll
         for (int nt = 0; nt < 16; ++nt) {
           const int cc = nt * 8 + c0;
-          const float2 b = *reinterpret_cast<const float2*>(chan + cc);
           const float* a = acc[h] + nt * 4 + 2 * hi;
-          if constexpr (decltype(paired)::value) {
-            // channels-last output: the lane's two channels are neighbours (Cout is even)
-            if (full_n || pt.n0 + cc < p.Cout) {
-              const T v0 = from_float<T>(fused_value(a[0], b.x, other_at(o, cc)));
-              const T v1 = from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1)));
-              if constexpr (ELEM == 4) {
-                *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
-              } else {
-                *reinterpret_cast<uint32_t*>(y) =
-                    static_cast<uint32_t>(reinterpret_cast<const unsigned short&>(v0)) |
-                    (static_cast<uint32_t>(reinterpret_cast<const unsigned short&>(v1)) << 16);
-              }
-            }
+          if constexpr (kPixelPairs) {
+            // The lane's two channels at row g, finished (`other` is per channel here),
+            // then traded: every lane takes the shuffle.
+            const int cp = nt * 8 + 2 * tq;
+            const float2 b = *reinterpret_cast<const float2*>(chan + cp);
+            const float v0 = fused_value(a[0], b.x, other_at(0, cp));
+            const float v1 = fused_value(a[1], b.y, other_at(0, cp + 1));
+            // low half: channel cp, high half: cp + 1; the even row keeps the low halves
+            // of its word and its mate's, the odd row the high halves
+            static_assert(ELEM == 2 || !kPixelPairs, "pixel pairs are for 16-bit output");
+            const uint32_t word = pack_pair<T>(v0, v1);
+            const uint32_t mate = __shfl_xor_sync(0xffffffffu, word, 4);
+            if (row_ok && (full_n || pt.n0 + cc < p.Cout))
+              *reinterpret_cast<uint32_t*>(y) = __byte_perm(word, mate, odd ? 0x3276 : 0x5410);
           } else {
-            if (full_n || pt.n0 + cc < p.Cout) y[0] = from_float<T>(fused_value(a[0], b.x, other_at(o, cc)));
-            if (full_n || pt.n0 + cc + 1 < p.Cout)
-              y[p.y_sc] = from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1)));
+            const float2 b = *reinterpret_cast<const float2*>(chan + cc);
+            if constexpr (LAYOUT == kStoreChannelPairs) {
+              // Cout is even: a pair is inside Cout or outside it
+              if (full_n || pt.n0 + cc < p.Cout) {
+                const float v0 = fused_value(a[0], b.x, other_at(o, cc));
+                const float v1 = fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1));
+                store_pair(y, v0, v1);
+              }
+            } else {
+              if (full_n || pt.n0 + cc < p.Cout) y[0] = from_float<T>(fused_value(a[0], b.x, other_at(o, cc)));
+              if (full_n || pt.n0 + cc + 1 < p.Cout)
+                y[p.y_sc] = from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1)));
+            }
           }
           y += 8 * p.y_sc;
           o += 8 * p.o_sc;
@@ -471,14 +572,21 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       const auto* o = static_cast<const decltype(tag)*>(p.other);
       return [=](int64_t off, int) { return static_cast<float>(to_float(__ldg(o + off))); };
     };
-    // Channels-last output whose channel pairs are aligned: one 2-element store per pair.
-    const bool pairable = CL && p.y_sc == 1 && p.Cout % 2 == 0 && p.y_sw % 2 == 0 &&
-                          p.y_sh % 2 == 0 && p.y_sn % 2 == 0 &&
-                          reinterpret_cast<uintptr_t>(p.out) % (2 * ELEM) == 0;
-    const std::false_type single;
+    // Pairs of neighbours in the output, one store each: channels of a pixel for
+    // channels-last output (unit channel stride, even Cout), pixels of a channel for 16-bit
+    // NCHW output (unit width stride, even width); the other strides even and the output
+    // aligned to a pair, so that a pair is inside the output or outside it. fp32 NCHW
+    // output keeps single stores: pixel pairs measured slower there (v22).
+    constexpr bool kPaired = CL || ELEM == 2;
+    const int64_t along = CL ? p.y_sc : p.y_sw, across = CL ? p.y_sw : p.y_sc;
+    const bool pairable = kPaired && along == 1 && across % 2 == 0 && p.y_sh % 2 == 0 &&
+                          p.y_sn % 2 == 0 && reinterpret_cast<uintptr_t>(p.out) % (2 * ELEM) == 0 &&
+                          (CL ? p.Cout % 2 == 0 : p.OW % 2 == 0);
+    const std::integral_constant<int, kStoreSingle> single;
     if (other_per_channel) {
       auto per_channel = [&](int64_t, int cc) { return chan[kPatchBN + cc]; };
-      if (pairable) store_rows(pt, chan, per_channel, std::true_type{});
+      constexpr int kPairs = CL ? kStoreChannelPairs : kPaired ? kStorePixelPairs : kStoreSingle;
+      if (pairable) store_rows(pt, chan, per_channel, std::integral_constant<int, kPairs>{});
       else store_rows(pt, chan, per_channel, single);
     } else if (p.other_kind == kOtherF32) {
       store_rows(pt, chan, strided(float{}), single);

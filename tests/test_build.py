@@ -78,6 +78,15 @@ def test_main_kernels_do_not_spill(built):
     assert not spilling, f"kernels spilling registers: {spilling}"
 
 
+def test_wgmma_kernels_are_not_serialized(built):
+    # ptxas serializes a kernel's wgmmas (each waits for the one before) where it runs out of
+    # registers for them, and says so (C7511, or C7510 for other causes): the kernel stays
+    # correct but loses its tensor-core pipeline
+    _, log = built
+    serialized = re.findall(r"wgmma\.mma_async instructions are serialized[^\n]*'(\w+)'", log)
+    assert not serialized, f"kernels whose wgmmas ptxas serialized: {sorted(set(serialized))}"
+
+
 def test_bad_arch_list_is_rejected():
     with pytest.raises(ValueError, match="conv2d_relu_add"):
         _build._parse_arch_list("7.5")
