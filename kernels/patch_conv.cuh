@@ -13,7 +13,7 @@
 //     patch_rows rows x patch_pitch columns x CB channels, padding zero-filled; channel
 //     planes (NCHW) or pixels of CB channels (channels-last) -- into a patch slot with
 //     16-byte cp.async as soon as the slot is free, round a landed TF32 patch in place
-//     once, and publish it;
+//     once (a 16-bit NCHW one: interleave its channel pairs), and publish it;
 //   - two consumers (warpgroups 1 and 2, 128 tile rows each) multiply: per slice two
 //     m64n128 wgmmas per k-step (A from registers, B from the ring slot), and while they
 //     run, build the next slice's A fragments from the patch (one ld.shared per register
