@@ -20,7 +20,7 @@
 //     at the tap's offset). After a tile's last slice each consumer runs its
 //     epilogue (bias, relu, other, one store) from its accumulators.
 // The warpgroups meet only at mbarriers: a slot is "full" once its copy landed and
-// "empty" once both consumers are past it, so one consumer's epilogue can run beside the
+// "empty" once every consumer thread is past it, so one consumer's epilogue can run beside the
 // other's wgmmas, and the copies beside both.
 #pragma once
 
@@ -601,11 +601,9 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     }
   };
 
-  // One arrival per warp on a barrier counting the consumers' 8 warps.
-  auto release = [&](int b) {
-    __syncwarp();
-    if (lane == 0) mbar_arrive(k.bar(b));
-  };
+  // Every consumer thread arrives, after its own last read of the slot: the barrier's
+  // phase then completes after every read, with no ordering left to the warp.
+  auto release = [&](int b) { mbar_arrive(k.bar(b)); };
   uint32_t wslot = 0, wparity = 0;  // the ring slot of the current slice, its use's parity
   int64_t u = 0;                    // units finished
 
@@ -686,12 +684,12 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   if (threadIdx.x == 0) {
     for (int s = 0; s < kPatchBStages; ++s) {
       mbar_init(k.bar(kBarWFull + s), 1);
-      mbar_init(k.bar(kBarWEmpty + s), kPatchConsumerThreads / 32);
+      mbar_init(k.bar(kBarWEmpty + s), kPatchConsumerThreads);
     }
     for (int s = 0; s < kPatchSlots; ++s) {
       mbar_init(k.bar(kBarPLanded + s), kPatchCopyThreads);
       mbar_init(k.bar(kBarPFull + s), kPatchCopyThreads);
-      mbar_init(k.bar(kBarPEmpty + s), kPatchConsumerThreads / 32);
+      mbar_init(k.bar(kBarPEmpty + s), kPatchConsumerThreads);
     }
     mbar_init_fence();
   }
