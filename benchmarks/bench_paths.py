@@ -1,8 +1,8 @@
-"""The cuDNN path against the fused kernels, per conv shape: the op called directly with
-the cuDNN path forced off (the fused kernel: the patch kernel where its size rule picks
-it, else the K-table kernel) and forced on (cuDNN's convolution, then one bias + relu + add
-pass), and eager PyTorch. Prints do_bench medians (L2 flushed), GPU kernel time, and which path the
-op's rules (``fx_fuse._cuda._path``) pick. The evidence behind those rules.
+"""The op's three paths, each forced, per conv shape: the patch kernel (where the binding
+finds it can run the arguments), the K-table kernel, and the cuDNN path (cuDNN's
+convolution, then one bias + relu + add pass), beside eager PyTorch. Prints do_bench
+medians (L2 flushed), GPU kernel time, and which path the op's rules
+(``fx_fuse._cuda._path``) pick. The evidence behind those rules.
 
     python benchmarks/bench_paths.py
     python benchmarks/bench_paths.py --only resnet
@@ -11,6 +11,7 @@ op's rules (``fx_fuse._cuda._path``) pick. The evidence behind those rules.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -24,6 +25,8 @@ import fx_fuse  # noqa: E402
 from fx_fuse import _cuda  # noqa: E402
 
 BF16, TF32_OFF = torch.bfloat16, "tf32 off"
+# the op's paths as ``_cuda._path`` names them ("fused": the K-table kernel)
+PATHS = ("patch", "fused", "cudnn")
 
 # (name, (N, C, H, W), Cout, k, stride, padding, dtype or TF32_OFF); "channels_last" in the
 # name: the input and weight in that layout
@@ -34,6 +37,10 @@ SHAPES = [
     ("headline channels_last", (128, 64, 128, 128), 128, 3, 1, 0, torch.float32),
     ("headline channels_last", (128, 64, 128, 128), 128, 3, 1, 0, BF16),
     ("headline, 64 out", (128, 64, 128, 128), 64, 3, 1, 0, torch.float32),
+    ("headline, 64 out", (128, 64, 128, 128), 64, 3, 1, 0, BF16),
+    ("resnet 56px b32, 256 out", (32, 64, 56, 56), 256, 3, 1, 1, torch.float32),
+    ("128 channels 64px b64", (64, 128, 64, 64), 128, 3, 1, 1, torch.float32),
+    ("128 channels 64px b64", (64, 128, 64, 64), 128, 3, 1, 1, BF16),
     ("resnet 56px b128, 128 out", (128, 64, 56, 56), 128, 3, 1, 1, torch.float32),
     ("resnet 56px b128, 128 out", (128, 64, 56, 56), 128, 3, 1, 1, BF16),
     ("128 channels 128px b32", (32, 128, 128, 128), 128, 3, 1, 1, torch.float32),
@@ -89,12 +96,17 @@ def main() -> None:
         def eager():
             return torch.relu(F.conv2d(x, w, b, stride, padding)) + other
 
+        dilation = [1, 1]
+        allow_tf32 = kind != TF32_OFF
+        patch_runs = _cuda._patch_runs(x, w, [stride] * 2, [padding] * 2, dilation)
         times = {}
         with torch.no_grad():
-            for path, forced in (("fused", False), ("cudnn", True)):
-                _cuda._cudnn_pays = lambda *args, forced=forced: forced
-                if forced:
-                    _cuda._patch_pays = lambda *args: False
+            for path in PATHS:
+                if path == "patch" and not (patch_runs and allow_tf32):  # 3xTF32: no patch kernel
+                    times[path] = (float("nan"), float("nan"))
+                    continue
+                _cuda._cudnn_pays = lambda *args, on=path == "cudnn": on
+                _cuda._patch_pays = lambda *args, on=path == "patch": on
                 _cuda.forget_plans()  # plan again under the replaced rules
                 try:
                     times[path] = (bench_ms(op)["ms"], gpu_us(op)[0] / 1e3)
@@ -102,15 +114,16 @@ def main() -> None:
                     _cuda._cudnn_pays, _cuda._patch_pays = pays, patch_pays
                     _cuda.forget_plans()
             times["eager"] = (bench_ms(eager)["ms"], gpu_us(eager)[0] / 1e3)
-        out_shape = fx_fuse.ops.output_shape(x, w, [stride] * 2, [padding] * 2, [1, 1])
+        out_shape = fx_fuse.ops.output_shape(x, w, [stride] * 2, [padding] * 2, dilation)
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        rule = _cuda._path(x, w, out_shape, [stride] * 2, kind != TF32_OFF, sms)
-        best = min(("fused", "cudnn"), key=lambda p: times[p][1])
+        rule = _cuda._path(x, w, out_shape, [stride] * 2, allow_tf32, sms, patch_runs)
+        ran = [p for p in PATHS if not math.isnan(times[p][1])]
+        best = min(ran, key=lambda p: times[p][1])
         label = "tf32 off" if kind == TF32_OFF else str(dtype).replace("torch.", "")
-        rows.append([name, label, *times["fused"], *times["cudnn"], *times["eager"], best, rule])
+        rows.append([name, label, *(t for p in (*PATHS, "eager") for t in times[p]), best, rule])
         print(rows[-1], flush=True)
-    headers = ["shape", "dtype", "fused ms", "fused GPU ms", "cudnn ms", "cudnn GPU ms",
-               "eager ms", "eager GPU ms", "faster on GPU", "rule picks"]
+    units = [f"{p} {unit}" for p in (*PATHS, "eager") for unit in ("ms", "GPU ms")]
+    headers = ["shape", "dtype", *units, "faster on GPU", "rule picks"]
     print(table(rows, headers))
 
 

@@ -73,23 +73,35 @@ def _patch_enabled() -> bool:
     return os.environ.get("FX_FUSE_DISABLE_PATCH") != "1"
 
 
-def _patch_pays(pixels: int, cout: int, k: int, sms: int) -> bool:
+def _patch_pays(pixels: int, cout: int, k: int, sms: int, channels_last: bool) -> bool:
     """The size rule for the patch kernel: its tiles are 256 output pixels x 128 channels on
-    a persistent grid of one CTA per SM, so it runs where the tiles are mostly full (more
-    than 64 output channels), there are at least 4 of them per SM (fewer leave SMs idle or
-    unevenly loaded), and K = C_in x kH x kW is below 1024 (beyond, the conv's arithmetic
-    outweighs the output pass the fused kernel saves, and cuDNN multiplies faster).
-    Measured on the H100 (ms, patch against the K-table kernel): the headline 128 x 128 x
-    126 x 126 output 1.84 / 1.95 (fp32), 1.18 / 1.84 (bf16); a 56 px layer with 64
-    channels (448 tiles) 0.29 / 0.17; a 14 px one with 256 channels (64 tiles) 0.16 / 0.14.
-    Against the cuDNN path (GPU ms, v14): K = 576, 56 px, 128 channels 0.403 / 0.531; K =
-    1152, 28 px, batch 256 0.396 / 0.383 (bf16 0.494 / 0.225); K = 2304, 14 px, batch 512
-    1.120 / 0.504. The warp-specialised kernel (v20, H200, GPU ms, patch / cuDNN path): the
-    headline 1.435 / 2.487 (bf16 0.998 / 2.258), channels-last 1.399 / 1.470 (bf16 0.817 /
-    0.843), K = 576, 56 px, 128 channels 0.305 / 0.486, so it takes channels-last input
-    too."""
+    a persistent grid of one CTA per SM, so it needs enough tiles to spread over the SMs,
+    and K = C_in x kH x kW no larger than the conv's arithmetic lets its single pass over
+    the output pay for (cuDNN multiplies faster beyond).
+    NCHW input: more than 32 output channels, K <= 2304, and a tile per SM (three at 64
+    output channels or fewer, whose tiles are half empty). Channels-last input, where
+    cuDNN's sm90 kernels are stronger: more than 64 output channels, 4 tiles per SM and K
+    below 1024.
+    Measured on the H200 (GPU ms, patch / K-table / cuDNN path; docs/performance.md v24):
+    the headline 1.400 / 1.918 / 2.494 (bf16 0.889 / 1.859 / 2.299), with 64 output
+    channels 1.336 / 1.729 / 1.465; K = 1152, 128 px, batch 32 0.690 / 1.174 / 0.858 (bf16
+    0.412 / 1.199 / 0.523); K = 2304, 32 px, batch 32 0.169 / 0.398 / 0.183, batch 128
+    0.612 / 1.554 / 0.609; K = 4608 1.235 / 6.795 / 0.990; 32 output channels (bf16) 0.198
+    / 0.332 / 0.140; 64 output channels at 56 px, batch 32 (3 tiles per SM) 0.092 / 0.165
+    / 0.090, batch 64 0.150 / 0.323 / 0.160. Channels-last: the headline 1.386 / 2.277 /
+    1.412, with 64 output channels 1.278 / 1.892 / 0.875, 56 px, batch 32 0.080 / 0.104 /
+    0.050."""
     tiles = -(-pixels // 256) * -(-cout // 128)
-    return cout > 64 and tiles >= 4 * sms and k < 1024
+    if channels_last:
+        return cout > 64 and tiles >= 4 * sms and k < 1024
+    return cout > 32 and tiles >= (3 if cout <= 64 else 1) * sms and k <= 2304
+
+
+def _patch_runs(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
+    """Whether the binding takes these arguments on the patch kernel (its alignment and fit
+    requirements: e.g. NCHW rows of whole 16-byte chunks)."""
+    name = _extension().kernel_name(x, weight, stride, padding, dilation, True, True, True)
+    return name.startswith("patch")
 
 
 def _cudnn_enabled() -> bool:
@@ -196,16 +208,21 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
         return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
     out_shape = ops.output_shape(x, weight, stride, padding, dilation)
     sms = _device_properties(x.device).multi_processor_count
-    path = _path(x, weight, out_shape, stride, bool(torch.backends.cudnn.allow_tf32), sms)
+    hopper = _use_wgmma(x.device)
+    patch_runs = hopper and _patch_enabled() and _patch_runs(x, weight, stride, padding, dilation)
+    allow_tf32 = bool(torch.backends.cudnn.allow_tf32)
+    path = _path(x, weight, out_shape, stride, allow_tf32, sms, patch_runs)
     out_channels_last = ops.output_memory_format(input, weight) == torch.channels_last
-    return path, x_format == torch.channels_last, out_channels_last, _use_wgmma(x.device)
+    return path, x_format == torch.channels_last, out_channels_last, hopper
 
 
-def _path(x: Tensor, weight: Tensor, out_shape, stride, allow_tf32: bool, sms: int) -> str:
-    """Which implementation runs: "patch" (the patch kernel, where the binding finds that its
-    alignment and fit requirements hold; else the K-table kernels), "cudnn" (cuDNN's
-    convolution and one epilogue pass) or "fused" (the K-table kernels). ``x`` is dense in
-    its layout (NCHW or channels-last); ``sms``: the GPU's SM count."""
+def _path(
+    x: Tensor, weight: Tensor, out_shape, stride, allow_tf32: bool, sms: int, patch_runs: bool
+) -> str:
+    """Which implementation runs: "patch" (the patch kernel), "cudnn" (cuDNN's convolution
+    and one epilogue pass) or "fused" (the K-table kernels). ``x`` is dense in its layout
+    (NCHW or channels-last); ``sms``: the GPU's SM count; ``patch_runs``: whether the patch
+    kernel may run and takes these arguments (``_patch_runs``)."""
     pixels, cout = out_shape[0] * out_shape[2] * out_shape[3], out_shape[1]
     exact_fp32 = x.dtype == torch.float32 and not allow_tf32
     channels_last = x.shape[1] > 1 and x.stride(1) == 1
@@ -225,6 +242,6 @@ def _path(x: Tensor, weight: Tensor, out_shape, stride, allow_tf32: bool, sms: i
         )
     )
     # the patch kernel: TF32, fp16 or bf16 (not 3xTF32) where its size rule says it pays
-    if _patch_enabled() and not exact_fp32 and _patch_pays(pixels, cout, k, sms):
+    if patch_runs and not exact_fp32 and _patch_pays(pixels, cout, k, sms, channels_last):
         return "patch"
     return "cudnn" if cudnn else "fused"

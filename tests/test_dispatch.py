@@ -6,20 +6,41 @@ import torch
 from fx_fuse import _cuda, ops
 
 
-def test_patch_kernel_size_rule():
+def test_patch_kernel_size_rule_nchw():
     sms = 132
+
+    def pays(pixels, cout, k):
+        return _cuda._patch_pays(pixels, cout, k, sms, channels_last=False)
+
     # the headline: 128 images of 126 x 126 output pixels, 128 channels, K = 64 x 9
-    assert _cuda._patch_pays(128 * 126 * 126, 128, 576, sms)
-    # ResNet layers at batch 32: 64 channels (half-empty tiles), too few tiles
-    assert not _cuda._patch_pays(32 * 56 * 56, 64, 576, sms)
-    assert not _cuda._patch_pays(32 * 14 * 14, 256, 2304, sms)
-    # the threshold: 4 tiles of 256 pixels x 128 channels per SM
-    assert _cuda._patch_pays(4 * sms * 256, 128, 576, sms)
-    assert not _cuda._patch_pays((4 * sms - 1) * 256, 128, 576, sms)
-    assert _cuda._patch_pays(2 * sms * 256, 256, 576, sms)
-    # K of 1024 or more: cuDNN multiplies faster (ResNet 14 px at batch 512)
-    assert _cuda._patch_pays(256 * 28 * 28, 128, 1023, sms)
-    assert not _cuda._patch_pays(512 * 14 * 14, 256, 2304, sms)
+    assert pays(128 * 126 * 126, 128, 576)
+    # a tile of 256 pixels x 128 channels per SM
+    assert pays(sms * 256, 128, 576)
+    assert not pays((sms - 1) * 256, 128, 576)
+    assert pays(sms // 2 * 256, 256, 576)
+    # 64 output channels or fewer (half-empty tiles): three tiles per SM
+    assert pays(3 * sms * 256, 64, 576)
+    assert not pays(32 * 56 * 56, 64, 576)  # ResNet 56 px at batch 32: 392 tiles
+    assert pays(64 * 56 * 56, 64, 576)
+    assert not pays(128 * 126 * 126, 32, 576)
+    # K up to 2304 (256 input channels); cuDNN multiplies faster beyond
+    assert pays(32 * 32 * 32, 256, 2304)
+    assert not pays(256 * 16 * 16, 512, 4608)
+
+
+def test_patch_kernel_size_rule_channels_last():
+    sms = 132
+
+    def pays(pixels, cout, k):
+        return _cuda._patch_pays(pixels, cout, k, sms, channels_last=True)
+
+    assert pays(128 * 126 * 126, 128, 576)
+    # 4 tiles per SM, more than 64 output channels, K below 1024
+    assert pays(4 * sms * 256, 128, 576)
+    assert not pays((4 * sms - 1) * 256, 128, 576)
+    assert not pays(128 * 126 * 126, 64, 576)
+    assert pays(256 * 28 * 28, 128, 1023)
+    assert not pays(256 * 28 * 28, 128, 1024)
 
 
 def test_patch_kernel_can_be_disabled(monkeypatch):
@@ -63,28 +84,32 @@ H100_SMS = 132
 
 
 @pytest.mark.parametrize(
-    "x_shape,cout,k,dtype,tf32,layout,expected,without_cudnn",
+    "x_shape,cout,k,dtype,tf32,layout,patch_runs,expected,without_cudnn",
     [
-        ((128, 64, 128, 128), 128, 3, torch.float32, True, "nchw", "patch", "patch"),
-        ((128, 64, 128, 128), 128, 3, torch.bfloat16, True, "nchw", "patch", "patch"),
+        ((128, 64, 128, 128), 128, 3, torch.float32, True, "nchw", True, "patch", "patch"),
+        ((128, 64, 128, 128), 128, 3, torch.bfloat16, True, "nchw", True, "patch", "patch"),
         # exact fp32: cuDNN (the patch kernel has no 3xTF32)
-        ((128, 64, 128, 128), 128, 3, torch.float32, False, "nchw", "cudnn", "fused"),
-        ((128, 64, 128, 128), 64, 3, torch.float32, True, "nchw", "fused", "fused"),
-        ((32, 256, 14, 14), 256, 3, torch.float32, True, "nchw", "cudnn", "fused"),  # 72 tiles
-        # K = 2304: not the patch kernel, although its size rule would pay
-        ((512, 256, 14, 14), 256, 3, torch.bfloat16, True, "nchw", "cudnn", "fused"),
-        ((32, 64, 56, 56), 64, 3, torch.float32, True, "nchw", "cudnn", "fused"),  # K 576
-        ((32, 256, 56, 56), 64, 1, torch.float32, True, "nchw", "fused", "fused"),  # K 256
-        ((1, 3, 16, 16), 16, 3, torch.float32, False, "nchw", "fused", "fused"),  # 3 channels
-        ((1, 16, 16, 16), 16, 3, torch.float32, True, "nchw", "cudnn", "fused"),  # one tile
+        ((128, 64, 128, 128), 128, 3, torch.float32, False, "nchw", True, "cudnn", "fused"),
+        ((128, 64, 128, 128), 64, 3, torch.float32, True, "nchw", True, "patch", "patch"),
+        ((32, 256, 14, 14), 256, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),  # 50 tiles
+        # where the binding does not take the input (14 px rows of 28 bytes): the other rules
+        ((512, 256, 14, 14), 256, 3, torch.bfloat16, True, "nchw", False, "cudnn", "fused"),
+        ((512, 256, 14, 14), 256, 3, torch.bfloat16, True, "nchw", True, "patch", "patch"),
+        ((32, 64, 56, 56), 64, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),  # K 576
+        ((32, 256, 56, 56), 64, 1, torch.float32, True, "nchw", False, "fused", "fused"),  # K 256
+        ((1, 3, 16, 16), 16, 3, torch.float32, False, "nchw", False, "fused", "fused"),  # 3 channels
+        ((1, 16, 16, 16), 16, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),  # one tile
         # channels-last input: the patch kernel where it pays, else cuDNN
-        ((128, 64, 128, 128), 128, 3, torch.float32, True, "cl", "patch", "patch"),
-        ((128, 64, 128, 128), 128, 3, torch.bfloat16, True, "cl", "patch", "patch"),
-        ((32, 64, 56, 56), 64, 3, torch.float32, True, "cl", "cudnn", "fused"),
-        ((32, 8, 64, 64), 32, 3, torch.float32, True, "cl", "fused", "fused"),  # 8 channels
+        ((128, 64, 128, 128), 128, 3, torch.float32, True, "cl", True, "patch", "patch"),
+        ((128, 64, 128, 128), 128, 3, torch.bfloat16, True, "cl", True, "patch", "patch"),
+        ((128, 64, 128, 128), 64, 3, torch.float32, True, "cl", True, "cudnn", "fused"),
+        ((32, 64, 56, 56), 64, 3, torch.float32, True, "cl", True, "cudnn", "fused"),
+        ((32, 8, 64, 64), 32, 3, torch.float32, True, "cl", True, "fused", "fused"),  # 8 channels
     ],
 )
-def test_path_choice(monkeypatch, x_shape, cout, k, dtype, tf32, layout, expected, without_cudnn):
+def test_path_choice(
+    monkeypatch, x_shape, cout, k, dtype, tf32, layout, patch_runs, expected, without_cudnn
+):
     monkeypatch.delenv("FX_FUSE_DISABLE_PATCH", raising=False)
     monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN", raising=False)
     x = torch.empty(x_shape, dtype=dtype, device="meta")
@@ -92,9 +117,9 @@ def test_path_choice(monkeypatch, x_shape, cout, k, dtype, tf32, layout, expecte
         x = x.contiguous(memory_format=torch.channels_last)
     w = torch.empty(cout, x_shape[1], k, k, dtype=dtype, device="meta")
     out_shape = ops.output_shape(x, w, [1, 1], [0, 0], [1, 1])
-    assert _cuda._path(x, w, out_shape, [1, 1], tf32, H100_SMS) == expected
+    assert _cuda._path(x, w, out_shape, [1, 1], tf32, H100_SMS, patch_runs) == expected
     monkeypatch.setenv("FX_FUSE_DISABLE_CUDNN", "1")
-    assert _cuda._path(x, w, out_shape, [1, 1], tf32, H100_SMS) == without_cudnn
+    assert _cuda._path(x, w, out_shape, [1, 1], tf32, H100_SMS, patch_runs) == without_cudnn
 
 
 def test_cudnn_path_can_be_disabled(monkeypatch):
@@ -122,12 +147,32 @@ def test_plan_for_the_cpp_kernel(monkeypatch, dtype, layout, expected):
     monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN", raising=False)
     monkeypatch.delenv("FX_FUSE_DISABLE_WGMMA", raising=False)
     monkeypatch.setattr(_cuda, "_device_properties", lambda device: _H100Properties)
+    monkeypatch.setattr(_cuda, "_patch_runs", lambda *args: True)  # the binding takes it
     x = torch.empty(128, 64, 128, 128, dtype=dtype, device="meta")
     if layout == "cl":
         x = x.contiguous(memory_format=torch.channels_last)
     w = torch.empty(128, 64, 3, 3, dtype=dtype, device="meta")
     b, other = torch.empty(128, dtype=dtype, device="meta"), ops.scalar_other(0.5)
     assert _cuda.plan(x, w, b, other, [1, 1], [0, 0], [1, 1], 1) == expected
+
+
+def test_plan_asks_the_binding_before_the_patch_kernel(monkeypatch):
+    """Where the binding does not take the input on the patch kernel, the other rules pick
+    (the headline: the K-table kernel), not the patch kernel's size rule."""
+    monkeypatch.delenv("FX_FUSE_DISABLE_PATCH", raising=False)
+    monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN", raising=False)
+    monkeypatch.delenv("FX_FUSE_DISABLE_WGMMA", raising=False)
+    monkeypatch.setattr(_cuda, "_device_properties", lambda device: _H100Properties)
+    asked = []
+    monkeypatch.setattr(_cuda, "_patch_runs", lambda *args: asked.append(args) and False)
+    x = torch.empty(128, 64, 128, 128, device="meta")
+    w = torch.empty(128, 64, 3, 3, device="meta")
+    b, other = torch.empty(128, device="meta"), ops.scalar_other(0.5)
+    assert _cuda.plan(x, w, b, other, [1, 1], [0, 0], [1, 1], 1) == ("fused", False, False, True)
+    assert len(asked) == 1 and asked[0][2:] == ([1, 1], [0, 0], [1, 1])
+    monkeypatch.setenv("FX_FUSE_DISABLE_PATCH", "1")  # not asked where it may not run
+    _cuda.plan(x, w, b, other, [1, 1], [0, 0], [1, 1], 1)
+    assert len(asked) == 1
 
 
 def test_plan_runs_the_reference_where_the_kernels_do_not_apply(monkeypatch):

@@ -320,6 +320,32 @@ def test_cudnn_path_runs_where_its_rule_says(monkeypatch):
     assert "conv_epilogue" not in kernels and "conv_relu_add" in kernels, kernels
 
 
+def test_patch_rule_falls_back_where_the_binding_does_not_take_the_input(monkeypatch):
+    """Where the patch kernel's size rule pays but the binding does not take the input (a
+    bf16 NCHW row of 18 pixels is not whole 16-byte chunks), the planner asks the binding
+    first, and the cuDNN path runs if its rule says so (not the K-table kernel)."""
+    set_policy("bf16")
+    monkeypatch.setattr(_cuda, "_patch_pays", lambda *args: True)
+    monkeypatch.setattr(_cuda, "_cudnn_pays", lambda *args: True)
+    monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN", raising=False)
+    monkeypatch.delenv("FX_FUSE_DISABLE_PATCH", raising=False)
+    taken = make((2, 32, 12, 16, 24, 3, 3, 1, 0, 1), torch.bfloat16)  # rows of 32 bytes
+    refused = make((2, 32, 12, 18, 24, 3, 3, 1, 0, 1), torch.bfloat16)  # rows of 36 bytes
+    hopper = _cuda._use_wgmma(taken[0].device)
+    assert _cuda._patch_runs(*taken[:2], *taken[3:]) == hopper
+    assert not _cuda._patch_runs(*refused[:2], *refused[3:])
+    x, w, b, stride, padding, dilation = refused
+    other = torch.randn(24, 1, 1, device=DEV, dtype=torch.bfloat16)
+    _cuda.forget_plans()  # plan again under the replaced rules
+    try:
+        kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, padding, dilation))
+        out = run_op(x, w, b, other, stride, padding, dilation)
+    finally:
+        _cuda.forget_plans()
+    assert "conv_epilogue" in kernels and "conv_relu_add" not in kernels, kernels
+    assert_close64(out, reference64(x, w, b, other, stride, padding, dilation), "bf16")
+
+
 def test_plans_are_remembered_per_signature(monkeypatch):
     """The planner runs once per call signature: again for a new shape or a changed switch,
     not for new data of the same signature."""
