@@ -119,23 +119,25 @@ def _cudnn_pays(
 
     Never below 16 input channels (cuDNN's tensor-core kernels pad them; the K-table kernel
     wins). Otherwise cuDNN for channels-last input (its sm90 channels-last kernels beat the
-    K-table kernel; the patch kernel, where it runs, goes first), for exact fp32 (3xTF32 on
-    the K-table kernel is slower than cuDNN's fp32), where the K-table tiles do not fill
-    one wave of the SMs (no split-K), and where the conv is compute-heavy at stride 1:
-    K >= 1024, or K >= 512 unless the problem is large (64 tiles per SM: there the K-table
-    kernel's single pass over the output wins).
-    Measured on the H100, GPU ms, fused kernel / cuDNN path (``benchmarks/bench_paths.py``,
-    docs/performance.md v14 and v15): channels-last headline 1.762 /
-    1.624 (bf16 1.006 / 0.844); exact-fp32 headline 10.68 / 7.80; ResNet 3x3 layers at
-    batch 32, 56 px 0.164 / 0.100, 28 px 0.083 / 0.055, 14 px 0.097 / 0.046, 7 px 0.351 /
-    0.063; kept on the fused kernels: the headline with 64 output channels (120 tiles per SM)
-    1.724 / 1.819, a strided 28 px layer 0.051 / 0.058, a 1x1 (K = 256) 0.059 / 0.066, 8
-    input channels 0.042 / 0.064 (and 16 channels, K = 144: 0.064 / 0.059, the one shape of
-    the 24 measured where the rule picks the slower path)."""
+    K-table kernel), for exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's
+    fp32), where the K-table tiles do not fill one wave of the SMs (no split-K), and at
+    stride 1 unless the problem is large (64 tiles per SM) with K below 1024: there the
+    K-table kernel's single pass over the output wins. The patch kernel, where its rule
+    picks it, goes first.
+    Measured on the H200, GPU ms, K-table kernel / cuDNN path (``benchmarks/bench_paths.py``,
+    docs/performance.md v24): kept on the K-table kernel: the headline (120 tiles per SM,
+    where the patch kernel does not take the input) 1.944 / 2.453 (bf16 1.876 / 2.304),
+    strided layers 0.050 / 0.054 (28 px) and 0.174 / 0.185 (128 channels, 64 px), 8 input
+    channels 0.042 / 0.063, the 3-channel stem 0.199 / 0.367; on cuDNN: 32 channels at 128
+    px with 32 out (K = 288, 31 tiles per SM) 0.483 / 0.200 (bf16 0.333 / 0.142), 64
+    channels at 64 px 0.248 / 0.113, 16 channels (K = 144) 0.065 / 0.057, a 1x1 (K = 256)
+    0.053 / 0.050, K = 1152 at 64 px 0.633 / 0.425, exact fp32 on the headline 10.86 /
+    7.60, channels-last headline 2.226 / 1.397."""
     if cin < 16:
         return False
-    compute_heavy = not strided and (k >= 1024 or (k >= 512 and tiles < 64 * sms))
-    return channels_last or exact_fp32 or tiles < sms or compute_heavy
+    large = tiles >= 64 * sms
+    stride_one = not strided and (k >= 1024 or not large)
+    return channels_last or exact_fp32 or tiles < sms or stride_one
 
 
 def unsupported_reason(input: Tensor, weight: Tensor, groups: int) -> Optional[str]:
