@@ -52,7 +52,8 @@ def functions(case, model, x):
     tf32 = torch.backends.cudnn.allow_tf32
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
     pixels, k = out.shape[0] * out.shape[2] * out.shape[3], conv.weight[0].numel()
-    patch = _cuda._patch_pays(pixels, out.shape[1], k, sms)
+    channels_last = suggest_memory_format(x) == torch.channels_last
+    patch = _cuda._patch_pays(pixels, out.shape[1], k, sms, channels_last)
     return {
         "eager": lambda: model(x),
         "inductor": torch.compile(model),
@@ -93,7 +94,8 @@ def parts(case) -> None:
         "x.contiguous(format)": lambda: x.contiguous(memory_format=torch.contiguous_format),
         "_cuda._max_image_offset": lambda: _cuda._max_image_offset(x, w, padding, dilation),
         "ops.output_shape": lambda: fx_fuse.ops.output_shape(x, w, stride, padding, dilation),
-        "_cuda._path": lambda: _cuda._path(x, w, out_shape, stride, True, 132),
+        "_cuda._patch_runs": lambda: _cuda._patch_runs(x, w, stride, padding, dilation),
+        "_cuda._path": lambda: _cuda._path(x, w, out_shape, stride, True, 132, True),
         "torch.empty": lambda: torch.empty(out_shape, device="cuda"),
         "_cuda._use_wgmma": lambda: _cuda._use_wgmma(x.device),
         "allow_tf32 flag": lambda: bool(torch.backends.cudnn.allow_tf32),
