@@ -182,6 +182,21 @@ __device__ __forceinline__ void wgmma_rs_m64n128(float (&d)[64], const uint32_t 
 }
 
 
+// A position in the weight ring: the slot, and the parity of the slot's current use.
+struct RingPos {
+  uint32_t slot = 0, parity = 0;
+
+  __device__ void advance() {
+    if (++slot == kPatchBStages) {
+      slot = 0;
+      parity ^= 1u;
+    }
+  }
+  __device__ int previous_slot() const {
+    return static_cast<int>((slot + kPatchBStages - 1) % kPatchBStages);
+  }
+};
+
 // Where one tile lies: its image, first output row / column / channel, and the input
 // window: first input row, first staged input column (aligned down to a 16-byte chunk)
 // and the shift of the window's first column past it.
@@ -230,17 +245,14 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
   using T = typename MathTraits<MATH>::T;
   constexpr int CB = kSliceBytes / static_cast<int>(sizeof(T));
   const T* wp = static_cast<const T*>(p.wprep);
-  uint32_t slot = 0, parity = 0;  // the ring slot of the next slice, its use's parity
+  RingPos at;  // where the next slice goes
   for (int64_t i = 0; i < k.my_tiles; ++i) {
     const T* w = wp + static_cast<int64_t>(k.tile(i) % k.n_tiles) * k.S * kPatchBN * CB;
     for (int s = 0; s < k.S; ++s, w += kPatchBN * CB) {
-      mbar_wait(k.bar(kBarWEmpty + slot), parity ^ 1u);
-      mbar_arrive_expect(k.bar(kBarWFull + slot), kPatchSliceBytes);
-      bulk_copy(k.ring + slot * kPatchSliceBytes, w, kPatchSliceBytes, k.bar(kBarWFull + slot));
-      if (++slot == kPatchBStages) {
-        slot = 0;
-        parity ^= 1u;
-      }
+      mbar_wait(k.bar(kBarWEmpty + at.slot), at.parity ^ 1u);
+      mbar_arrive_expect(k.bar(kBarWFull + at.slot), kPatchSliceBytes);
+      bulk_copy(k.ring + at.slot * kPatchSliceBytes, w, kPatchSliceBytes, k.bar(kBarWFull + at.slot));
+      at.advance();
     }
   }
 #endif
@@ -346,13 +358,8 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
   };
 
-  // Units so far (unit u goes into slot u % 2) and tiles: 64-bit counters in the fp32
-  // kernels (v20), 32-bit in the 16-bit ones (v21); each kernel keeps the code it was
-  // measured and checked with (docs/performance.md, v22).
-  using Unit = std::conditional_t<ELEM == 4, int64_t, uint32_t>;
-  using Tile = std::conditional_t<ELEM == 4, int64_t, int>;
-  Unit u = 0;
-  for (Tile i = 0; i < k.my_tiles; ++i) {
+  int64_t u = 0;  // units so far: unit u goes into slot u % 2
+  for (int64_t i = 0; i < k.my_tiles; ++i) {
     for (int cb = 0; cb < p.cblocks; ++cb, ++u) {
       const int slot = static_cast<int>(u & 1);
       const uint32_t parity = static_cast<uint32_t>(u >> 1) & 1u;
@@ -389,7 +396,6 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
 
   const int ct = threadIdx.x - kPatchProducerThreads - 128 * c;  // thread in the warpgroup
   const int lane = ct & 31, wq = ct >> 5, g = lane >> 2, tq = lane & 3;
-  const T* sP = reinterpret_cast<const T*>(k.patch);
   const int row0 = 128 * c + 16 * wq + g;  // this thread's first tile row
 
   // This thread's four tile rows (m-half h, row g or g + 8 of its warp's 16): their offsets
@@ -433,37 +439,26 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     const int base = s.slot * (kPatchSlotBytes / UNIT) + s.off + shift;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      // fp32 and 16-bit NCHW read the same word layout; each keeps the address form it was
-      // measured with (v22).
-      if constexpr (ELEM == 4) {  // k-step st: channels 8 st .. 8 st + 7
-        const T* lo = sP + base + pix[h][0];
-        const T* hi = sP + base + pix[h][1];
+      if constexpr (WORDS) {  // k-step st: words 8 st .. 8 st + 7 of the (pair) planes
+        const uint32_t* lo = reinterpret_cast<const uint32_t*>(k.patch) + base + pix[h][0];
+        const uint32_t* hi = reinterpret_cast<const uint32_t*>(k.patch) + base + pix[h][1];
 #pragma unroll
         for (int st = 0; st < NSTEP; ++st) {
-          const uint32_t* l = reinterpret_cast<const uint32_t*>(lo) + st * KSTEP * CH;
-          const uint32_t* u = reinterpret_cast<const uint32_t*>(hi) + st * KSTEP * CH;
+          a[h][st][0] = lo[st * 8 * CH];
+          a[h][st][1] = hi[st * 8 * CH];
+          a[h][st][2] = lo[st * 8 * CH + 4 * CH];
+          a[h][st][3] = hi[st * 8 * CH + 4 * CH];
+        }
+      } else {  // channels-last 16-bit: a channel pair is one aligned word
+        const T* sP = reinterpret_cast<const T*>(k.patch);
+#pragma unroll
+        for (int st = 0; st < NSTEP; ++st) {
+          const uint32_t* l = reinterpret_cast<const uint32_t*>(sP + base + pix[h][0] + st * KSTEP);
+          const uint32_t* u = reinterpret_cast<const uint32_t*>(sP + base + pix[h][1] + st * KSTEP);
           a[h][st][0] = l[0];
           a[h][st][1] = u[0];
-          a[h][st][2] = l[4 * CH];
-          a[h][st][3] = u[4 * CH];
-        }
-      } else {
-#pragma unroll
-        for (int st = 0; st < NSTEP; ++st) {
-          if constexpr (WORDS) {  // 16-bit NCHW: channel pairs 8 st .. 8 st + 7
-            const uint32_t* w = reinterpret_cast<const uint32_t*>(sP) + base + st * 8 * CH;
-            a[h][st][0] = w[pix[h][0]];
-            a[h][st][1] = w[pix[h][1]];
-            a[h][st][2] = w[pix[h][0] + 4 * CH];
-            a[h][st][3] = w[pix[h][1] + 4 * CH];
-          } else {  // channels-last 16-bit: a channel pair is one aligned word
-            const uint32_t* l = reinterpret_cast<const uint32_t*>(sP + base + pix[h][0] + st * KSTEP);
-            const uint32_t* u = reinterpret_cast<const uint32_t*>(sP + base + pix[h][1] + st * KSTEP);
-            a[h][st][0] = l[0];
-            a[h][st][1] = u[0];
-            a[h][st][2] = l[4];
-            a[h][st][3] = u[4];
-          }
+          a[h][st][2] = l[4];
+          a[h][st][3] = u[4];
         }
       }
     }
@@ -604,7 +599,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // Every consumer thread arrives, after its own last read of the slot: the barrier's
   // phase then completes after every read, with no ordering left to the warp.
   auto release = [&](int b) { mbar_arrive(k.bar(b)); };
-  uint32_t wslot = 0, wparity = 0;  // the ring slot of the current slice, its use's parity
+  RingPos ring;  // where the current slice's weights are
   int64_t u = 0;                    // units finished
 
   // Slice s of the tile (reading `cur`): wait for its weights, multiply, and while the wgmma
@@ -614,10 +609,10 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   auto step = [&](int s, const PatchTile& pt, const Slice& cur, auto buf) {
     constexpr int B = decltype(buf)::value;
     const Slice nxt = next_slice(cur);
-    mbar_wait(k.bar(kBarWFull + static_cast<int>(wslot)), wparity);
-    multiply(frag[B], wslot, s == 0);
+    mbar_wait(k.bar(kBarWFull + static_cast<int>(ring.slot)), ring.parity);
+    multiply(frag[B], ring.slot, s == 0);
     wgmma_wait<1>();  // the wgmma of the slice before is done: its slot is free
-    if (s > 0) release(kBarWEmpty + static_cast<int>((wslot + kPatchBStages - 1) % kPatchBStages));
+    if (s > 0) release(kBarWEmpty + ring.previous_slot());
     if (nxt.tap == 0) {  // this slice ends its unit, whose last fragments were built before
       release(kBarPEmpty + cur.slot);
       ++u;
@@ -626,10 +621,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       if (nxt.tap == 0) mbar_wait(k.bar(kBarPFull + nxt.slot), static_cast<uint32_t>(u >> 1) & 1u);
       build_a(nxt, pt.shift, frag[1 - B]);
     }
-    if (++wslot == kPatchBStages) {
-      wslot = 0;
-      wparity ^= 1u;
-    }
+    ring.advance();
     return nxt;
   };
 
@@ -646,7 +638,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     }
     if (s < k.S) cur = step(s, pt, cur, std::integral_constant<int, 0>{});
     wgmma_wait<0>();
-    release(kBarWEmpty + static_cast<int>((wslot + kPatchBStages - 1) % kPatchBStages));
+    release(kBarWEmpty + ring.previous_slot());
     named_sync(kBarConsumer + c, 128);  // this consumer's bias and `other` are written
     store_tile(pt, static_cast<int>(i & 1));
     if (i + 1 < k.my_tiles) {
