@@ -111,7 +111,14 @@ def _cudnn_enabled() -> bool:
 
 
 def _cudnn_pays(
-    cin: int, k: int, strided: bool, tiles: int, sms: int, exact_fp32: bool, channels_last: bool
+    cin: int,
+    cout: int,
+    k: int,
+    strided: bool,
+    tiles: int,
+    sms: int,
+    exact_fp32: bool,
+    channels_last: bool,
 ) -> bool:
     """The size rule for the cuDNN path (cuDNN's convolution without bias, then one bias +
     relu + add pass). ``k`` = C_in x kH x kW; ``tiles``: the K-table kernel's tiles of 128
@@ -121,22 +128,24 @@ def _cudnn_pays(
     wins). Otherwise cuDNN for channels-last input (its sm90 channels-last kernels beat the
     K-table kernel), for exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's
     fp32), where the K-table tiles do not fill one wave of the SMs (no split-K), and at
-    stride 1 unless the problem is large (64 tiles per SM) with K below 1024: there the
-    K-table kernel's single pass over the output wins. The patch kernel, where its rule
-    picks it, goes first.
+    stride 1 where the conv is compute-heavy (K >= 1024, or K >= 512 unless the problem is
+    large, 64 tiles per SM: there the K-table kernel's single pass over the output wins) or
+    has 32 output channels or fewer (half of each K-table tile empty). The patch kernel,
+    where its rule picks it, goes first.
     Measured on the H200, GPU ms, K-table kernel / cuDNN path (``benchmarks/bench_paths.py``,
     docs/performance.md v24): kept on the K-table kernel: the headline (120 tiles per SM,
     where the patch kernel does not take the input) 1.944 / 2.453 (bf16 1.876 / 2.304),
-    strided layers 0.050 / 0.054 (28 px) and 0.174 / 0.185 (128 channels, 64 px), 8 input
-    channels 0.042 / 0.063, the 3-channel stem 0.199 / 0.367; on cuDNN: 32 channels at 128
-    px with 32 out (K = 288, 31 tiles per SM) 0.483 / 0.200 (bf16 0.333 / 0.142), 64
-    channels at 64 px 0.248 / 0.113, 16 channels (K = 144) 0.065 / 0.057, a 1x1 (K = 256)
-    0.053 / 0.050, K = 1152 at 64 px 0.633 / 0.425, exact fp32 on the headline 10.86 /
-    7.60, channels-last headline 2.226 / 1.397."""
+    1x1 layers 0.041 / 0.059 (128 to 512 channels, 28 px) and 0.061 / 0.101 (64 to 256, 56
+    px), 0.053 / 0.050 (256 to 64), strided layers 0.050 / 0.054 (28 px) and 0.174 / 0.185
+    (128 channels, 64 px), 8 input channels 0.042 / 0.063, the 3-channel stem 0.199 /
+    0.367; on cuDNN: 32 output channels at 128 px (K = 288) 0.477 / 0.198 (bf16 0.330 /
+    0.140) and at 64 px (K = 144) 0.064 / 0.057, 64 channels at 64 px (K = 576) 0.248 /
+    0.113, K = 1152 at 64 px 0.633 / 0.425, exact fp32 on the headline 10.86 / 7.60,
+    channels-last headline 2.226 / 1.397."""
     if cin < 16:
         return False
-    large = tiles >= 64 * sms
-    stride_one = not strided and (k >= 1024 or not large)
+    compute_heavy = k >= 1024 or (k >= 512 and tiles < 64 * sms)
+    stride_one = not strided and (compute_heavy or cout <= 32)
     return channels_last or exact_fp32 or tiles < sms or stride_one
 
 
@@ -235,6 +244,7 @@ def _path(
         and math.prod(out_shape[1:]) < _INT32_MAX  # the epilogue pass's per-image index
         and _cudnn_pays(
             weight.shape[1],
+            cout,
             k,
             max(stride) > 1,
             tiles,

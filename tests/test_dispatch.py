@@ -50,8 +50,8 @@ def test_patch_kernel_can_be_disabled(monkeypatch):
     assert not _cuda._patch_enabled()
 
 
-def _cudnn_pays(cin, k, strided, tiles, sms, exact_fp32, channels_last=False):
-    return _cuda._cudnn_pays(cin, k, strided, tiles, sms, exact_fp32, channels_last)
+def _cudnn_pays(cin, k, strided, tiles, sms, exact_fp32, channels_last=False, cout=64):
+    return _cuda._cudnn_pays(cin, cout, k, strided, tiles, sms, exact_fp32, channels_last)
 
 
 def test_cudnn_path_size_rule():
@@ -62,14 +62,19 @@ def test_cudnn_path_size_rule():
     # ResNet 3x3 layers at batch 32: 56 px (784 tiles, K 576), 14 px (98 tiles, K 2304)
     assert _cudnn_pays(64, 576, False, 784, sms, exact_fp32=False)
     assert _cudnn_pays(256, 2304, False, 98, sms, exact_fp32=False)
-    # stride 1 up to 64 tiles per SM at any K (a 1x1 with 256 channels, 32 channels)
-    assert _cudnn_pays(64, 576, False, 64 * sms - 1, sms, exact_fp32=False)
-    assert _cudnn_pays(256, 256, False, 784, sms, exact_fp32=False)
-    assert _cudnn_pays(32, 288, False, 4096, sms, exact_fp32=False)
-    # beyond, K >= 1024 only: the headline stays on the K-table kernel
+    # K >= 512 up to 64 tiles per SM; the headline with 64 output channels is above
+    assert _cudnn_pays(64, 512, False, 64 * sms - 1, sms, exact_fp32=False)
     assert not _cudnn_pays(64, 576, False, 15876, sms, exact_fp32=False)
-    assert not _cudnn_pays(64, 1023, False, 64 * sms, sms, exact_fp32=False)
+    # K >= 1024 at any size
     assert _cudnn_pays(128, 1152, False, 15876, sms, exact_fp32=False)
+    assert not _cudnn_pays(64, 511, False, 1000, sms, exact_fp32=False)
+    # 1x1 layers with the SMs filled: the K-table kernel
+    assert not _cudnn_pays(256, 256, False, 784, sms, exact_fp32=False)
+    assert not _cudnn_pays(128, 128, False, 784, sms, exact_fp32=False, cout=512)
+    # 32 output channels or fewer at stride 1: half-empty K-table tiles
+    assert _cudnn_pays(32, 288, False, 4096, sms, exact_fp32=False, cout=32)
+    assert not _cudnn_pays(32, 288, False, 4096, sms, exact_fp32=False, cout=33)
+    assert not _cudnn_pays(32, 288, True, 4096, sms, exact_fp32=False, cout=32)
     # strided with the SMs filled: the K-table kernel
     assert not _cudnn_pays(64, 576, True, 196, sms, exact_fp32=False)
     # fewer tiles than SMs, or exact fp32, at any K
@@ -97,8 +102,8 @@ H100_SMS = 132
         ((512, 256, 14, 14), 256, 3, torch.bfloat16, True, "nchw", False, "cudnn", "fused"),
         ((512, 256, 14, 14), 256, 3, torch.bfloat16, True, "nchw", True, "patch", "patch"),
         ((32, 64, 56, 56), 64, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),  # K 576
-        ((32, 256, 56, 56), 64, 1, torch.float32, True, "nchw", False, "cudnn", "fused"),  # 1x1
-        ((32, 64, 56, 56), 128, 3, torch.float32, True, "nchw", False, "cudnn", "fused"),
+        ((32, 256, 56, 56), 64, 1, torch.float32, True, "nchw", False, "fused", "fused"),  # 1x1
+        ((32, 32, 128, 128), 32, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),
         ((128, 64, 128, 128), 128, 3, torch.float32, True, "nchw", False, "fused", "fused"),
         ((1, 3, 16, 16), 16, 3, torch.float32, False, "nchw", False, "fused", "fused"),  # 3 channels
         ((1, 16, 16, 16), 16, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),  # one tile
