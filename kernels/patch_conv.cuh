@@ -20,8 +20,8 @@
 //     at the tap's offset). After a tile's last slice each consumer runs its
 //     epilogue (bias, relu, other, one store) from its accumulators.
 // The warpgroups meet only at mbarriers: a slot is "full" once its copy landed and
-// "empty" once every consumer thread is past it, so one consumer's epilogue can run beside the
-// other's wgmmas, and the copies beside both.
+// "empty" once every consumer thread is past it, so one consumer's epilogue can run beside
+// the other's wgmmas, and the copies beside both.
 #pragma once
 
 #include "conv_relu_add.cuh"
@@ -599,8 +599,8 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // Every consumer thread arrives, after its own last read of the slot: the barrier's
   // phase then completes after every read, with no ordering left to the warp.
   auto release = [&](int b) { mbar_arrive(k.bar(b)); };
-  RingPos ring;  // where the current slice's weights are
-  int64_t u = 0;                    // units finished
+  RingPos ring;    // where the current slice's weights are
+  int64_t u = 0;  // units finished
 
   // Slice s of the tile (reading `cur`): wait for its weights, multiply, and while the wgmma
   // runs release what the previous slice read and build the next slice's fragments.
