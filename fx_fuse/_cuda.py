@@ -100,7 +100,9 @@ def _patch_pays(pixels: int, cout: int, k: int, sms: int, channels_last: bool) -
 def _patch_runs(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
     """Whether the binding takes these arguments on the patch kernel (its alignment and fit
     requirements: e.g. NCHW rows of whole 16-byte chunks)."""
-    name = _extension().kernel_name(x, weight, stride, padding, dilation, True, True, True)
+    name = _extension().kernel_name(
+        x, weight, stride, padding, dilation, allow_tf32=True, hopper=True, patch=True
+    )
     return name.startswith("patch")
 
 

@@ -142,6 +142,14 @@ class _H100Properties:
     major, minor, multi_processor_count = 9, 0, H100_SMS
 
 
+@pytest.fixture
+def h100_planner(monkeypatch):
+    """The planner as on an H100, every path allowed."""
+    for switch in ("FX_FUSE_DISABLE_PATCH", "FX_FUSE_DISABLE_CUDNN", "FX_FUSE_DISABLE_WGMMA"):
+        monkeypatch.delenv(switch, raising=False)
+    monkeypatch.setattr(_cuda, "_device_properties", lambda device: _H100Properties)
+
+
 @pytest.mark.parametrize(
     "dtype,layout,expected",
     [
@@ -150,12 +158,8 @@ class _H100Properties:
         (torch.float32, "cl", ("patch", True, True, True)),
     ],
 )
-def test_plan_for_the_cpp_kernel(monkeypatch, dtype, layout, expected):
+def test_plan_for_the_cpp_kernel(h100_planner, monkeypatch, dtype, layout, expected):
     """The planner's answer (path, input and output layouts, Hopper) for the headline."""
-    monkeypatch.delenv("FX_FUSE_DISABLE_PATCH", raising=False)
-    monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN", raising=False)
-    monkeypatch.delenv("FX_FUSE_DISABLE_WGMMA", raising=False)
-    monkeypatch.setattr(_cuda, "_device_properties", lambda device: _H100Properties)
     monkeypatch.setattr(_cuda, "_patch_runs", lambda *args: True)  # the binding takes it
     x = torch.empty(128, 64, 128, 128, dtype=dtype, device="meta")
     if layout == "cl":
@@ -165,15 +169,16 @@ def test_plan_for_the_cpp_kernel(monkeypatch, dtype, layout, expected):
     assert _cuda.plan(x, w, b, other, [1, 1], [0, 0], [1, 1], 1) == expected
 
 
-def test_plan_asks_the_binding_before_the_patch_kernel(monkeypatch):
+def test_plan_asks_the_binding_before_the_patch_kernel(h100_planner, monkeypatch):
     """Where the binding does not take the input on the patch kernel, the other rules pick
     (the headline: the K-table kernel), not the patch kernel's size rule."""
-    monkeypatch.delenv("FX_FUSE_DISABLE_PATCH", raising=False)
-    monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN", raising=False)
-    monkeypatch.delenv("FX_FUSE_DISABLE_WGMMA", raising=False)
-    monkeypatch.setattr(_cuda, "_device_properties", lambda device: _H100Properties)
     asked = []
-    monkeypatch.setattr(_cuda, "_patch_runs", lambda *args: asked.append(args) and False)
+
+    def refuse(*args):
+        asked.append(args)
+        return False
+
+    monkeypatch.setattr(_cuda, "_patch_runs", refuse)
     x = torch.empty(128, 64, 128, 128, device="meta")
     w = torch.empty(128, 64, 3, 3, device="meta")
     b, other = torch.empty(128, device="meta"), ops.scalar_other(0.5)

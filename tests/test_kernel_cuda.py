@@ -324,18 +324,17 @@ def test_patch_rule_falls_back_where_the_binding_does_not_take_the_input(monkeyp
     """Where the patch kernel's size rule pays but the binding does not take the input (a
     bf16 NCHW row of 18 pixels is not whole 16-byte chunks), the planner asks the binding
     first, and the cuDNN path runs if its rule says so (not the K-table kernel)."""
-    set_policy("bf16")
+    bf16 = set_policy("bf16")
     monkeypatch.setattr(_cuda, "_patch_pays", lambda *args: True)
     monkeypatch.setattr(_cuda, "_cudnn_pays", lambda *args: True)
     monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN", raising=False)
     monkeypatch.delenv("FX_FUSE_DISABLE_PATCH", raising=False)
-    taken = make((2, 32, 12, 16, 24, 3, 3, 1, 0, 1), torch.bfloat16)  # rows of 32 bytes
-    refused = make((2, 32, 12, 18, 24, 3, 3, 1, 0, 1), torch.bfloat16)  # rows of 36 bytes
-    hopper = _cuda._device_capability(taken[0].device)[0] == 9  # built for sm_90a only
-    assert _cuda._patch_runs(*taken[:2], *taken[3:]) == hopper
-    assert not _cuda._patch_runs(*refused[:2], *refused[3:])
-    x, w, b, stride, padding, dilation = refused
-    other = torch.randn(24, 1, 1, device=DEV, dtype=torch.bfloat16)
+    x16, w16, _, stride, padding, dilation = make((2, 32, 12, 16, 24, 3, 3, 1, 0, 1), bf16)
+    hopper = _cuda._device_capability(x16.device)[0] == 9  # built for sm_90a only
+    assert _cuda._patch_runs(x16, w16, stride, padding, dilation) == hopper  # rows of 32 bytes
+    x, w, b, stride, padding, dilation = make((2, 32, 12, 18, 24, 3, 3, 1, 0, 1), bf16)
+    assert not _cuda._patch_runs(x, w, stride, padding, dilation)  # rows of 36 bytes
+    other = torch.randn(24, 1, 1, device=DEV, dtype=bf16)
     _cuda.forget_plans()  # plan again under the replaced rules
     try:
         kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, padding, dilation))
