@@ -204,7 +204,8 @@ template <int N> __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
 }
-// Shared memory written by ordinary stores and cp.async, read next by wgmma (async proxy).
+// Orders this thread's shared-memory writes (ordinary stores, cp.async) before the async
+// proxy's next access to the same bytes: a wgmma's read, a bulk copy's write.
 __device__ __forceinline__ void fence_proxy_async() {
 #ifdef FX_FUSE_WGMMA
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");

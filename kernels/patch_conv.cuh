@@ -11,8 +11,9 @@
 //     into a ring slot with one bulk copy (the prepared weights are laid out slice by
 //     slice, already swizzled); its warps 1-3 copy each unit's input patch --
 //     patch_rows rows x patch_pitch columns x CB channels, padding zero-filled; channel
-//     planes (NCHW) or pixels of CB channels (channels-last) -- into a patch slot with
-//     16-byte cp.async as soon as the slot is free, round a landed TF32 patch in place
+//     planes (NCHW) or pixels of CB channels (channels-last) -- into a patch slot as soon
+//     as the slot is free (NCHW: one bulk copy per channel row; channels-last: 16-byte
+//     cp.async per pixel chunk), round a landed TF32 patch in place
 //     once (a 16-bit NCHW one: interleave its channel pairs), and publish it;
 //   - two consumers (warpgroups 1 and 2, 128 tile rows each) multiply: per slice two
 //     m64n128 wgmmas per k-step (A from registers, B from the ring slot), and while they
@@ -87,6 +88,11 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 // Arrive and expect `bytes` more from the copy engine before the phase completes.
 __device__ __forceinline__ void mbar_arrive_expect(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+// Expect `bytes` more from the copy engine before the current phase completes.
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes)
                : "memory");
 }
 // The barrier counts one arrival once this thread's cp.async copies so far have landed.
@@ -259,7 +265,10 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
 }
 
 // Warps 1-3 of the producer (kPatchCopyThreads threads): the units' input patches, each
-// into its slot as soon as both consumers are done with the unit before it there. Once
+// into its slot as soon as both consumers are done with the unit before it there. NCHW:
+// each channel row's chunks inside the image come by one bulk copy (the copy engine; the
+// rows are dense, x_sw == 1) and its padding chunks are zeroed with shared stores;
+// channels-last: one 16-byte cp.async per chunk, padding zero-filled by the copy. Once
 // it has landed, a TF32 patch is rounded in place (once per element, not once per tap
 // that reads it) and a 16-bit NCHW one gets its channel pairs interleaved; then the
 // consumers may read it.
@@ -275,45 +284,61 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   const int tid = threadIdx.x - 32;
   const T* __restrict__ x = static_cast<const T*>(p.x);
 
-  // Thread t copies the 16-byte chunks q = t, t + kPatchCopyThreads, ... of a patch, split
-  // by multiply-high with rounded-up reciprocals (exact for q * divisor < 2^32), so that
-  // the iterations are independent. NCHW: chunk q is (channel, row, column chunk);
-  // channels-last: (row, column, channel chunk), patch_chunks = 8 chunks per column.
-  const int per_c = p.patch_rows * p.patch_chunks;
-  const uint32_t inv_per_c = static_cast<uint32_t>(((uint64_t{1} << 32) + per_c - 1) / per_c);
+  // Channels-last: thread t copies the 16-byte chunks q = t, t + kPatchCopyThreads, ... of
+  // a patch, chunk q = (row, column, channel chunk) with patch_chunks = 8 chunks per column,
+  // split by multiply-high with a rounded-up reciprocal (exact for q * divisor < 2^32), so
+  // that the iterations are independent.
+  const int pixel_chunks = p.patch_rows * p.patch_chunks;
   const uint32_t inv_chunks =
       static_cast<uint32_t>(((uint64_t{1} << 32) + p.patch_chunks - 1) / p.patch_chunks);
-  auto issue_patch = [&](int64_t i, int cb, int slot) {
-    const PatchTile pt = patch_tile<VEC, CL>(p, k.tile(i), k.n_tiles);
-    const uint32_t dst = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
+  auto issue_pixels = [&](const PatchTile& pt, int cb, uint32_t dst, uint32_t landed) {
     const T* img = x + pt.n * p.x_sn;
 #pragma unroll 4
-    for (int q = tid; q < (CL ? 1 : CB) * per_c; q += kPatchCopyThreads) {
-      int off, c, r, col;  // the chunk's element offset in the slot, channel, row, column
-      if constexpr (CL) {
-        r = static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_chunks));
-        const int rem = q - r * p.patch_chunks, cc = rem & 7;
-        col = rem >> 3;
-        c = cc * VEC;
-        off = r * k.row_step + col * CPX + c;
-      } else {
-        c = static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_per_c));
-        const int rem = q - c * per_c;
-        r = static_cast<int>(__umulhi(static_cast<uint32_t>(rem), inv_chunks));
-        col = (rem - r * p.patch_chunks) * VEC;
-        off = c * CP + r * p.patch_pitch + col;
-      }
+    for (int q = tid; q < pixel_chunks; q += kPatchCopyThreads) {
+      const int r = static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_chunks));
+      const int rem = q - r * p.patch_chunks, c = (rem & 7) * VEC, col = rem >> 3;
       const int ci = cb * CB + c, ih = pt.ih0 + r, iw = pt.iw0a + col;
-      // A chunk lies wholly inside or wholly outside the image (NCHW: W % VEC == 0;
-      // channels-last: Cin % VEC == 0).
+      // A chunk lies wholly inside or wholly outside the image (Cin % VEC == 0).
       const bool ok = ci < p.Cin && static_cast<unsigned>(ih) < static_cast<unsigned>(p.H) &&
                       static_cast<unsigned>(iw) < static_cast<unsigned>(p.W);
       const T* src = ok ? img + (ci * static_cast<int>(p.x_sc) + ih * static_cast<int>(p.x_sh) +
                                  iw * static_cast<int>(p.x_sw))
                         : x;
-      cp_async_16_zfill(dst + off * ELEM, src, ok);
+      cp_async_16_zfill(dst + (r * k.row_step + col * CPX + c) * ELEM, src, ok);
     }
-    cp_async_arrive(k.bar(kBarPLanded + slot));
+    cp_async_arrive(landed);
+  };
+  // NCHW: thread t takes the channel rows q = t, t + kPatchCopyThreads, ... (channel
+  // q / patch_rows, row q % patch_rows). The tile's columns inside the image are its
+  // chunks [j0, j1) (W % VEC == 0: a chunk lies wholly inside or outside), the same for
+  // every row: one bulk copy of them per row inside the image, zeros elsewhere.
+  auto issue_rows = [&](const PatchTile& pt, int cb, uint32_t dst, uint32_t landed) {
+    const T* img = x + pt.n * p.x_sn;
+    const int j0 = pt.iw0a < 0 ? min(-pt.iw0a / VEC, p.patch_chunks) : 0;
+    const int j1 = max(j0, min(p.patch_chunks, (p.W - pt.iw0a) / VEC));
+    for (int q = tid; q < CB * p.patch_rows; q += kPatchCopyThreads) {
+      const int c = q / p.patch_rows, r = q - c * p.patch_rows;
+      const int ci = cb * CB + c, ih = pt.ih0 + r;
+      const uint32_t row = dst + static_cast<uint32_t>((c * CP + r * p.patch_pitch) * ELEM);
+      const bool in = ci < p.Cin && static_cast<unsigned>(ih) < static_cast<unsigned>(p.H) && j1 > j0;
+      const int z0 = in ? j0 : p.patch_chunks, z1 = in ? j1 : p.patch_chunks;
+      for (int j = 0; j < z0; ++j) st_shared_v4(row + 16 * j, make_uint4(0, 0, 0, 0));
+      for (int j = z1; j < p.patch_chunks; ++j) st_shared_v4(row + 16 * j, make_uint4(0, 0, 0, 0));
+      if (in) {
+        const uint32_t bytes = static_cast<uint32_t>(16 * (j1 - j0));
+        mbar_expect_tx(landed, bytes);
+        bulk_copy(row + 16 * j0,
+                  img + (ci * static_cast<int>(p.x_sc) + ih * static_cast<int>(p.x_sh) + pt.iw0a + j0 * VEC),
+                  bytes, landed);
+      }
+    }
+    mbar_arrive(landed);  // after this thread's zeros; its copies still count until they land
+  };
+  auto issue_patch = [&](int64_t i, int cb, int slot) {
+    const PatchTile pt = patch_tile<VEC, CL>(p, k.tile(i), k.n_tiles);
+    const uint32_t dst = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
+    if constexpr (CL) issue_pixels(pt, cb, dst, k.bar(kBarPLanded + slot));
+    else issue_rows(pt, cb, dst, k.bar(kBarPLanded + slot));
   };
   // TF32: round the slot's patch in place, 16-byte chunk by chunk over the whole region
   // the copies write (padding between rows or pixels included: never read, harmless).
@@ -368,6 +393,8 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
       mbar_wait(k.bar(kBarPLanded + slot), parity);
       if constexpr (MATH == Math::kTF32) round_patch(slot);
       else if constexpr (!CL) interleave_pairs(slot);
+      // the slot's next copies (NCHW: the copy engine's) come after these shared stores
+      if constexpr (!CL) fence_proxy_async();
       mbar_arrive(k.bar(kBarPFull + slot));
     }
   }
