@@ -73,28 +73,38 @@ def _patch_enabled() -> bool:
     return os.environ.get("FX_FUSE_DISABLE_PATCH") != "1"
 
 
-def _patch_pays(pixels: int, cout: int, k: int, sms: int, channels_last: bool) -> bool:
+def _patch_pays(
+    pixels: int, cout: int, k: int, sms: int, channels_last: bool, elem: int, width: int
+) -> bool:
     """The size rule for the patch kernel: its tiles are 256 output pixels x 128 channels on
     a persistent grid of one CTA per SM, so it needs enough tiles to spread over the SMs,
     and K = C_in x kH x kW no larger than the conv's arithmetic lets its single pass over
-    the output pay for (cuDNN multiplies faster beyond).
-    NCHW input: more than 32 output channels, K <= 2304, and a tile per SM (three at 64
-    output channels or fewer, whose tiles are half empty). Channels-last input, where
-    cuDNN's sm90 kernels are stronger: more than 64 output channels, 4 tiles per SM and K
-    below 1024.
-    Measured on the H200 (GPU ms, patch / K-table / cuDNN path; docs/performance.md v24):
-    the headline 1.400 / 1.918 / 2.494 (bf16 0.889 / 1.859 / 2.299), with 64 output
-    channels 1.336 / 1.729 / 1.465; K = 1152, 128 px, batch 32 0.690 / 1.174 / 0.858 (bf16
-    0.412 / 1.199 / 0.523); K = 2304, 32 px, batch 32 0.169 / 0.398 / 0.183, batch 128
-    0.612 / 1.554 / 0.609; K = 4608 1.235 / 6.795 / 0.990; 32 output channels (bf16) 0.198
-    / 0.332 / 0.140; 64 output channels at 56 px, batch 32 (3 tiles per SM) 0.092 / 0.165
-    / 0.090, batch 64 0.150 / 0.323 / 0.160. Channels-last: the headline 1.386 / 2.277 /
-    1.412, with 64 output channels 1.278 / 1.892 / 0.875, 56 px, batch 32 0.080 / 0.104 /
+    the output pay for (cuDNN multiplies faster beyond). ``elem``: the input's element
+    size; ``width``: its rows' length in pixels.
+    NCHW input: K <= 2304 and rows longer than 64 bytes (each row of a patch is one bulk
+    copy: short ones cost more than they bring); fp32 (TF32) from 32 output channels and
+    half a tile per SM; fp16 / bf16, where cuDNN is stronger, more than 32 output channels
+    and a tile per SM (three at 64 output channels or fewer, whose tiles are half empty).
+    Channels-last input, where cuDNN's sm90 kernels are stronger still: more than 64 output
+    channels, 4 tiles per SM and K below 1024.
+    Measured on the H200 (GPU ms, patch / K-table / cuDNN path; docs/performance.md v24,
+    v26): the headline 1.298 / 1.943 / 2.578 (bf16 0.856 / 1.861 / 2.303), with 64 output
+    channels 1.104 / 1.729 / 1.487; K = 2304, 32 px, batch 32 0.159 / 0.394 / 0.182, batch
+    128 0.573 / 1.542 / 0.618 (bf16, 64-byte rows, 0.438 / 1.234 / 0.362); K = 4608 1.412 /
+    6.787 / 0.976; 64 output channels at 56 px, batch 32 (3 tiles per SM) 0.081 / 0.164 /
+    0.089 (bf16 0.057 / 0.117 / 0.053), batch 64 (bf16) 0.092 / 0.234 / 0.099; 128 channels
+    at 28 px, batch 32 (0.74 tiles per SM) 0.048 / 0.084 / 0.052; 32 output channels 0.185
+    / 0.479 / 0.198 (bf16 0.183 / 0.333 / 0.140). Channels-last: the headline 1.374 / 2.324
+    / 1.507, with 64 output channels 1.259 / 1.892 / 0.883, 56 px, batch 32 0.079 / 0.104 /
     0.050."""
     tiles = -(-pixels // 256) * -(-cout // 128)
     if channels_last:
         return cout > 64 and tiles >= 4 * sms and k < 1024
-    return cout > 32 and tiles >= (3 if cout <= 64 else 1) * sms and k <= 2304
+    if k > 2304 or width * elem <= 64:
+        return False
+    if elem == 4:
+        return cout >= 32 and 2 * tiles >= sms
+    return cout > 32 and tiles >= (3 if cout <= 64 else 1) * sms
 
 
 def _patch_runs(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
@@ -256,6 +266,10 @@ def _path(
         )
     )
     # the patch kernel: TF32, fp16 or bf16 (not 3xTF32) where its size rule says it pays
-    if patch_runs and not exact_fp32 and _patch_pays(pixels, cout, k, sms, channels_last):
+    if (
+        patch_runs
+        and not exact_fp32
+        and _patch_pays(pixels, cout, k, sms, channels_last, x.element_size(), x.shape[3])
+    ):
         return "patch"
     return "cudnn" if cudnn else "fused"

@@ -9,30 +9,37 @@ from fx_fuse import _cuda, ops
 def test_patch_kernel_size_rule_nchw():
     sms = 132
 
-    def pays(pixels, cout, k):
-        return _cuda._patch_pays(pixels, cout, k, sms, channels_last=False)
+    def pays(pixels, cout, k, elem=4, width=128):
+        return _cuda._patch_pays(pixels, cout, k, sms, False, elem, width)
 
     # the headline: 128 images of 126 x 126 output pixels, 128 channels, K = 64 x 9
     assert pays(128 * 126 * 126, 128, 576)
-    # a tile of 256 pixels x 128 channels per SM
-    assert pays(sms * 256, 128, 576)
-    assert not pays((sms - 1) * 256, 128, 576)
-    assert pays(sms // 2 * 256, 256, 576)
-    # 64 output channels or fewer (half-empty tiles): three tiles per SM
-    assert pays(3 * sms * 256, 64, 576)
-    assert not pays(32 * 56 * 56, 64, 576)  # ResNet 56 px at batch 32: 392 tiles
-    assert pays(64 * 56 * 56, 64, 576)
-    assert not pays(128 * 126 * 126, 32, 576)
+    assert pays(128 * 126 * 126, 128, 576, elem=2)
+    # fp32: half a tile (256 pixels x 128 channels) per SM, from 32 output channels
+    assert pays(sms // 2 * 256, 128, 576)
+    assert not pays((sms // 2 - 1) * 256, 128, 576)
+    assert pays(32 * 56 * 56, 64, 576, width=56)  # ResNet 56 px at batch 32: 392 tiles
+    assert pays(32 * 128 * 128, 32, 288)
+    assert not pays(32 * 128 * 128, 16, 144)
+    # 16-bit: a tile per SM, three at 64 output channels or fewer, more than 32 channels
+    assert pays(sms * 256, 128, 576, elem=2)
+    assert not pays((sms - 1) * 256, 128, 576, elem=2)
+    assert not pays(32 * 56 * 56, 64, 576, elem=2, width=56)
+    assert pays(64 * 56 * 56, 64, 576, elem=2, width=56)
+    assert not pays(32 * 128 * 128, 32, 288, elem=2)
+    # rows longer than 64 bytes (one bulk copy per patch row)
+    assert pays(128 * 32 * 32, 256, 2304, width=32)
+    assert not pays(128 * 32 * 32, 256, 2304, elem=2, width=32)
+    assert not pays(512 * 16 * 16, 128, 1152, width=16)
     # K up to 2304 (256 input channels); cuDNN multiplies faster beyond
-    assert pays(32 * 32 * 32, 256, 2304)
-    assert not pays(256 * 16 * 16, 512, 4608)
+    assert not pays(256 * 16 * 16, 512, 4608, width=20)
 
 
 def test_patch_kernel_size_rule_channels_last():
     sms = 132
 
     def pays(pixels, cout, k):
-        return _cuda._patch_pays(pixels, cout, k, sms, channels_last=True)
+        return _cuda._patch_pays(pixels, cout, k, sms, True, elem=4, width=128)
 
     assert pays(128 * 126 * 126, 128, 576)
     # 4 tiles per SM, more than 64 output channels, K below 1024
@@ -101,10 +108,16 @@ H100_SMS = 132
         ((32, 256, 14, 14), 256, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),
         # where the binding does not take the input (14 px rows of 28 bytes): the other rules
         ((512, 256, 14, 14), 256, 3, torch.bfloat16, True, "nchw", False, "cudnn", "fused"),
-        ((512, 256, 14, 14), 256, 3, torch.bfloat16, True, "nchw", True, "patch", "patch"),
-        ((32, 64, 56, 56), 64, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),  # K 576
+        # rows of 64 bytes or fewer (16-bit at 32 px): not the patch kernel
+        ((128, 256, 32, 32), 256, 3, torch.bfloat16, True, "nchw", True, "cudnn", "fused"),
+        ((128, 256, 32, 32), 256, 3, torch.float32, True, "nchw", True, "patch", "patch"),
+        # 64 output channels at batch 32: 2.8 tiles per SM, enough for fp32 only
+        ((32, 64, 56, 56), 64, 3, torch.float32, True, "nchw", True, "patch", "patch"),
+        ((32, 64, 56, 56), 64, 3, torch.bfloat16, True, "nchw", True, "cudnn", "fused"),
         ((32, 256, 56, 56), 64, 1, torch.float32, True, "nchw", False, "fused", "fused"),  # 1x1
-        ((32, 32, 128, 128), 32, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),
+        # 32 output channels: fp32 only
+        ((32, 32, 128, 128), 32, 3, torch.float32, True, "nchw", True, "patch", "patch"),
+        ((32, 32, 128, 128), 32, 3, torch.bfloat16, True, "nchw", True, "cudnn", "fused"),
         ((128, 64, 128, 128), 128, 3, torch.float32, True, "nchw", False, "fused", "fused"),
         ((1, 3, 16, 16), 16, 3, torch.float32, False, "nchw", False, "fused", "fused"),  # 3 channels
         ((1, 16, 16, 16), 16, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),  # one tile
