@@ -45,10 +45,11 @@ struct Plan {
   int tile;        // TileConfig
   bool avec;       // channels-last 16-byte gathers (the K-table kernels)
   int k_order;     // KOrder
-  // kTilePatch only: the input layout, the tile and the patch (NCHW: patch_chunks 16-byte
-  // chunks per row; channels-last: patch_cols pixels per row).
+  // kTilePatch only: the input layout, the tile (tile_h x tile_w pixels x patch_bn
+  // channels) and the patch (NCHW: patch_chunks 16-byte chunks per row; channels-last:
+  // patch_cols pixels per row).
   bool patch_cl = false;
-  int tile_h = 0, tile_w = 0, patch_rows = 0, patch_chunks = 0, patch_cols = 0;
+  int tile_h = 0, tile_w = 0, patch_bn = 0, patch_rows = 0, patch_chunks = 0, patch_cols = 0;
 };
 
 // The patch kernel's tile: the widest power-of-two row width up to 128 that covers the
@@ -108,6 +109,7 @@ Plan make_plan(const at::Tensor& x, const at::Tensor& weight, int64_t OW,
     plan.avec = false;
     plan.k_order = kOrderBlocked;
     plan.patch_cl = cin_inner;
+    plan.patch_bn = Cout <= kPatchBNSmall ? kPatchBNSmall : kPatchBN;
     return plan;
   }
   // K order: channels innermost when the input is channels-last, so that one 16-byte chunk
@@ -183,7 +185,7 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   const Plan plan = make_plan(x, weight, OW, stride, dilation, math, hopper, patch);
   const int elem = static_cast<int>(x.element_size());
   const int bk = kSliceBytes / elem;
-  const int bn = plan.tile == kTile128x64 ? 64 : 128;
+  const int bn = plan.tile == kTilePatch ? plan.patch_bn : plan.tile == kTile128x64 ? 64 : 128;
   const int64_t cblocks = (C + bk - 1) / bk;
   // The patch kernel's K covers whole channel blocks per tap; the others pad K to a slice.
   const int64_t K = plan.tile == kTilePatch ? cblocks * bk * KH * KW : C * KH * KW;
@@ -213,6 +215,7 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   pp.K_pad = static_cast<int>(K_pad);
   pp.k_order = plan.k_order;
   pp.k_block = bk;
+  pp.n_block = bn;
   pp.x_sc = x.stride(1);
   pp.x_sh = x.stride(2);
   pp.x_sw = x.stride(3);
@@ -263,7 +266,7 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   set_output(p, out);
 
   if (plan.tile == kTilePatch) {
-    launch_patch(p, math, plan.patch_cl, stream);
+    launch_patch(p, math, plan.patch_cl, plan.patch_bn, stream);
     return;
   }
   switch (math) {

@@ -1,8 +1,11 @@
-// Instantiation of the patch kernel (Hopper) for TF32, fp16 and bf16, NCHW and channels-last.
+// Instantiation of the patch kernel (Hopper) for TF32, fp16 and bf16, NCHW and channels-last,
+// with 128-channel tiles (conv_patch_small.cu: 64-channel tiles).
 #include "api.h"
 #include "launch.cuh"
 
 namespace fx_fuse {
+
+void launch_patch_small(const ConvParams& p, Math math, bool channels_last, cudaStream_t stream);
 
 bool patch_kernel_ready(Math math) {
   switch (math) {
@@ -13,19 +16,14 @@ bool patch_kernel_ready(Math math) {
   }
 }
 
-template <bool CL>
-void launch_patch_layout(const ConvParams& p, Math math, cudaStream_t stream) {
-  switch (math) {
-    case Math::kTF32: launch_patch_t<Math::kTF32, CL>(p, stream); break;
-    case Math::kF16: launch_patch_t<Math::kF16, CL>(p, stream); break;
-    case Math::kBF16: launch_patch_t<Math::kBF16, CL>(p, stream); break;
-    default: TORCH_CHECK(false, "fx_fuse::conv2d_relu_add: internal error: no patch kernel for 3xTF32");
+void launch_patch(const ConvParams& p, Math math, bool channels_last, int bn, cudaStream_t stream) {
+  if (bn == kPatchBNSmall) {
+    launch_patch_small(p, math, channels_last, stream);
+  } else if (channels_last) {
+    launch_patch_layout<true, kPatchBN>(p, math, stream);
+  } else {
+    launch_patch_layout<false, kPatchBN>(p, math, stream);
   }
-}
-
-void launch_patch(const ConvParams& p, Math math, bool channels_last, cudaStream_t stream) {
-  if (channels_last) launch_patch_layout<true>(p, math, stream);
-  else launch_patch_layout<false>(p, math, stream);
 }
 
 }  // namespace fx_fuse

@@ -688,15 +688,15 @@ __device__ __forceinline__ void decompose_k(const PrepParams& p, int k, int& c, 
   }
 }
 
-// Where the patch kernel's weights go: slice by slice ([Cout_pad / kPatchBN][K_pad /
-// k_block][kPatchBN][k_block]), each 128-byte row's 16-byte chunk c already at c ^ (row & 7)
+// Where the patch kernel's weights go: slice by slice ([Cout_pad / n_block][K_pad /
+// k_block][n_block][k_block]), each 128-byte row's 16-byte chunk c already at c ^ (row & 7)
 // (the 128B swizzle of a ring slot), so that one bulk copy moves a slice as wgmma reads it.
 template <typename T>
 __device__ __forceinline__ int64_t blocked_index(const PrepParams& p, int co, int k) {
   constexpr int VEC = 16 / sizeof(T);
-  const int slice = k / p.k_block, e = k % p.k_block, row = co % kPatchBN;
+  const int slice = k / p.k_block, e = k % p.k_block, row = co % p.n_block;
   const int at = ((e / VEC) ^ (row & 7)) * VEC + e % VEC;
-  return ((static_cast<int64_t>(co / kPatchBN) * (p.K_pad / p.k_block) + slice) * kPatchBN + row) *
+  return ((static_cast<int64_t>(co / p.n_block) * (p.K_pad / p.k_block) + slice) * p.n_block + row) *
              p.k_block + at;
 }
 

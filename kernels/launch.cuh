@@ -78,23 +78,34 @@ void launch_conv(const ConvParams& p, bool avec, int tile, cudaStream_t stream) 
 
 template <Math MATH>
 bool patch_compiled() {
-  return sm90a_code_loaded(reinterpret_cast<const void*>(conv_relu_add_patch_kernel<MATH, false>));
+  return sm90a_code_loaded(
+      reinterpret_cast<const void*>(conv_relu_add_patch_kernel<MATH, false, kPatchBN>));
 }
 
-// One persistent CTA per SM (or per tile, when there are fewer tiles).
-template <Math MATH, bool CL>
+// One persistent CTA per SM (or per tile, when there are fewer tiles); tiles of BN channels.
+template <Math MATH, bool CL, int BN>
 void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
-  constexpr int smem = patch_smem_bytes();
-  auto kernel = conv_relu_add_patch_kernel<MATH, CL>;
+  constexpr int smem = patch_smem_bytes<BN>();
+  auto kernel = conv_relu_add_patch_kernel<MATH, CL, BN>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   int device = 0, sms = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);
-  const int64_t tiles = images * p.tiles_h * p.tiles_w * ((p.Cout + kPatchBN - 1) / kPatchBN);
+  const int64_t tiles = images * p.tiles_h * p.tiles_w * ((p.Cout + BN - 1) / BN);
   const int64_t grid = tiles < sms ? tiles : sms;
   kernel<<<static_cast<unsigned>(grid), kPatchThreads, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <bool CL, int BN>
+void launch_patch_layout(const ConvParams& p, Math math, cudaStream_t stream) {
+  switch (math) {
+    case Math::kTF32: launch_patch_t<Math::kTF32, CL, BN>(p, stream); break;
+    case Math::kF16: launch_patch_t<Math::kF16, CL, BN>(p, stream); break;
+    case Math::kBF16: launch_patch_t<Math::kBF16, CL, BN>(p, stream); break;
+    default: TORCH_CHECK(false, "fx_fuse::conv2d_relu_add: internal error: no patch kernel for 3xTF32");
+  }
 }
 
 template <typename T>

@@ -18,7 +18,8 @@ constexpr int kSliceBytes = 128;
 // kTilePatch: the patch kernel (patch_conv.cuh) for NCHW and channels-last input on Hopper.
 enum TileConfig : int { kTile128x128 = 0, kTile128x64 = 1, kTile128x128Wgmma = 2, kTilePatch = 3 };
 
-// The patch kernel's tile: kPatchBM output pixels x kPatchBN output channels. An input
+// The patch kernel's tile: kPatchBM output pixels x kPatchBN output channels (kPatchBNSmall
+// for layers of at most that many, whose wider tiles would be half padding). An input
 // patch slot holds one channel block (one 128-byte K slice of channels: 32 fp32 or 64
 // 16-bit). NCHW: kPatchChannelPitch elements per channel, 2336 bytes (32 modulo 128) for
 // fp32, 1168 (16 modulo 64) for 16-bit; channels-last: kPatchPixelBytes per pixel (the
@@ -26,6 +27,7 @@ enum TileConfig : int { kTile128x128 = 0, kTile128x64 = 1, kTile128x128Wgmma = 2
 // of a fragment load fall on distinct shared-memory banks and 16-byte chunks stay aligned.
 constexpr int kPatchBM = 256;
 constexpr int kPatchBN = 128;
+constexpr int kPatchBNSmall = 64;
 constexpr int kPatchChannelPitch = 584;
 constexpr int kPatchPixelBytes = 144;
 constexpr int kPatchSlotBytes = 74880;  // >= 32 x 584 x 4 (NCHW); 520 pixels x 144 (channels-last)
@@ -79,6 +81,7 @@ struct PrepParams {
   int Cout, Cout_pad, Cin, KH, KW, K, K_pad;
   int k_order;
   int k_block;  // channels per block (kOrderBlocked)
+  int n_block;  // output channels per tile (kOrderBlocked)
   int64_t x_sc, x_sh, x_sw;
   int dil_h, dil_w;
   int round_tf32;

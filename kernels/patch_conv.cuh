@@ -3,7 +3,7 @@
 // an input patch in shared memory instead of being gathered element by element.
 //
 // A persistent CTA walks tiles of kPatchBM output pixels (tile_h rows of tile_w pixels) x
-// kPatchBN output channels. K is ordered (channel block, kh, kw, channel) with blocks of CB
+// BN output channels (128, or 64 for layers of at most 64: no half-empty tiles). K is ordered (channel block, kh, kw, channel) with blocks of CB
 // channels (one 128-byte K slice: 32 fp32 or 64 16-bit), so a slice is one tap of one
 // channel block, and a unit (one channel block of one tile) is `taps` slices. The CTA's
 // three warpgroups have one job each:
@@ -16,7 +16,7 @@
 //     cp.async per pixel chunk), round a landed TF32 patch in place
 //     once (a 16-bit NCHW one: interleave its channel pairs), and publish it;
 //   - two consumers (warpgroups 1 and 2, 128 tile rows each) multiply: per slice two
-//     m64n128 wgmmas per k-step (A from registers, B from the ring slot), and while they
+//     m64nBN wgmmas per k-step (A from registers, B from the ring slot), and while they
 //     run, build the next slice's A fragments from the patch (one ld.shared per register
 //     at the tap's offset). After a tile's last slice each consumer runs its
 //     epilogue (bias, relu, other, one store) from its accumulators.
@@ -35,7 +35,8 @@ constexpr int kPatchThreads = kPatchProducerThreads + kPatchConsumerThreads;
 constexpr int kPatchCopyThreads = kPatchProducerThreads - 32;  // the producer's patch warps
 constexpr int kPatchBStages = 4;    // weight ring slots
 constexpr int kPatchSlots = 2;      // input patch buffers (one in use, one loading)
-constexpr int kPatchSliceBytes = kPatchBN * kSliceBytes;
+// A weight slice: BN output channels x one 128-byte K slice.
+template <int BN> constexpr int kPatchSliceBytes = BN * kSliceBytes;
 // Registers per thread after setmaxnreg: the 384 x 168 a thread gets at launch, moved
 // from the producer to the consumers (the CTA can only share what it holds):
 // 128 x (168 - 40) = 256 x (232 - 168).
@@ -57,12 +58,12 @@ enum PatchBarrier : int {
   kPatchBarriers = kBarPEmpty + kPatchSlots,
 };
 
-// Per consumer and tile parity, the tile's bias and per-channel `other`.
+// Per consumer and tile parity, the tile's bias and per-channel `other` (room for 128).
 constexpr int kPatchChanBytes = 2 * 2 * 2 * kPatchBN * static_cast<int>(sizeof(float));
 
 // The weight ring, the patch slots, the per-channel values and the mbarriers.
-constexpr int patch_smem_bytes() {
-  return kPatchBStages * kPatchSliceBytes + kPatchSlots * kPatchSlotBytes + kPatchChanBytes +
+template <int BN> constexpr int patch_smem_bytes() {
+  return kPatchBStages * kPatchSliceBytes<BN> + kPatchSlots * kPatchSlotBytes + kPatchChanBytes +
          kPatchBarriers * 8;
 }
 
@@ -157,36 +158,65 @@ template <typename T> __device__ __forceinline__ void store_pair(T* y, float v0,
   }
 }
 
-// D (64 x 128, fp32) += A (64 x k, this thread's fragment in registers) * B (128 x k)^T from
-// shared memory; k = 8 for TF32, 16 for fp16 / bf16. scale_d == 0: D = A * B.
-template <Math MATH>
-__device__ __forceinline__ void wgmma_rs_m64n128(float (&d)[64], const uint32_t (&a)[4],
-                                                 uint64_t b, int scale_d) {
+// The 32 fp32 accumulator registers of an m64n64 wgmma: the asm operand list (%0-%31) and
+// its constraints.
+#define FX_FUSE_D32_LIST                                                                        \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define FX_FUSE_D32(d)                                                                           \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),       \
+  "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),     \
+  "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),     \
+  "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+
+// D (64 x BN, fp32) += A (64 x k, this thread's fragment in registers) * B (BN x k)^T from
+// shared memory; BN = 128 or 64, k = 8 for TF32, 16 for fp16 / bf16. scale_d == 0: D = A * B.
+template <Math MATH, int BN>
+__device__ __forceinline__ void wgmma_rs(float (&d)[BN / 2], const uint32_t (&a)[4], uint64_t b,
+                                         int scale_d) {
 #ifdef FX_FUSE_WGMMA
-  if constexpr (MATH == Math::kTF32) {
+  if constexpr (BN == 128 && MATH == Math::kTF32) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 " FX_FUSE_D64_LIST
                  ", {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
                  : FX_FUSE_D64(d)
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
-  } else if constexpr (MATH == Math::kF16) {
+  } else if constexpr (BN == 128 && MATH == Math::kF16) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " FX_FUSE_D64_LIST
                  ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
                  : FX_FUSE_D64(d)
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
-  } else {
+  } else if constexpr (BN == 128) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " FX_FUSE_D64_LIST
                  ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
                  : FX_FUSE_D64(d)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
+  } else if constexpr (MATH == Math::kTF32) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 " FX_FUSE_D32_LIST
+                 ", {%32, %33, %34, %35}, %36, p, 1, 1;\n}\n"
+                 : FX_FUSE_D32(d)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
+  } else if constexpr (MATH == Math::kF16) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " FX_FUSE_D32_LIST
+                 ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+                 : FX_FUSE_D32(d)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
+  } else {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " FX_FUSE_D32_LIST
+                 ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+                 : FX_FUSE_D32(d)
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
   }
 #else
   __trap();  // never launched: the host picks this kernel only where sm_90a code exists
 #endif
 }
-
 
 // A position in the weight ring: the slot, and the parity of the slot's current use.
 struct RingPos {
@@ -212,10 +242,10 @@ struct PatchTile {
   int ih0, iw0a, shift;
 };
 
-template <int VEC, bool CL>
+template <int VEC, bool CL, int BN>
 __device__ __forceinline__ PatchTile patch_tile(const ConvParams& p, int64_t t, int n_tiles) {
   PatchTile pt;
-  pt.n0 = static_cast<int>(t % n_tiles) * kPatchBN;
+  pt.n0 = static_cast<int>(t % n_tiles) * BN;
   t /= n_tiles;
   pt.ow0 = static_cast<int>(t % p.tiles_w) * p.tile_w;
   t /= p.tiles_w;
@@ -245,7 +275,7 @@ struct PatchCta {
 
 // Warp 0 of the producer, one thread: the weight slices, in the order the consumers use
 // them, each into the next ring slot once both consumers are past its previous slice.
-template <Math MATH>
+template <Math MATH, int BN>
 __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const PatchCta& k) {
 #ifdef FX_FUSE_WGMMA
   using T = typename MathTraits<MATH>::T;
@@ -253,11 +283,12 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
   const T* wp = static_cast<const T*>(p.wprep);
   RingPos at;  // where the next slice goes
   for (int64_t i = 0; i < k.my_tiles; ++i) {
-    const T* w = wp + static_cast<int64_t>(k.tile(i) % k.n_tiles) * k.S * kPatchBN * CB;
-    for (int s = 0; s < k.S; ++s, w += kPatchBN * CB) {
+    const T* w = wp + static_cast<int64_t>(k.tile(i) % k.n_tiles) * k.S * BN * CB;
+    for (int s = 0; s < k.S; ++s, w += BN * CB) {
+      constexpr int kBytes = kPatchSliceBytes<BN>;
       mbar_wait(k.bar(kBarWEmpty + at.slot), at.parity ^ 1u);
-      mbar_arrive_expect(k.bar(kBarWFull + at.slot), kPatchSliceBytes);
-      bulk_copy(k.ring + at.slot * kPatchSliceBytes, w, kPatchSliceBytes, k.bar(kBarWFull + at.slot));
+      mbar_arrive_expect(k.bar(kBarWFull + at.slot), kBytes);
+      bulk_copy(k.ring + at.slot * kBytes, w, kBytes, k.bar(kBarWFull + at.slot));
       at.advance();
     }
   }
@@ -272,7 +303,7 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
 // it has landed, a TF32 patch is rounded in place (once per element, not once per tap
 // that reads it) and a 16-bit NCHW one gets its channel pairs interleaved; then the
 // consumers may read it.
-template <Math MATH, bool CL>
+template <Math MATH, bool CL, int BN>
 __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const PatchCta& k) {
 #ifdef FX_FUSE_WGMMA
   using T = typename MathTraits<MATH>::T;
@@ -335,7 +366,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     mbar_arrive(landed);  // after this thread's zeros; its copies still count until they land
   };
   auto issue_patch = [&](int64_t i, int cb, int slot) {
-    const PatchTile pt = patch_tile<VEC, CL>(p, k.tile(i), k.n_tiles);
+    const PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(i), k.n_tiles);
     const uint32_t dst = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
     if constexpr (CL) issue_pixels(pt, cb, dst, k.bar(kBarPLanded + slot));
     else issue_rows(pt, cb, dst, k.bar(kBarPLanded + slot));
@@ -402,7 +433,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
 }
 
 // Warpgroup 1 + c (c = 0, 1): tile rows 128 c .. 128 c + 127 of every tile of the CTA.
-template <Math MATH, bool CL>
+template <Math MATH, bool CL, int BN>
 __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCta& k, int c) {
 #ifdef FX_FUSE_WGMMA
   using T = typename MathTraits<MATH>::T;
@@ -491,15 +522,15 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     }
   };
 
-  float acc[2][64] = {};
+  float acc[2][BN / 2] = {};
   auto multiply = [&](const Frag& a, uint32_t slot, bool first) {
-    const uint32_t b_tile = k.ring + slot * kPatchSliceBytes;
+    const uint32_t b_tile = k.ring + slot * kPatchSliceBytes<BN>;
     wgmma_fence();
 #pragma unroll
     for (int st = 0; st < NSTEP; ++st)
 #pragma unroll
       for (int h = 0; h < 2; ++h)  // the tile's first slice overwrites the accumulators
-        wgmma_rs_m64n128<MATH>(acc[h], a[h][st], wgmma_desc(b_tile + st * 32), !(first && st == 0));
+        wgmma_rs<MATH, BN>(acc[h], a[h][st], wgmma_desc(b_tile + st * 32), !(first && st == 0));
     wgmma_commit();
   };
 
@@ -533,7 +564,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     constexpr int LAYOUT = decltype(layout)::value;
     constexpr bool kPixelPairs = LAYOUT == kStorePixelPairs;
     T* __restrict__ out = static_cast<T*>(p.out);
-    const bool full_n = pt.n0 + kPatchBN <= p.Cout;
+    const bool full_n = pt.n0 + BN <= p.Cout;
     const int odd = kPixelPairs ? g & 1 : 0;  // pixel pairs: this lane takes channel 2 tq + 1
 #pragma unroll
     for (int h = 0; h < 2; ++h)
@@ -549,7 +580,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
         T* __restrict__ y = out + (pt.n * p.y_sn + oh * p.y_sh + ow * p.y_sw + (pt.n0 + c0) * p.y_sc);
         int64_t o = pt.n * p.o_sn + oh * p.o_sh + ow * p.o_sw + (pt.n0 + c0) * p.o_sc;
 #pragma unroll
-        for (int nt = 0; nt < 16; ++nt) {
+        for (int nt = 0; nt < BN / 8; ++nt) {
           const int cc = nt * 8 + c0;
           const float* a = acc[h] + nt * 4 + 2 * hi;
           if constexpr (kPixelPairs) {
@@ -652,7 +683,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     return nxt;
   };
 
-  PatchTile pt = patch_tile<VEC, CL>(p, k.tile(0), k.n_tiles);
+  PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(0), k.n_tiles);
   Slice cur{0, 0, 0, 0, 0};
   mbar_wait(k.bar(kBarPFull + 0), 0);
   build_a(cur, pt.shift, frag[0]);
@@ -671,7 +702,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     if (i + 1 < k.my_tiles) {
       // The next tile's first unit: cur walked past the last slice into (cb = cblocks,
       // slot of the next unit).
-      pt = patch_tile<VEC, CL>(p, k.tile(i + 1), k.n_tiles);
+      pt = patch_tile<VEC, CL, BN>(p, k.tile(i + 1), k.n_tiles);
       cur = Slice{0, 0, 0, 0, cur.slot};
       mbar_wait(k.bar(kBarPFull + cur.slot), static_cast<uint32_t>(u >> 1) & 1u);
       build_a(cur, pt.shift, frag[0]);
@@ -680,19 +711,20 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
 #endif
 }
 
-template <Math MATH, bool CL>
+template <Math MATH, bool CL, int BN>
 __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(const ConvParams p) {
 #ifdef FX_FUSE_WGMMA
   extern __shared__ __align__(1024) unsigned char smem[];
   if ((smem_u32(smem) & 1023u) != 0) __trap();  // the 128B swizzle is a function of the address
   constexpr int ELEM = sizeof(typename MathTraits<MATH>::T);
   PatchCta k;
-  k.patch = smem + kPatchBStages * kPatchSliceBytes;
+  constexpr int kRingBytes = kPatchBStages * kPatchSliceBytes<BN>;
+  k.patch = smem + kRingBytes;
   k.ring = smem_u32(smem);
-  k.slots = k.ring + kPatchBStages * kPatchSliceBytes;
-  k.chan = reinterpret_cast<float*>(smem + kPatchBStages * kPatchSliceBytes + kPatchSlots * kPatchSlotBytes);
+  k.slots = k.ring + kRingBytes;
+  k.chan = reinterpret_cast<float*>(smem + kRingBytes + kPatchSlots * kPatchSlotBytes);
   k.bars = k.slots + kPatchSlots * kPatchSlotBytes + kPatchChanBytes;
-  k.n_tiles = (p.Cout + kPatchBN - 1) / kPatchBN;
+  k.n_tiles = (p.Cout + BN - 1) / BN;
   const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);
   const int64_t tiles = images * p.tiles_h * p.tiles_w * k.n_tiles;
   if (static_cast<int64_t>(blockIdx.x) >= tiles) return;
@@ -716,11 +748,11 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
 
   if (threadIdx.x < kPatchProducerThreads) {
     setmaxnreg_dec<kPatchProducerRegs>();
-    if (threadIdx.x == 0) patch_produce_weights<MATH>(p, k);
-    else if (threadIdx.x >= 32) patch_produce_patches<MATH, CL>(p, k);
+    if (threadIdx.x == 0) patch_produce_weights<MATH, BN>(p, k);
+    else if (threadIdx.x >= 32) patch_produce_patches<MATH, CL, BN>(p, k);
   } else {
     setmaxnreg_inc<kPatchConsumerRegs>();
-    patch_consume<MATH, CL>(p, k, (threadIdx.x - kPatchProducerThreads) / 128);
+    patch_consume<MATH, CL, BN>(p, k, (threadIdx.x - kPatchProducerThreads) / 128);
   }
 #else
   __trap();  // never launched: the host picks this kernel only where sm_90a code exists

@@ -178,6 +178,7 @@ PATCH_CONFIGS = [
     ((3, 72, 7, 8, 64, 3, 3, 1, 1, 1), True, False, True),  # 8-pixel rows: 32 rows per tile
     ((1, 32, 8, 32, 40, 5, 5, 1, 2, 1), True, True, True),  # 25 taps
     ((16, 32, 66, 64, 128, 3, 3, 1, 0, 1), True, True, True),  # more tiles than SMs
+    ((16, 32, 66, 64, 48, 3, 3, 1, 0, 1), True, True, True),  # the same on 64-channel tiles
     ((2, 32, 12, 16, 128, 3, 4, 1, 1, 1), True, True, True),  # odd output width (15)
     ((2, 64, 11, 16, 64, 3, 3, 2, 1, 1), False, False, False),  # strided: the patch does not fit
 ]
