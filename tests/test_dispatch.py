@@ -21,12 +21,12 @@ def test_patch_kernel_size_rule_nchw():
     assert pays(32 * 56 * 56, 64, 576, width=56)  # ResNet 56 px at batch 32: 392 tiles
     assert pays(32 * 128 * 128, 32, 288)
     assert not pays(32 * 128 * 128, 16, 144)
-    # 16-bit: a tile per SM, three at 64 output channels or fewer, more than 32 channels
+    # 16-bit: a tile per SM, from 32 output channels
     assert pays(sms * 256, 128, 576, elem=2)
     assert not pays((sms - 1) * 256, 128, 576, elem=2)
-    assert not pays(32 * 56 * 56, 64, 576, elem=2, width=56)
-    assert pays(64 * 56 * 56, 64, 576, elem=2, width=56)
-    assert not pays(32 * 128 * 128, 32, 288, elem=2)
+    assert pays(32 * 56 * 56, 64, 576, elem=2, width=56)
+    assert pays(32 * 128 * 128, 32, 288, elem=2)
+    assert not pays(32 * 128 * 128, 16, 144, elem=2)
     # rows longer than 64 bytes (one bulk copy per patch row)
     assert pays(128 * 32 * 32, 256, 2304, width=32)
     assert not pays(128 * 32 * 32, 256, 2304, elem=2, width=32)
@@ -111,13 +111,16 @@ H100_SMS = 132
         # rows of 64 bytes or fewer (16-bit at 32 px): not the patch kernel
         ((128, 256, 32, 32), 256, 3, torch.bfloat16, True, "nchw", True, "cudnn", "fused"),
         ((128, 256, 32, 32), 256, 3, torch.float32, True, "nchw", True, "patch", "patch"),
-        # 64 output channels at batch 32: 2.8 tiles per SM, enough for fp32 only
+        # 64 output channels at batch 32: 2.8 tiles per SM
         ((32, 64, 56, 56), 64, 3, torch.float32, True, "nchw", True, "patch", "patch"),
-        ((32, 64, 56, 56), 64, 3, torch.bfloat16, True, "nchw", True, "cudnn", "fused"),
+        ((32, 64, 56, 56), 64, 3, torch.bfloat16, True, "nchw", True, "patch", "patch"),
+        # 64 output channels at batch 8: 0.7 tiles per SM, enough for fp32 only
+        ((8, 64, 56, 56), 64, 3, torch.float32, True, "nchw", True, "patch", "patch"),
+        ((8, 64, 56, 56), 64, 3, torch.bfloat16, True, "nchw", True, "cudnn", "fused"),
         ((32, 256, 56, 56), 64, 1, torch.float32, True, "nchw", False, "fused", "fused"),  # 1x1
-        # 32 output channels: fp32 only
+        # from 32 output channels
         ((32, 32, 128, 128), 32, 3, torch.float32, True, "nchw", True, "patch", "patch"),
-        ((32, 32, 128, 128), 32, 3, torch.bfloat16, True, "nchw", True, "cudnn", "fused"),
+        ((32, 32, 128, 128), 32, 3, torch.bfloat16, True, "nchw", True, "patch", "patch"),
         ((128, 64, 128, 128), 128, 3, torch.float32, True, "nchw", False, "fused", "fused"),
         ((1, 3, 16, 16), 16, 3, torch.float32, False, "nchw", False, "fused", "fused"),  # 3 channels
         ((1, 16, 16, 16), 16, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),  # one tile
