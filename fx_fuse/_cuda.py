@@ -77,13 +77,13 @@ def _patch_pays(
     pixels: int, cout: int, k: int, sms: int, channels_last: bool, elem: int, width: int
 ) -> bool:
     """The size rule for the patch kernel: its tiles are 256 output pixels x 128 channels
-    (64 for layers of at most 64) on a persistent grid of one CTA per SM, so it needs enough tiles to spread over the SMs,
-    and K = C_in x kH x kW no larger than the conv's arithmetic lets its single pass over
-    the output pay for (cuDNN multiplies faster beyond). ``elem``: the input's element
-    size; ``width``: its rows' length in pixels.
+    (64 for layers of at most 64) on a persistent grid of one CTA per SM, so it needs
+    enough tiles to spread over the SMs, and K = C_in x kH x kW no larger than the conv's
+    arithmetic lets its single pass over the output pay for (cuDNN multiplies faster
+    beyond). ``elem``: the input's element size; ``width``: its rows' length in pixels.
     NCHW input: K <= 2304 and rows longer than 64 bytes (each row of a patch is one bulk
-    copy: short ones cost more than they bring), from 32 output channels; fp32 (TF32) from
-    half a tile per SM, fp16 / bf16 (where cuDNN is stronger) from a tile per SM.
+    copy: short ones cost more than they bring), from 32 output channels and half a tile
+    per SM.
     Channels-last input, where cuDNN's sm90 kernels are stronger still: more than 64 output
     channels, 4 tiles per SM and K below 1024.
     Measured on the H200 (GPU ms, patch / K-table / cuDNN path; docs/performance.md v24,
@@ -91,7 +91,8 @@ def _patch_pays(
     output channels 0.811 / 1.728 / 1.461 (bf16 0.556 / 1.175 / 1.469); K = 2304, 32 px,
     batch 32 0.159 / 0.394 / 0.182, batch 128 0.573 / 1.542 / 0.618 (bf16, 64-byte rows,
     0.438 / 1.234 / 0.362); K = 4608 1.412 / 6.787 / 0.976; 64 output channels at 56 px,
-    batch 32 (2.97 tiles per SM) 0.060 / 0.165 / 0.090 (bf16 0.047 / 0.117 / 0.053); 128
+    batch 32 (2.97 tiles per SM) 0.060 / 0.165 / 0.090 (bf16 0.047 / 0.117 / 0.053), batch
+    8 (0.7 tiles per SM) 0.021 / 0.055 / 0.029 (bf16 0.018 / 0.043 / 0.022); 128
     channels at 28 px, batch 32 (0.74 tiles per SM) 0.048 / 0.084 / 0.052; 32 output
     channels 0.129 / 0.477 / 0.199 (bf16 0.126 / 0.330 / 0.140). Channels-last: the
     headline 1.374 / 2.324 / 1.507, with 64 output channels 1.127 / 1.878 / 0.890, 56 px,
@@ -99,9 +100,7 @@ def _patch_pays(
     tiles = -(-pixels // 256) * -(-cout // 128)
     if channels_last:
         return cout > 64 and tiles >= 4 * sms and k < 1024
-    if k > 2304 or width * elem <= 64 or cout < 32:
-        return False
-    return 2 * tiles >= sms if elem == 4 else tiles >= sms
+    return k <= 2304 and width * elem > 64 and cout >= 32 and 2 * tiles >= sms
 
 
 def _patch_runs(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
