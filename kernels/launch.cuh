@@ -4,6 +4,9 @@
 
 #include <c10/cuda/CUDAException.h>
 
+#include <cstdint>
+#include <limits>
+
 #include "conv_relu_add.cuh"
 #include "patch_conv.cuh"
 
@@ -94,6 +97,8 @@ void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);
   const int64_t tiles = images * p.tiles_h * p.tiles_w * ((p.Cout + BN - 1) / BN);
   const int64_t grid = tiles < sms ? tiles : sms;
+  TORCH_CHECK(grid > 0 && (tiles + grid - 1) / grid <= std::numeric_limits<int32_t>::max(),
+              "fx_fuse::conv2d_relu_add: internal error: ", tiles, " patch tiles on ", grid, " CTAs");
   kernel<<<static_cast<unsigned>(grid), kPatchThreads, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

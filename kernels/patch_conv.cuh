@@ -414,8 +414,11 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
   };
 
+  // A 32-bit tile count (launch_patch_t checks it fits) leaves the 40-register producer
+  // room for its loop without spilling.
+  const int my_tiles = static_cast<int>(k.my_tiles);
   int64_t u = 0;  // units so far: unit u goes into slot u % 2
-  for (int64_t i = 0; i < k.my_tiles; ++i) {
+  for (int i = 0; i < my_tiles; ++i) {
     for (int cb = 0; cb < p.cblocks; ++cb, ++u) {
       const int slot = static_cast<int>(u & 1);
       const uint32_t parity = static_cast<uint32_t>(u >> 1) & 1u;
