@@ -86,8 +86,8 @@ def _patch_pays(
     per SM.
     Channels-last input, where cuDNN's sm90 kernels are stronger still: more than 64 output
     channels, 4 tiles per SM and K below 1024.
-    Measured on the H200 (GPU ms, patch / K-table / cuDNN path; docs/performance.md v24,
-    v26, v28): the headline 1.298 / 1.943 / 2.578 (bf16 0.856 / 1.861 / 2.303), with 64
+    Measured on the H200 (GPU ms, patch / K-table / cuDNN path; docs/performance.md
+    v24-v30): the headline 1.298 / 1.943 / 2.578 (bf16 0.856 / 1.861 / 2.303), with 64
     output channels 0.811 / 1.728 / 1.461 (bf16 0.556 / 1.175 / 1.469); K = 2304, 32 px,
     batch 32 0.159 / 0.394 / 0.182, batch 128 0.573 / 1.542 / 0.618 (bf16, 64-byte rows,
     0.438 / 1.234 / 0.362); K = 4608 1.412 / 6.787 / 0.976; 64 output channels at 56 px,
