@@ -170,6 +170,19 @@ template <typename T> __device__ __forceinline__ void store_pair(T* y, float v0,
   "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),     \
   "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
 
+// One wgmma with A from registers: the instruction (shape and types), its accumulator list
+// and constraints, the operand numbers of A's four registers, B's descriptor and scale_d,
+// and the instruction's tail (16-bit types take B's transpose flag, 0).
+#define FX_FUSE_WGMMA_RS(INSTR, D_LIST, D, A_LIST, B, SCALE, TAIL)                         \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SCALE ", 0;\n" INSTR " " D_LIST ", " A_LIST \
+               ", " B ", p, 1, 1" TAIL ";\n}\n"                                                \
+               : D(d)                                                                          \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d))
+#define FX_FUSE_WGMMA_RS_N128(INSTR, TAIL) \
+  FX_FUSE_WGMMA_RS(INSTR, FX_FUSE_D64_LIST, FX_FUSE_D64, "{%64, %65, %66, %67}", "%68", "%69", TAIL)
+#define FX_FUSE_WGMMA_RS_N64(INSTR, TAIL) \
+  FX_FUSE_WGMMA_RS(INSTR, FX_FUSE_D32_LIST, FX_FUSE_D32, "{%32, %33, %34, %35}", "%36", "%37", TAIL)
+
 // D (64 x BN, fp32) += A (64 x k, this thread's fragment in registers) * B (BN x k)^T from
 // shared memory; BN = 128 or 64, k = 8 for TF32, 16 for fp16 / bf16. scale_d == 0: D = A * B.
 template <Math MATH, int BN>
@@ -177,41 +190,17 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[BN / 2], const uint32_t (&a)
                                          int scale_d) {
 #ifdef FX_FUSE_WGMMA
   if constexpr (BN == 128 && MATH == Math::kTF32) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 " FX_FUSE_D64_LIST
-                 ", {%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
-                 : FX_FUSE_D64(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
+    FX_FUSE_WGMMA_RS_N128("wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32", "");
   } else if constexpr (BN == 128 && MATH == Math::kF16) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " FX_FUSE_D64_LIST
-                 ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
-                 : FX_FUSE_D64(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
+    FX_FUSE_WGMMA_RS_N128("wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16", ", 0");
   } else if constexpr (BN == 128) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " FX_FUSE_D64_LIST
-                 ", {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
-                 : FX_FUSE_D64(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
+    FX_FUSE_WGMMA_RS_N128("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16", ", 0");
   } else if constexpr (MATH == Math::kTF32) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 " FX_FUSE_D32_LIST
-                 ", {%32, %33, %34, %35}, %36, p, 1, 1;\n}\n"
-                 : FX_FUSE_D32(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
+    FX_FUSE_WGMMA_RS_N64("wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32", "");
   } else if constexpr (MATH == Math::kF16) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " FX_FUSE_D32_LIST
-                 ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-                 : FX_FUSE_D32(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
+    FX_FUSE_WGMMA_RS_N64("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16", ", 0");
   } else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " FX_FUSE_D32_LIST
-                 ", {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-                 : FX_FUSE_D32(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
+    FX_FUSE_WGMMA_RS_N64("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16", ", 0");
   }
 #else
   __trap();  // never launched: the host picks this kernel only where sm_90a code exists
