@@ -31,7 +31,7 @@ def test_patch_kernel_size_rule_nchw():
     assert not pays(128 * 32 * 32, 256, 2304, elem=2, width=32)
     assert not pays(512 * 16 * 16, 128, 1152, width=16)
     # K up to 2304 (256 input channels); cuDNN multiplies faster beyond
-    assert not pays(256 * 16 * 16, 512, 4608, width=20)
+    assert not pays(256 * 16 * 16, 512, 4608)
 
 
 def test_patch_kernel_size_rule_channels_last():
