@@ -3,18 +3,19 @@
 // an input patch in shared memory instead of being gathered element by element.
 //
 // A persistent CTA walks tiles of kPatchBM output pixels (tile_h rows of tile_w pixels) x
-// BN output channels (128, or 64 for layers of at most 64: no half-empty tiles). K is ordered (channel block, kh, kw, channel) with blocks of CB
-// channels (one 128-byte K slice: 32 fp32 or 64 16-bit), so a slice is one tap of one
-// channel block, and a unit (one channel block of one tile) is `taps` slices. The CTA's
-// three warpgroups have one job each:
+// BN output channels (128, or 64 for layers of at most 64: no half-empty tiles). K is
+// ordered (channel block, kh, kw, channel) with blocks of CB channels (one 128-byte K
+// slice: 32 fp32 or 64 16-bit), so a slice is one tap of one channel block, and a unit
+// (one channel block of one tile) is `taps` slices. The CTA's three warpgroups have one
+// job each:
 //   - the producer (warpgroup 0, few registers): its first thread copies each weight slice
 //     into a ring slot with one bulk copy (the prepared weights are laid out slice by
 //     slice, already swizzled); its warps 1-3 copy each unit's input patch --
 //     patch_rows rows x patch_pitch columns x CB channels, padding zero-filled; channel
 //     planes (NCHW) or pixels of CB channels (channels-last) -- into a patch slot as soon
 //     as the slot is free (NCHW: one bulk copy per channel row; channels-last: 16-byte
-//     cp.async per pixel chunk), round a landed TF32 patch in place
-//     once (a 16-bit NCHW one: interleave its channel pairs), and publish it;
+//     cp.async per pixel chunk), round a landed TF32 patch in place once (a 16-bit NCHW
+//     one: interleave its channel pairs), and publish it;
 //   - two consumers (warpgroups 1 and 2, 128 tile rows each) multiply: per slice two
 //     m64nBN wgmmas per k-step (A from registers, B from the ring slot), and while they
 //     run, build the next slice's A fragments from the patch (one ld.shared per register
