@@ -261,11 +261,10 @@ def _path(
             channels_last,
         )
     )
-    # the patch kernel: TF32, fp16 or bf16 (not 3xTF32) where its size rule says it pays
-    if (
-        patch_runs
-        and not exact_fp32
-        and _patch_pays(pixels, cout, k, sms, channels_last, x.element_size(), x.shape[3])
+    # the patch kernel (TF32, 3xTF32 for exact fp32, fp16 or bf16) where its size rule says
+    # it pays
+    if patch_runs and _patch_pays(
+        pixels, cout, k, sms, channels_last, x.element_size(), x.shape[3]
     ):
         return "patch"
     return "cudnn" if cudnn else "fused"

@@ -103,7 +103,7 @@ Plan make_plan(const at::Tensor& x, const at::Tensor& weight, int64_t OW,
   Plan plan{};
   // channels innermost: channels-last input
   const bool cin_inner = C > 1 && x.stride(1) == 1;
-  if (hopper && patch && math != Math::kF32x3 && patch_input_ok(x, KH, KW, elem, cin_inner) &&
+  if (hopper && patch && patch_input_ok(x, KH, KW, elem, cin_inner) &&
       patch_geometry(OW, KH, KW, stride, dilation, elem, cin_inner, plan) && patch_kernel_ready(math)) {
     plan.tile = kTilePatch;
     plan.avec = false;
@@ -195,8 +195,12 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   TORCH_CHECK(K_pad < kI32 && Cout_pad < kI32 && H < kI32 && W < kI32 && OH * OW < kI32, kOp,
               ": sizes beyond the kernel's 32-bit limits");
 
-  auto wprep = at::empty({Cout_pad * K_pad}, x.options());
+  // 3xTF32 on the patch kernel: three weight sets, and whether any weight is Inf or NaN
+  const bool tf32_split = plan.tile == kTilePatch && math == Math::kF32x3;
+  auto wprep = at::empty({Cout_pad * K_pad * (tf32_split ? 3 : 1)}, x.options());
   auto table = at::empty({2 * K_pad}, x.options().dtype(at::kInt));
+  at::Tensor nonfinite;
+  if (tf32_split) nonfinite = at::zeros({1}, x.options().dtype(at::kInt));
 
   PrepParams pp{};
   pp.w = weight.data_ptr();
@@ -222,6 +226,8 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   pp.dil_h = static_cast<int>(dilation[0]);
   pp.dil_w = static_cast<int>(dilation[1]);
   pp.round_tf32 = (dtype == at::kFloat && allow_tf32) ? 1 : 0;
+  pp.tf32_split = tf32_split ? 1 : 0;
+  pp.nonfinite = tf32_split ? nonfinite.data_ptr<int32_t>() : nullptr;
   launch_prep(pp, elem, stream);
 
   ConvParams p{};
@@ -262,6 +268,7 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   p.patch_chunks = plan.patch_chunks;
   p.patch_pitch = plan.patch_cols;
   p.cblocks = static_cast<int>(cblocks);
+  p.w_nonfinite = pp.nonfinite;
   set_other(p, other, other_scalar, out);
   set_output(p, out);
 

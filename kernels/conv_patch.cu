@@ -1,5 +1,5 @@
-// Instantiation of the patch kernel (Hopper) for TF32, fp16 and bf16, NCHW and channels-last,
-// with 128-channel tiles (conv_patch_small.cu: 64-channel tiles).
+// Instantiation of the patch kernel (Hopper) for TF32, 3xTF32, fp16 and bf16, NCHW and
+// channels-last, with 128-channel tiles (conv_patch_small.cu: 64-channel tiles).
 #include "api.h"
 #include "launch.cuh"
 
@@ -12,8 +12,9 @@ bool patch_kernel_ready(Math math) {
     case Math::kTF32: return patch_compiled<Math::kTF32>();
     case Math::kF16: return patch_compiled<Math::kF16>();
     case Math::kBF16: return patch_compiled<Math::kBF16>();
-    default: return false;
+    case Math::kF32x3: return patch_compiled<Math::kF32x3>();
   }
+  return false;
 }
 
 void launch_patch(const ConvParams& p, Math math, bool channels_last, int bn, cudaStream_t stream) {

@@ -1,5 +1,5 @@
 // Instantiation of the patch kernel (Hopper) with 64-channel tiles, for layers of at most 64
-// output channels: TF32, fp16 and bf16, NCHW and channels-last.
+// output channels: TF32, 3xTF32, fp16 and bf16, NCHW and channels-last.
 #include "api.h"
 #include "launch.cuh"
 

@@ -689,15 +689,17 @@ __device__ __forceinline__ void decompose_k(const PrepParams& p, int k, int& c, 
 }
 
 // Where the patch kernel's weights go: slice by slice ([Cout_pad / n_block][K_pad /
-// k_block][n_block][k_block]), each 128-byte row's 16-byte chunk c already at c ^ (row & 7)
-// (the 128B swizzle of a ring slot), so that one bulk copy moves a slice as wgmma reads it.
+// k_block][sets][n_block][k_block]; 3xTF32: three sets, else one), each 128-byte row's
+// 16-byte chunk c already at c ^ (row & 7) (the 128B swizzle of a ring slot), so that one
+// bulk copy moves a set of a slice as wgmma reads it.
 template <typename T>
-__device__ __forceinline__ int64_t blocked_index(const PrepParams& p, int co, int k) {
+__device__ __forceinline__ int64_t blocked_index(const PrepParams& p, int co, int k, int set) {
   constexpr int VEC = 16 / sizeof(T);
   const int slice = k / p.k_block, e = k % p.k_block, row = co % p.n_block;
   const int at = ((e / VEC) ^ (row & 7)) * VEC + e % VEC;
-  return ((static_cast<int64_t>(co / p.n_block) * (p.K_pad / p.k_block) + slice) * p.n_block + row) *
-             p.k_block + at;
+  const int sets = p.tf32_split ? 3 : 1;
+  return (((static_cast<int64_t>(co / p.n_block) * (p.K_pad / p.k_block) + slice) * sets + set) *
+              p.n_block + row) * p.k_block + at;
 }
 
 template <typename T>
@@ -716,7 +718,19 @@ __global__ void conv_prep_kernel(const PrepParams p) {
           if (p.round_tf32) v = __uint_as_float(f32_to_tf32(v));
         }
       }
-      static_cast<T*>(p.wprep)[p.k_order == kOrderBlocked ? blocked_index<T>(p, co, k) : i] = v;
+      T* wprep = static_cast<T*>(p.wprep);
+      if constexpr (sizeof(T) == 4) {
+        if (p.tf32_split) {  // the 3xTF32 patch kernel's three sets
+          uint32_t big, small, fin;
+          split_tf32(__float_as_uint(v), big, small, fin);
+          if (fin != big) *p.nonfinite = 1;
+          wprep[blocked_index<T>(p, co, k, 0)] = __uint_as_float(big);
+          wprep[blocked_index<T>(p, co, k, 1)] = __uint_as_float(small);
+          wprep[blocked_index<T>(p, co, k, 2)] = __uint_as_float(fin);
+          continue;
+        }
+      }
+      wprep[p.k_order == kOrderBlocked ? blocked_index<T>(p, co, k, 0) : i] = v;
     } else {
       const int k = static_cast<int>(i - total);
       int2 t = make_int2(0, 0);

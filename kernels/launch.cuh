@@ -109,7 +109,7 @@ void launch_patch_layout(const ConvParams& p, Math math, cudaStream_t stream) {
     case Math::kTF32: launch_patch_t<Math::kTF32, CL, BN>(p, stream); break;
     case Math::kF16: launch_patch_t<Math::kF16, CL, BN>(p, stream); break;
     case Math::kBF16: launch_patch_t<Math::kBF16, CL, BN>(p, stream); break;
-    default: TORCH_CHECK(false, "fx_fuse::conv2d_relu_add: internal error: no patch kernel for 3xTF32");
+    case Math::kF32x3: launch_patch_t<Math::kF32x3, CL, BN>(p, stream); break;
   }
 }
 

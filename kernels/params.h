@@ -66,6 +66,9 @@ struct ConvParams {
   float other_scalar;
   int64_t o_sn, o_sc, o_sh, o_sw;
   int64_t y_sn, y_sc, y_sh, y_sw;
+  // The 3xTF32 patch kernel only: nonzero where a weight is Inf or NaN (set by the weight
+  // preparation, which ran before on the same stream).
+  const int* w_nonfinite;
 };
 
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,
@@ -85,6 +88,10 @@ struct PrepParams {
   int64_t x_sc, x_sh, x_sw;
   int dil_h, dil_w;
   int round_tf32;
+  // kOrderBlocked for the 3xTF32 patch kernel: each slice as three sets of TF32 weights
+  // (big, small, finite big; see split_tf32), and *nonfinite = 1 where a weight is Inf or NaN.
+  int tf32_split;
+  int* nonfinite;
 };
 
 }  // namespace fx_fuse

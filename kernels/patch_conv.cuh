@@ -15,12 +15,14 @@
 //     planes (NCHW) or pixels of CB channels (channels-last) -- into a patch slot as soon
 //     as the slot is free (NCHW: one bulk copy per channel row; channels-last: 16-byte
 //     cp.async per pixel chunk), round a landed TF32 patch in place once (a 16-bit NCHW
-//     one: interleave its channel pairs), and publish it;
+//     one: interleave its channel pairs; a 3xTF32 one stays as it is), and publish it;
 //   - two consumers (warpgroups 1 and 2, 128 tile rows each) multiply: per slice two
 //     m64nBN wgmmas per k-step (A from registers, B from the ring slot), and while they
 //     run, build the next slice's A fragments from the patch (one ld.shared per register
-//     at the tap's offset). After a tile's last slice each consumer runs its
-//     epilogue (bias, relu, other, one store) from its accumulators.
+//     at the tap's offset); 3xTF32 splits each k-step's fragments into TF32 parts for
+//     three wgmmas per m-half against the slice's two or three weight sets (each set one
+//     ring slot). After a tile's last slice each consumer runs its epilogue (bias, relu,
+//     other, one store) from its accumulators.
 // The warpgroups meet only at mbarriers: a slot is "full" once its copy landed and
 // "empty" once every consumer thread is past it, so one consumer's epilogue can run beside
 // the other's wgmmas, and the copies beside both.
@@ -257,6 +259,8 @@ struct PatchCta {
   int n_tiles;                 // tiles along Cout
   int64_t my_tiles;            // tiles this CTA walks: blockIdx.x + i * gridDim.x
   int S;                       // slices per tile
+  int sets;                    // weight sets per slice: 1; 3xTF32: 2 (big, small), or 3
+                               // (and the finite big) where a weight is Inf or NaN
   int row_step;                // elements between the rows of a patch
 
   __device__ uint32_t bar(int b) const { return bars + 8u * static_cast<uint32_t>(b); }
@@ -270,16 +274,22 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
 #ifdef FX_FUSE_WGMMA
   using T = typename MathTraits<MATH>::T;
   constexpr int CB = kSliceBytes / static_cast<int>(sizeof(T));
+  constexpr int kSet = BN * CB;  // elements of one set of a slice
+  // sets prepared per slice, and copied (3xTF32: the finite big only where it differs)
+  constexpr int kStored = MATH == Math::kF32x3 ? 3 : 1;
+  const int sets = MATH == Math::kF32x3 ? k.sets : 1;
   const T* wp = static_cast<const T*>(p.wprep);
-  RingPos at;  // where the next slice goes
+  RingPos at;  // where the next set goes
   for (int64_t i = 0; i < k.my_tiles; ++i) {
-    const T* w = wp + static_cast<int64_t>(k.tile(i) % k.n_tiles) * k.S * BN * CB;
-    for (int s = 0; s < k.S; ++s, w += BN * CB) {
-      constexpr int kBytes = kPatchSliceBytes<BN>;
-      mbar_wait(k.bar(kBarWEmpty + at.slot), at.parity ^ 1u);
-      mbar_arrive_expect(k.bar(kBarWFull + at.slot), kBytes);
-      bulk_copy(k.ring + at.slot * kBytes, w, kBytes, k.bar(kBarWFull + at.slot));
-      at.advance();
+    const T* w = wp + static_cast<int64_t>(k.tile(i) % k.n_tiles) * k.S * kStored * kSet;
+    for (int s = 0; s < k.S; ++s, w += kStored * kSet) {
+      for (int j = 0; j < sets; ++j) {
+        constexpr int kBytes = kPatchSliceBytes<BN>;
+        mbar_wait(k.bar(kBarWEmpty + at.slot), at.parity ^ 1u);
+        mbar_arrive_expect(k.bar(kBarWFull + at.slot), kBytes);
+        bulk_copy(k.ring + at.slot * kBytes, w + j * kSet, kBytes, k.bar(kBarWFull + at.slot));
+        at.advance();
+      }
     }
   }
 #endif
@@ -416,7 +426,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
       issue_patch(i, cb, slot);
       mbar_wait(k.bar(kBarPLanded + slot), parity);
       if constexpr (MATH == Math::kTF32) round_patch(slot);
-      else if constexpr (!CL) interleave_pairs(slot);
+      else if constexpr (!CL && ELEM == 2) interleave_pairs(slot);
       // the slot's next copies (NCHW: the copy engine's) come after these shared stores
       if constexpr (!CL) fence_proxy_async();
       mbar_arrive(k.bar(kBarPFull + slot));
@@ -444,6 +454,8 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // channel pairs the producer interleaved (pair planes of CP words; positions within a
   // plane count words there, as they count elements in an fp32 plane).
   constexpr bool WORDS = ELEM == 4 || !CL;
+  // 3xTF32 runs its three products on TF32 wgmmas
+  constexpr Math WGMMA_MATH = MATH == Math::kF32x3 ? Math::kTF32 : MATH;
 
   const int ct = threadIdx.x - kPatchProducerThreads - 128 * c;  // thread in the warpgroup
   const int lane = ct & 31, wq = ct >> 5, g = lane >> 2, tq = lane & 3;
@@ -523,7 +535,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     for (int st = 0; st < NSTEP; ++st)
 #pragma unroll
       for (int h = 0; h < 2; ++h)  // the tile's first slice overwrites the accumulators
-        wgmma_rs<MATH, BN>(acc[h], a[h][st], wgmma_desc(b_tile + st * 32), !(first && st == 0));
+        wgmma_rs<WGMMA_MATH, BN>(acc[h], a[h][st], wgmma_desc(b_tile + st * 32), !(first && st == 0));
     wgmma_commit();
   };
 
@@ -676,20 +688,107 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     return nxt;
   };
 
+  // 3xTF32: one k-step at a time. Its A fragments (8 registers, loaded a k-step ahead) are
+  // split into big, small and finite big (split_tf32), which multiply the slice's weight
+  // sets in three wgmmas per m-half: big x big, finite big x small, small x big (the
+  // finite big where a weight is Inf or NaN). One commit group per k-step, and at most
+  // two in flight, so that the 24 split registers of only two k-steps are live.
+  using KFrag = uint32_t[2][4];
+  auto load_kstep = [&](const Slice& s, int shift, int st, KFrag& a) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(k.patch) + s.slot * (kPatchSlotBytes / 4) +
+                        s.off + shift + st * 8 * CH;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      a[h][0] = w[pix[h][0]];
+      a[h][1] = w[pix[h][1]];
+      a[h][2] = w[pix[h][0] + 4 * CH];
+      a[h][3] = w[pix[h][1] + 4 * CH];
+    }
+  };
+  RingPos held;     // the first weight slot of the slice whose wgmmas may still run
+  int held_n = 0;  // and how many
+  auto release_held = [&]() {
+    for (int j = 0; j < held_n; ++j, held.advance()) release(kBarWEmpty + held.slot);
+    held_n = 0;
+  };
+  // Slice s of the tile (reading `cur`, whose first k-step is in `raw`); returns the next.
+  auto step_3x = [&](int s, const PatchTile& pt, const Slice& cur, KFrag& raw) {
+    const Slice nxt = next_slice(cur);
+    const RingPos first = ring;
+    uint32_t b[3];  // the sets' slots: big, small, then finite big (or big again)
+#pragma unroll
+    for (int j = 0; j < 3; ++j) {
+      if (j < k.sets) {
+        mbar_wait(k.bar(kBarWFull + static_cast<int>(ring.slot)), ring.parity);
+        b[j] = k.ring + ring.slot * kPatchSliceBytes<BN>;
+        ring.advance();
+      }
+    }
+    if (k.sets == 2) b[2] = b[0];
+#pragma unroll
+    for (int st = 0; st < NSTEP; ++st) {
+      uint32_t big[2][4], small[2][4], fin[2][4];
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) split_tf32(raw[h][e], big[h][e], small[h][e], fin[h][e]);
+      if (st + 1 < NSTEP) {
+        load_kstep(cur, pt.shift, st + 1, raw);
+      } else {
+        if (nxt.tap == 0) {  // this slice ends its unit, whose fragments are all loaded
+          release(kBarPEmpty + cur.slot);
+          ++u;
+        }
+        if (s + 1 < k.S) {
+          if (nxt.tap == 0) mbar_wait(k.bar(kBarPFull + nxt.slot), static_cast<uint32_t>(u >> 1) & 1u);
+          load_kstep(nxt, pt.shift, 0, raw);
+        }
+      }
+      // (the compiler computes the small and finite parts just before their wgmmas, after
+      // this fence: ptxas adds the fence they need there, C7519)
+      wgmma_fence();
+#pragma unroll
+      for (int h = 0; h < 2; ++h)  // the tile's first k-step overwrites the accumulators
+        wgmma_rs<WGMMA_MATH, BN>(acc[h], big[h], wgmma_desc(b[0] + st * 32), !(s == 0 && st == 0));
+#pragma unroll
+      for (int h = 0; h < 2; ++h) wgmma_rs<WGMMA_MATH, BN>(acc[h], fin[h], wgmma_desc(b[1] + st * 32), 1);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) wgmma_rs<WGMMA_MATH, BN>(acc[h], small[h], wgmma_desc(b[2] + st * 32), 1);
+      wgmma_commit();
+      wgmma_wait<1>();                  // the k-step before is done
+      if (st == 0) release_held();      // and with it the slice before
+    }
+    held = first;
+    held_n = k.sets;
+    if (k.sets == 3) {  // three sets leave the ring one free slot: the next slice needs these
+      wgmma_wait<0>();
+      release_held();
+    }
+    return nxt;
+  };
+
   PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(0), k.n_tiles);
   Slice cur{0, 0, 0, 0, 0};
+  KFrag raw;
   mbar_wait(k.bar(kBarPFull + 0), 0);
-  build_a(cur, pt.shift, frag[0]);
+  if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);
+  else build_a(cur, pt.shift, frag[0]);
   for (int64_t i = 0; i < k.my_tiles; ++i) {
     load_channels(pt, static_cast<int>(i & 1));
-    int s = 0;
-    for (; s + 1 < k.S; s += 2) {
-      cur = step(s, pt, cur, std::integral_constant<int, 0>{});
-      cur = step(s + 1, pt, cur, std::integral_constant<int, 1>{});
+    if constexpr (MATH == Math::kF32x3) {
+      for (int s = 0; s < k.S; ++s) cur = step_3x(s, pt, cur, raw);
+      wgmma_wait<0>();
+      release_held();
+    } else {
+      int s = 0;
+      for (; s + 1 < k.S; s += 2) {
+        cur = step(s, pt, cur, std::integral_constant<int, 0>{});
+        cur = step(s + 1, pt, cur, std::integral_constant<int, 1>{});
+      }
+      if (s < k.S) cur = step(s, pt, cur, std::integral_constant<int, 0>{});
+      wgmma_wait<0>();
+      release(kBarWEmpty + ring.previous_slot());
     }
-    if (s < k.S) cur = step(s, pt, cur, std::integral_constant<int, 0>{});
-    wgmma_wait<0>();
-    release(kBarWEmpty + ring.previous_slot());
     named_sync(kBarConsumer + c, 128);  // this consumer's bias and `other` are written
     store_tile(pt, static_cast<int>(i & 1));
     if (i + 1 < k.my_tiles) {
@@ -698,7 +797,8 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       pt = patch_tile<VEC, CL, BN>(p, k.tile(i + 1), k.n_tiles);
       cur = Slice{0, 0, 0, 0, cur.slot};
       mbar_wait(k.bar(kBarPFull + cur.slot), static_cast<uint32_t>(u >> 1) & 1u);
-      build_a(cur, pt.shift, frag[0]);
+      if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);
+      else build_a(cur, pt.shift, frag[0]);
     }
   }
 #endif
@@ -723,6 +823,7 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   if (static_cast<int64_t>(blockIdx.x) >= tiles) return;
   k.my_tiles = (tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;
   k.S = p.cblocks * p.taps;
+  k.sets = MATH == Math::kF32x3 ? (*p.w_nonfinite != 0 ? 3 : 2) : 1;
   k.row_step = CL ? p.patch_pitch * (kPatchPixelBytes / ELEM) : p.patch_pitch;
 
   if (threadIdx.x == 0) {

@@ -100,8 +100,10 @@ H100_SMS = 132
     [
         ((128, 64, 128, 128), 128, 3, torch.float32, True, "nchw", True, "patch", "patch"),
         ((128, 64, 128, 128), 128, 3, torch.bfloat16, True, "nchw", True, "patch", "patch"),
-        # exact fp32: cuDNN (the patch kernel has no 3xTF32)
-        ((128, 64, 128, 128), 128, 3, torch.float32, False, "nchw", True, "cudnn", "fused"),
+        # exact fp32: 3xTF32 on the patch kernel, by the same rule; cuDNN elsewhere
+        ((128, 64, 128, 128), 128, 3, torch.float32, False, "nchw", True, "patch", "patch"),
+        ((128, 64, 128, 128), 128, 3, torch.float32, False, "cl", True, "patch", "patch"),
+        ((32, 256, 14, 14), 256, 3, torch.float32, False, "nchw", True, "cudnn", "fused"),
         ((128, 64, 128, 128), 64, 3, torch.float32, True, "nchw", True, "patch", "patch"),
         # 14 px at batch 32: 50 tiles
         ((32, 256, 14, 14), 256, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),

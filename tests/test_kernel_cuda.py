@@ -186,7 +186,7 @@ PATCH_CONFIGS = [
 
 @pytest.mark.parametrize("other_kind", ["c11", "full_nchw"])
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
-@pytest.mark.parametrize("policy", ["tf32", "fp16", "bf16"])
+@pytest.mark.parametrize("policy", ["tf32", "fp32", "fp16", "bf16"])
 @pytest.mark.parametrize(
     "cfg,takes32,takes16,takes_cl",
     PATCH_CONFIGS,
@@ -211,6 +211,36 @@ def test_patch_kernel_matches_float64_reference(
     ref = reference64(x, w, b, other, stride, padding, dilation)
     assert out.is_contiguous(memory_format=expected_format(x, w))
     assert_close64(out, ref, policy)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_patch_kernel_3xtf32_with_inf_and_nan(layout, monkeypatch):
+    """Exact fp32 (3xTF32) on the patch kernel where weights and inputs hold Inf and NaN:
+    NaN and Inf where exact arithmetic puts them, and the finite outputs as accurate as
+    elsewhere (the kernel then also copies the weights' finite big parts)."""
+    monkeypatch.setattr(_cuda, "_patch_pays", lambda *args: True)
+    dtype = set_policy("fp32")
+    x, w, b, stride, padding, dilation = make((2, 32, 10, 40, 128, 3, 3, 1, 0, 1), dtype, layout)
+    w[5, 3, 1, 2] = float("inf")  # channel 5: +-Inf at every pixel, by the sign of x there
+    w[9, 0, 0, 0] = float("-inf")
+    w[9, 1, 0, 0] = float("inf")  # channel 9: Inf - Inf where the two inputs share a sign
+    w[20, 2, 2, 2] = float("nan")  # channel 20: NaN everywhere
+    x[1, 4, 5, 7] = float("nan")
+    x[0, 6, 2, 30] = float("inf")
+    other = torch.randn(128, 1, 1, device=DEV)
+    out = run_op(x, w, b, other, stride, padding, dilation)
+    # the reference on the CPU in float64: products and sums as exact arithmetic has them
+    ref = reference64(x.cpu(), w.cpu(), b.cpu(), other.cpu(), stride, padding, dilation)
+    out = out.cpu().double()
+    assert torch.isnan(ref[:, 20]).all() and torch.isinf(ref[:, 5]).any()
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    assert torch.equal(torch.isinf(out), torch.isinf(ref))
+    assert torch.equal(out[torch.isinf(out)], ref[torch.isinf(ref)])
+    finite = torch.isfinite(ref)
+    _, atol_scale, rtol = POLICIES["fp32"][2]
+    torch.testing.assert_close(
+        out[finite], ref[finite], atol=atol_scale * ref[finite].abs().max().item(), rtol=rtol
+    )
 
 
 def _others(cfg_out_shape, dtype):
