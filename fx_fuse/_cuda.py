@@ -74,13 +74,23 @@ def _patch_enabled() -> bool:
 
 
 def _patch_pays(
-    pixels: int, cout: int, k: int, sms: int, channels_last: bool, elem: int, width: int
+    pixels: int,
+    cout: int,
+    k: int,
+    sms: int,
+    channels_last: bool,
+    elem: int,
+    width: int,
+    exact_fp32: bool,
 ) -> bool:
     """The size rule for the patch kernel: its tiles are 256 output pixels x 128 channels
     (64 for layers of at most 64) on a persistent grid of one CTA per SM, so it needs
     enough tiles to spread over the SMs, and K = C_in x kH x kW no larger than the conv's
     arithmetic lets its single pass over the output pay for (cuDNN multiplies faster
-    beyond). ``elem``: the input's element size; ``width``: its rows' length in pixels.
+    beyond). ``elem``: the input's element size; ``width``: its rows' length in pixels;
+    ``exact_fp32``: fp32 with TF32 off (3xTF32 on the patch kernel).
+    Exact fp32, in either layout: from 32 output channels and half a tile per SM (cuDNN's
+    exact fp32 convolution is 1.4-7x slower on every shape measured, v31).
     NCHW input: K <= 2304 and rows longer than 64 bytes (each row of a patch is one bulk
     copy: short ones cost more than they bring), from 32 output channels and half a tile
     per SM.
@@ -96,8 +106,14 @@ def _patch_pays(
     channels at 28 px, batch 32 (0.74 tiles per SM) 0.048 / 0.084 / 0.052; 32 output
     channels 0.129 / 0.477 / 0.199 (bf16 0.126 / 0.330 / 0.140). Channels-last: the
     headline 1.374 / 2.324 / 1.507, with 64 output channels 1.127 / 1.878 / 0.890, 56 px,
-    batch 32 0.070 / 0.104 / 0.050."""
+    batch 32 0.070 / 0.104 / 0.050. Exact fp32: the headline 2.805 / 10.851 / 7.601
+    (channels-last 2.818 / 9.249 / 8.477), 64 output channels 1.951 / 5.451 / 3.836
+    (channels-last 1.959 / 4.647 / 4.435), ResNet 56 px batch 32 channels-last 0.133 /
+    0.244 / 0.334, K = 4608 with 64-byte rows 2.546 / 14.251 / 6.465, 32 output channels
+    0.279 / 0.933 / 0.384."""
     tiles = -(-pixels // 256) * -(-cout // 128)
+    if exact_fp32:
+        return cout >= 32 and 2 * tiles >= sms
     if channels_last:
         return cout > 64 and tiles >= 4 * sms and k < 1024
     return k <= 2304 and width * elem > 64 and cout >= 32 and 2 * tiles >= sms
@@ -264,7 +280,7 @@ def _path(
     # the patch kernel (TF32, 3xTF32 for exact fp32, fp16 or bf16) where its size rule says
     # it pays
     if patch_runs and _patch_pays(
-        pixels, cout, k, sms, channels_last, x.element_size(), x.shape[3]
+        pixels, cout, k, sms, channels_last, x.element_size(), x.shape[3], exact_fp32
     ):
         return "patch"
     return "cudnn" if cudnn else "fused"

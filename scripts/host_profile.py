@@ -53,8 +53,9 @@ def functions(case, model, x):
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
     pixels, k = out.shape[0] * out.shape[2] * out.shape[3], conv.weight[0].numel()
     channels_last = suggest_memory_format(x) == torch.channels_last
+    exact_fp32 = x.dtype == torch.float32 and not tf32
     patch = _cuda._patch_pays(
-        pixels, out.shape[1], k, sms, channels_last, x.element_size(), x.shape[3]
+        pixels, out.shape[1], k, sms, channels_last, x.element_size(), x.shape[3], exact_fp32
     )
     return {
         "eager": lambda: model(x),

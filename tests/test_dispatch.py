@@ -10,7 +10,7 @@ def test_patch_kernel_size_rule_nchw():
     sms = 132
 
     def pays(pixels, cout, k, elem=4, width=128):
-        return _cuda._patch_pays(pixels, cout, k, sms, False, elem, width)
+        return _cuda._patch_pays(pixels, cout, k, sms, False, elem, width, False)
 
     # the headline: 128 images of 126 x 126 output pixels, 128 channels, K = 64 x 9
     assert pays(128 * 126 * 126, 128, 576)
@@ -38,7 +38,7 @@ def test_patch_kernel_size_rule_channels_last():
     sms = 132
 
     def pays(pixels, cout, k):
-        return _cuda._patch_pays(pixels, cout, k, sms, True, elem=4, width=128)
+        return _cuda._patch_pays(pixels, cout, k, sms, True, 4, 128, False)
 
     assert pays(128 * 126 * 126, 128, 576)
     # 4 tiles per SM, more than 64 output channels, K below 1024
@@ -47,6 +47,24 @@ def test_patch_kernel_size_rule_channels_last():
     assert not pays(128 * 126 * 126, 64, 576)
     assert pays(256 * 28 * 28, 128, 1023)
     assert not pays(256 * 28 * 28, 128, 1024)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_patch_kernel_size_rule_exact_fp32(channels_last):
+    sms = 132
+
+    def pays(pixels, cout, k, width=128):
+        return _cuda._patch_pays(pixels, cout, k, sms, channels_last, 4, width, True)
+
+    # half a tile per SM, from 32 output channels, in either layout
+    assert pays(128 * 126 * 126, 128, 576)
+    assert pays(sms // 2 * 256, 128, 576)
+    assert not pays((sms // 2 - 1) * 256, 128, 576)
+    assert pays(32 * 128 * 128, 32, 288)
+    assert not pays(32 * 128 * 128, 16, 144)
+    # where TF32 goes to cuDNN: 64 channels-last output channels, long K, 64-byte rows
+    assert pays(128 * 126 * 126, 64, 576)
+    assert pays(256 * 16 * 16, 512, 4608, width=16)
 
 
 def test_patch_kernel_can_be_disabled(monkeypatch):
@@ -104,6 +122,7 @@ H100_SMS = 132
         ((128, 64, 128, 128), 128, 3, torch.float32, False, "nchw", True, "patch", "patch"),
         ((128, 64, 128, 128), 128, 3, torch.float32, False, "cl", True, "patch", "patch"),
         ((32, 256, 14, 14), 256, 3, torch.float32, False, "nchw", True, "cudnn", "fused"),
+        ((32, 64, 56, 56), 64, 3, torch.float32, False, "cl", True, "patch", "patch"),
         ((128, 64, 128, 128), 64, 3, torch.float32, True, "nchw", True, "patch", "patch"),
         # 14 px at batch 32: 50 tiles
         ((32, 256, 14, 14), 256, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),
