@@ -89,8 +89,9 @@ def _patch_pays(
     arithmetic lets its single pass over the output pay for (cuDNN multiplies faster
     beyond). ``elem``: the input's element size; ``width``: its rows' length in pixels;
     ``exact_fp32``: fp32 with TF32 off (3xTF32 on the patch kernel).
-    Exact fp32, in either layout: from 32 output channels and half a tile per SM (cuDNN's
-    exact fp32 convolution is 1.4-7x slower on every shape measured, v31).
+    Exact fp32, in either layout, where cuDNN's exact fp32 convolution is 1.2-8x slower:
+    K >= 288 (a half-empty channel block loses, K = 144), from 16 output channels and a
+    quarter of a tile per SM (v31).
     NCHW input: K <= 2304 and rows longer than 64 bytes (each row of a patch is one bulk
     copy: short ones cost more than they bring), from 32 output channels and half a tile
     per SM.
@@ -109,11 +110,13 @@ def _patch_pays(
     batch 32 0.070 / 0.104 / 0.050. Exact fp32: the headline 2.805 / 10.851 / 7.601
     (channels-last 2.818 / 9.249 / 8.477), 64 output channels 1.951 / 5.451 / 3.836
     (channels-last 1.959 / 4.647 / 4.435), ResNet 56 px batch 32 channels-last 0.133 /
-    0.244 / 0.334, K = 4608 with 64-byte rows 2.546 / 14.251 / 6.465, 32 output channels
-    0.279 / 0.933 / 0.384."""
+    0.244 / 0.334, batch 4 (0.37 tiles per SM) 0.038 / 0.057 / 0.047, K = 4608 with
+    64-byte rows 2.546 / 14.251 / 6.465, 32 output channels 0.279 / 0.933 / 0.384, 16
+    output channels 0.273 / 0.917 / 0.365; 16 input channels at 64 px (K = 144) 0.075 /
+    0.136 / 0.057."""
     tiles = -(-pixels // 256) * -(-cout // 128)
     if exact_fp32:
-        return cout >= 32 and 2 * tiles >= sms
+        return k >= 288 and cout >= 16 and 4 * tiles >= sms
     if channels_last:
         return cout > 64 and tiles >= 4 * sms and k < 1024
     return k <= 2304 and width * elem > 64 and cout >= 32 and 2 * tiles >= sms

@@ -56,12 +56,14 @@ def test_patch_kernel_size_rule_exact_fp32(channels_last):
     def pays(pixels, cout, k, width=128):
         return _cuda._patch_pays(pixels, cout, k, sms, channels_last, 4, width, True)
 
-    # half a tile per SM, from 32 output channels, in either layout
+    # a quarter of a tile per SM, from 16 output channels and K = 288, in either layout
     assert pays(128 * 126 * 126, 128, 576)
-    assert pays(sms // 2 * 256, 128, 576)
-    assert not pays((sms // 2 - 1) * 256, 128, 576)
-    assert pays(32 * 128 * 128, 32, 288)
-    assert not pays(32 * 128 * 128, 16, 144)
+    assert pays(-(-sms // 4) * 256, 128, 576)
+    assert not pays((-(-sms // 4) - 1) * 256, 128, 576)
+    assert pays(4 * 56 * 56, 64, 576, width=56)  # ResNet 56 px at batch 4
+    assert pays(32 * 128 * 128, 16, 288)
+    assert not pays(32 * 128 * 128, 8, 288)
+    assert not pays(32 * 64 * 64, 32, 144, width=64)  # 16 input channels: half a block
     # where TF32 goes to cuDNN: 64 channels-last output channels, long K, 64-byte rows
     assert pays(128 * 126 * 126, 64, 576)
     assert pays(256 * 16 * 16, 512, 4608, width=16)
@@ -121,7 +123,7 @@ H100_SMS = 132
         # exact fp32: 3xTF32 on the patch kernel, by the same rule; cuDNN elsewhere
         ((128, 64, 128, 128), 128, 3, torch.float32, False, "nchw", True, "patch", "patch"),
         ((128, 64, 128, 128), 128, 3, torch.float32, False, "cl", True, "patch", "patch"),
-        ((32, 256, 14, 14), 256, 3, torch.float32, False, "nchw", True, "cudnn", "fused"),
+        ((2, 64, 56, 56), 64, 3, torch.float32, False, "nchw", True, "cudnn", "fused"),
         ((32, 64, 56, 56), 64, 3, torch.float32, False, "cl", True, "patch", "patch"),
         ((128, 64, 128, 128), 64, 3, torch.float32, True, "nchw", True, "patch", "patch"),
         # 14 px at batch 32: 50 tiles
