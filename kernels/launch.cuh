@@ -9,6 +9,7 @@
 
 #include "conv_relu_add.cuh"
 #include "patch_conv.cuh"
+#include "tensor_map.h"
 
 namespace fx_fuse {
 
@@ -99,7 +100,9 @@ void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   const int64_t grid = tiles < sms ? tiles : sms;
   TORCH_CHECK(grid > 0 && (tiles + grid - 1) / grid <= std::numeric_limits<int32_t>::max(),
               "fx_fuse::conv2d_relu_add: internal error: ", tiles, " patch tiles on ", grid, " CTAs");
-  kernel<<<static_cast<unsigned>(grid), kPatchThreads, smem, stream>>>(p);
+  using T = typename MathTraits<MATH>::T;
+  const CUtensorMap x_map = CL ? channels_last_patch_map(p, sizeof(T)) : CUtensorMap{};
+  kernel<<<static_cast<unsigned>(grid), kPatchThreads, smem, stream>>>(p, x_map);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

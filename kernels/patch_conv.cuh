@@ -13,8 +13,8 @@
 //     slice, already swizzled); its warps 1-3 copy each unit's input patch --
 //     patch_rows rows x patch_pitch columns x CB channels, padding zero-filled; channel
 //     planes (NCHW) or pixels of CB channels (channels-last) -- into a patch slot as soon
-//     as the slot is free (NCHW: one bulk copy per channel row; channels-last: 16-byte
-//     cp.async per pixel chunk), round a landed TF32 patch in place once (a 16-bit NCHW
+//     as the slot is free (NCHW: one bulk copy per channel row; channels-last: one tensor
+//     copy of the whole patch), round a landed TF32 patch in place once (a 16-bit NCHW
 //     one: interleave its channel pairs; a 3xTF32 one stays as it is), and publish it;
 //   - two consumers (warpgroups 1 and 2, 128 tile rows each) multiply: per slice two
 //     m64nBN wgmmas per k-step (A from registers, B from the ring slot), and while they
@@ -27,6 +27,8 @@
 // "empty" once every consumer thread is past it, so one consumer's epilogue can run beside
 // the other's wgmmas, and the copies beside both.
 #pragma once
+
+#include <cuda.h>
 
 #include "conv_relu_add.cuh"
 
@@ -110,6 +112,16 @@ __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
           dst),
       "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
+}
+// One box of a 4-D tensor map at coordinates (c0, c1, c2, c3), innermost first, by the copy
+// engine (zeros outside the tensor), counted on `bar`.
+__device__ __forceinline__ void tensor_copy_4d(uint32_t dst, const CUtensorMap* map, int c0, int c1,
+                                               int c2, int c3, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+      "%3, %4, %5}], [%6];\n" ::"r"(dst),
+      "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
       : "memory");
 }
 __device__ __forceinline__ void named_sync(int id, int threads) {
@@ -256,6 +268,7 @@ struct PatchCta {
   unsigned char* patch;        // the patch slots
   uint32_t ring, slots, bars;  // shared addresses: weight ring, patch slots, mbarriers
   float* chan;                 // per consumer and tile parity: bias, then per-channel other
+  const CUtensorMap* x_map;    // channels-last input (channels_last_patch_map)
   int n_tiles;                 // tiles along Cout
   int64_t my_tiles;            // tiles this CTA walks: blockIdx.x + i * gridDim.x
   int S;                       // slices per tile
@@ -299,9 +312,10 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
 // into its slot as soon as both consumers are done with the unit before it there. NCHW:
 // each channel row's chunks inside the image come by one bulk copy (the copy engine; the
 // rows are dense, x_sw == 1) and its padding chunks are zeroed with shared stores;
-// channels-last: one 16-byte cp.async per chunk, padding zero-filled by the copy. Once
-// it has landed, a TF32 patch is rounded in place (once per element, not once per tap
-// that reads it) and a 16-bit NCHW one gets its channel pairs interleaved; then the
+// channels-last: the whole patch by one tensor copy (k.x_map: each pixel's CB channels
+// and the next 16 bytes' worth as its padding, zeros outside the image and past C_in).
+// Once it has landed, a TF32 patch is rounded in place (once per element, not once per
+// tap that reads it) and a 16-bit NCHW one gets its channel pairs interleaved; then the
 // consumers may read it.
 template <Math MATH, bool CL, int BN>
 __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const PatchCta& k) {
@@ -311,33 +325,20 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   constexpr int VEC = 16 / ELEM;
   constexpr int CB = kSliceBytes / ELEM;
   constexpr int CP = kPatchChannelPitch;
-  constexpr int CPX = kPatchPixelBytes / ELEM;
   const int tid = threadIdx.x - 32;
   const T* __restrict__ x = static_cast<const T*>(p.x);
 
-  // Channels-last: thread t copies the 16-byte chunks q = t, t + kPatchCopyThreads, ... of
-  // a patch, chunk q = (row, column, channel chunk) with patch_chunks = 8 chunks per column,
-  // split by multiply-high with a rounded-up reciprocal (exact for q * divisor < 2^32), so
-  // that the iterations are independent.
-  const int pixel_chunks = p.patch_rows * p.patch_chunks;
-  const uint32_t inv_chunks =
-      static_cast<uint32_t>(((uint64_t{1} << 32) + p.patch_chunks - 1) / p.patch_chunks);
-  auto issue_pixels = [&](const PatchTile& pt, int cb, uint32_t dst, uint32_t landed) {
-    const T* img = x + pt.n * p.x_sn;
-#pragma unroll 4
-    for (int q = tid; q < pixel_chunks; q += kPatchCopyThreads) {
-      const int r = static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_chunks));
-      const int rem = q - r * p.patch_chunks, c = (rem & 7) * VEC, col = rem >> 3;
-      const int ci = cb * CB + c, ih = pt.ih0 + r, iw = pt.iw0a + col;
-      // A chunk lies wholly inside or wholly outside the image (Cin % VEC == 0).
-      const bool ok = ci < p.Cin && static_cast<unsigned>(ih) < static_cast<unsigned>(p.H) &&
-                      static_cast<unsigned>(iw) < static_cast<unsigned>(p.W);
-      const T* src = ok ? img + (ci * static_cast<int>(p.x_sc) + ih * static_cast<int>(p.x_sh) +
-                                 iw * static_cast<int>(p.x_sw))
-                        : x;
-      cp_async_16_zfill(dst + (r * k.row_step + col * CPX + c) * ELEM, src, ok);
+  // Channels-last: the first patch thread issues the patch's tensor copy (the box: a
+  // pixel's kPatchPixelBytes x patch_pitch columns x patch_rows rows), the others only
+  // arrive.
+  const uint32_t box_bytes = static_cast<uint32_t>(p.patch_rows * k.row_step * ELEM);
+  auto issue_box = [&](const PatchTile& pt, int cb, uint32_t dst, uint32_t landed) {
+    if (tid == 0) {
+      mbar_arrive_expect(landed, box_bytes);
+      tensor_copy_4d(dst, k.x_map, cb * CB, pt.iw0a, pt.ih0, static_cast<int>(pt.n), landed);
+    } else {
+      mbar_arrive(landed);
     }
-    cp_async_arrive(landed);
   };
   // NCHW: thread t takes the channel rows q = t, t + kPatchCopyThreads, ... (channel
   // q / patch_rows, row q % patch_rows). The tile's columns inside the image are its
@@ -368,7 +369,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   auto issue_patch = [&](int64_t i, int cb, int slot) {
     const PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(i), k.n_tiles);
     const uint32_t dst = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
-    if constexpr (CL) issue_pixels(pt, cb, dst, k.bar(kBarPLanded + slot));
+    if constexpr (CL) issue_box(pt, cb, dst, k.bar(kBarPLanded + slot));
     else issue_rows(pt, cb, dst, k.bar(kBarPLanded + slot));
   };
   // TF32: round the slot's patch in place, 16-byte chunk by chunk over the whole region
@@ -427,8 +428,8 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
       mbar_wait(k.bar(kBarPLanded + slot), parity);
       if constexpr (MATH == Math::kTF32) round_patch(slot);
       else if constexpr (!CL && ELEM == 2) interleave_pairs(slot);
-      // the slot's next copies (NCHW: the copy engine's) come after these shared stores
-      if constexpr (!CL) fence_proxy_async();
+      // the slot's next copies (the copy engine's) come after these shared stores
+      fence_proxy_async();
       mbar_arrive(k.bar(kBarPFull + slot));
     }
   }
@@ -805,7 +806,8 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
 }
 
 template <Math MATH, bool CL, int BN>
-__global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(const ConvParams p) {
+__global__ void __launch_bounds__(kPatchThreads, 1)
+    conv_relu_add_patch_kernel(const ConvParams p, const __grid_constant__ CUtensorMap x_map) {
 #ifdef FX_FUSE_WGMMA
   extern __shared__ __align__(1024) unsigned char smem[];
   if ((smem_u32(smem) & 1023u) != 0) __trap();  // the 128B swizzle is a function of the address
@@ -816,6 +818,7 @@ __global__ void __launch_bounds__(kPatchThreads, 1) conv_relu_add_patch_kernel(c
   k.ring = smem_u32(smem);
   k.slots = k.ring + kRingBytes;
   k.chan = reinterpret_cast<float*>(smem + kRingBytes + kPatchSlots * kPatchSlotBytes);
+  k.x_map = &x_map;
   k.bars = k.slots + kPatchSlots * kPatchSlotBytes + kPatchChanBytes;
   k.n_tiles = (p.Cout + BN - 1) / BN;
   const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);
