@@ -14,8 +14,9 @@
 //     patch_rows rows x patch_pitch columns x CB channels, padding zero-filled; channel
 //     planes (NCHW) or pixels of CB channels (channels-last) -- into a patch slot as soon
 //     as the slot is free (NCHW: one bulk copy per channel row; channels-last: one tensor
-//     copy of the whole patch), round a landed TF32 patch in place once (a 16-bit NCHW
-//     one: interleave its channel pairs; a 3xTF32 one stays as it is), and publish it;
+//     copy of the whole patch in fp32, 16-byte cp.async in 16-bit), round a landed TF32
+//     patch in place once (a 16-bit NCHW one: interleave its channel pairs; a 3xTF32 one
+//     stays as it is), and publish it;
 //   - two consumers (warpgroups 1 and 2, 128 tile rows each) multiply: per slice two
 //     m64nBN wgmmas per k-step (A from registers, B from the ring slot), and while they
 //     run, build the next slice's A fragments from the patch (one ld.shared per register
@@ -312,8 +313,10 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
 // into its slot as soon as both consumers are done with the unit before it there. NCHW:
 // each channel row's chunks inside the image come by one bulk copy (the copy engine; the
 // rows are dense, x_sw == 1) and its padding chunks are zeroed with shared stores;
-// channels-last: the whole patch by one tensor copy (k.x_map: each pixel's CB channels
-// and the next 16 bytes' worth as its padding, zeros outside the image and past C_in).
+// channels-last fp32: the whole patch by one tensor copy (k.x_map: each pixel's CB
+// channels and the next 16 bytes' worth as its padding, zeros outside the image and past
+// C_in); channels-last 16-bit: one 16-byte cp.async per chunk, padding zero-filled by the
+// copy.
 // Once it has landed, a TF32 patch is rounded in place (once per element, not once per
 // tap that reads it) and a 16-bit NCHW one gets its channel pairs interleaved; then the
 // consumers may read it.
@@ -325,10 +328,38 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   constexpr int VEC = 16 / ELEM;
   constexpr int CB = kSliceBytes / ELEM;
   constexpr int CP = kPatchChannelPitch;
+  constexpr int CPX = kPatchPixelBytes / ELEM;
+  // channels-last fp32: the patch by one tensor copy (16-bit: by cp.async, which measured
+  // faster there, v32)
+  constexpr bool kBox = CL && ELEM == 4;
   const int tid = threadIdx.x - 32;
   const T* __restrict__ x = static_cast<const T*>(p.x);
 
-  // Channels-last: the first patch thread issues the patch's tensor copy (the box: a
+  // Channels-last 16-bit: thread t copies the 16-byte chunks q = t, t + kPatchCopyThreads,
+  // ... of a patch, chunk q = (row, column, channel chunk) with patch_chunks = 8 chunks per
+  // column, split by multiply-high with a rounded-up reciprocal (exact for q * divisor <
+  // 2^32), so that the iterations are independent.
+  const int pixel_chunks = p.patch_rows * p.patch_chunks;
+  const uint32_t inv_chunks =
+      static_cast<uint32_t>(((uint64_t{1} << 32) + p.patch_chunks - 1) / p.patch_chunks);
+  auto issue_pixels = [&](const PatchTile& pt, int cb, uint32_t dst, uint32_t landed) {
+    const T* img = x + pt.n * p.x_sn;
+#pragma unroll 4
+    for (int q = tid; q < pixel_chunks; q += kPatchCopyThreads) {
+      const int r = static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_chunks));
+      const int rem = q - r * p.patch_chunks, c = (rem & 7) * VEC, col = rem >> 3;
+      const int ci = cb * CB + c, ih = pt.ih0 + r, iw = pt.iw0a + col;
+      // A chunk lies wholly inside or wholly outside the image (Cin % VEC == 0).
+      const bool ok = ci < p.Cin && static_cast<unsigned>(ih) < static_cast<unsigned>(p.H) &&
+                      static_cast<unsigned>(iw) < static_cast<unsigned>(p.W);
+      const T* src = ok ? img + (ci * static_cast<int>(p.x_sc) + ih * static_cast<int>(p.x_sh) +
+                                 iw * static_cast<int>(p.x_sw))
+                        : x;
+      cp_async_16_zfill(dst + (r * k.row_step + col * CPX + c) * ELEM, src, ok);
+    }
+    cp_async_arrive(landed);
+  };
+  // Channels-last fp32: the first patch thread issues the patch's tensor copy (the box: a
   // pixel's kPatchPixelBytes x patch_pitch columns x patch_rows rows), the others only
   // arrive.
   const uint32_t box_bytes = static_cast<uint32_t>(p.patch_rows * k.row_step * ELEM);
@@ -369,7 +400,8 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   auto issue_patch = [&](int64_t i, int cb, int slot) {
     const PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(i), k.n_tiles);
     const uint32_t dst = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
-    if constexpr (CL) issue_box(pt, cb, dst, k.bar(kBarPLanded + slot));
+    if constexpr (kBox) issue_box(pt, cb, dst, k.bar(kBarPLanded + slot));
+    else if constexpr (CL) issue_pixels(pt, cb, dst, k.bar(kBarPLanded + slot));
     else issue_rows(pt, cb, dst, k.bar(kBarPLanded + slot));
   };
   // TF32: round the slot's patch in place, 16-byte chunk by chunk over the whole region
@@ -429,7 +461,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
       if constexpr (MATH == Math::kTF32) round_patch(slot);
       else if constexpr (!CL && ELEM == 2) interleave_pairs(slot);
       // the slot's next copies (the copy engine's) come after these shared stores
-      fence_proxy_async();
+      if constexpr (!CL || kBox) fence_proxy_async();
       mbar_arrive(k.bar(kBarPFull + slot));
     }
   }

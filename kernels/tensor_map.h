@@ -1,4 +1,4 @@
-// The patch kernel's channels-last input as a TMA tensor map (host side).
+// The patch kernel's channels-last fp32 input as a TMA tensor map (host side).
 #pragma once
 
 #include <cuda.h>
