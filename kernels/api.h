@@ -12,7 +12,7 @@ void launch_conv_f32x3(const ConvParams& p, bool avec, int tile, cudaStream_t st
 void launch_conv_f16(const ConvParams& p, bool avec, int tile, cudaStream_t stream);
 void launch_conv_bf16(const ConvParams& p, bool avec, int tile, cudaStream_t stream);
 // The patch kernel (Hopper): whether its sm_90a code is loaded for this GPU, and its launch
-// (TF32, fp16 or bf16; NCHW or channels-last input; tiles of bn = kPatchBN or kPatchBNSmall
+// (TF32, 3xTF32, fp16 or bf16; NCHW or channels-last input; tiles of bn = kPatchBN or kPatchBNSmall
 // output channels).
 bool patch_kernel_ready(Math math);
 void launch_patch(const ConvParams& p, Math math, bool channels_last, int bn, cudaStream_t stream);

@@ -269,7 +269,7 @@ struct PatchCta {
   unsigned char* patch;        // the patch slots
   uint32_t ring, slots, bars;  // shared addresses: weight ring, patch slots, mbarriers
   float* chan;                 // per consumer and tile parity: bias, then per-channel other
-  const CUtensorMap* x_map;    // channels-last input (channels_last_patch_map)
+  const CUtensorMap* x_map;    // channels-last fp32 input (channels_last_patch_map)
   int n_tiles;                 // tiles along Cout
   int64_t my_tiles;            // tiles this CTA walks: blockIdx.x + i * gridDim.x
   int S;                       // slices per tile
@@ -316,10 +316,9 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
 // channels-last fp32: the whole patch by one tensor copy (k.x_map: each pixel's CB
 // channels and the next 16 bytes' worth as its padding, zeros outside the image and past
 // C_in); channels-last 16-bit: one 16-byte cp.async per chunk, padding zero-filled by the
-// copy.
-// Once it has landed, a TF32 patch is rounded in place (once per element, not once per
-// tap that reads it) and a 16-bit NCHW one gets its channel pairs interleaved; then the
-// consumers may read it.
+// copy. Once it has landed, a TF32 patch is rounded in place (once per element, not once
+// per tap that reads it) and a 16-bit NCHW one gets its channel pairs interleaved; then
+// the consumers may read it.
 template <Math MATH, bool CL, int BN>
 __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const PatchCta& k) {
 #ifdef FX_FUSE_WGMMA
