@@ -66,9 +66,8 @@ bool patch_geometry(int64_t OW, int64_t KH, int64_t KW, const std::vector<int64_
     const int64_t cols = (tw - 1) * stride[1] + dilation[1] * (KW - 1) + 1;
     // NCHW rows start at the 16-byte chunk below the window: up to vec - 1 more columns.
     const int64_t chunks = (cols + vec - 1 + vec - 1) / vec;
-    // channels-last fp32: one tensor copy, whose box is at most 256 pixels wide
     const bool fits = channels_last ? rows * cols * kPatchPixelBytes <= kPatchSlotBytes &&
-                                          (elem != 4 || cols <= 256)
+                                          (!patch_box_copy(true, elem) || cols <= kPatchBoxMaxPixels)
                                     : rows * chunks * vec <= kPatchChannelPitch;
     if (fits) {
       plan.tile_h = static_cast<int>(th);

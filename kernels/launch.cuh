@@ -100,9 +100,8 @@ void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   const int64_t grid = tiles < sms ? tiles : sms;
   TORCH_CHECK(grid > 0 && (tiles + grid - 1) / grid <= std::numeric_limits<int32_t>::max(),
               "fx_fuse::conv2d_relu_add: internal error: ", tiles, " patch tiles on ", grid, " CTAs");
-  using T = typename MathTraits<MATH>::T;
-  // channels-last fp32 patches come by tensor copy (patch_produce_patches)
-  const CUtensorMap x_map = CL && sizeof(T) == 4 ? channels_last_patch_map(p, sizeof(T)) : CUtensorMap{};
+  constexpr int elem = sizeof(typename MathTraits<MATH>::T);
+  const CUtensorMap x_map = patch_box_copy(CL, elem) ? channels_last_patch_map(p, elem) : CUtensorMap{};
   kernel<<<static_cast<unsigned>(grid), kPatchThreads, smem, stream>>>(p, x_map);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

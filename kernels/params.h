@@ -32,6 +32,14 @@ constexpr int kPatchChannelPitch = 584;
 constexpr int kPatchPixelBytes = 144;
 constexpr int kPatchSlotBytes = 74880;  // >= 32 x 584 x 4 (NCHW); 520 pixels x 144 (channels-last)
 
+// Whether the patch kernel copies a channels-last patch by one TMA tensor copy: fp32 (16-bit
+// keeps its 16-byte cp.async, measured faster there). The copy's box is at most
+// kPatchBoxMaxPixels wide.
+constexpr bool patch_box_copy(bool channels_last, int elem_bytes) {
+  return channels_last && elem_bytes == 4;
+}
+constexpr int kPatchBoxMaxPixels = 256;
+
 // The K-table sits in shared memory when it has at most this many entries (32 KB); the
 // 128x128 kernels require it there (the launcher picks 128x64 tiles for longer K).
 constexpr int kSmemTableEntries = 4096;

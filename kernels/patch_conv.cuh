@@ -328,9 +328,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   constexpr int CB = kSliceBytes / ELEM;
   constexpr int CP = kPatchChannelPitch;
   constexpr int CPX = kPatchPixelBytes / ELEM;
-  // channels-last fp32: the patch by one tensor copy (16-bit: by cp.async, which measured
-  // faster there, v32)
-  constexpr bool kBox = CL && ELEM == 4;
+  constexpr bool kBox = patch_box_copy(CL, ELEM);
   const int tid = threadIdx.x - 32;
   const T* __restrict__ x = static_cast<const T*>(p.x);
 
