@@ -236,6 +236,11 @@ struct RingPos {
   __device__ int previous_slot() const {
     return static_cast<int>((slot + kPatchBStages - 1) % kPatchBStages);
   }
+  // The position of the ring's n-th use (n modulo 2^32: the position repeats every
+  // 2 x kPatchBStages uses, a power of two).
+  __device__ static RingPos at(uint32_t n) {
+    return RingPos{n % kPatchBStages, (n / kPatchBStages) & 1u};
+  }
 };
 
 // Where one tile lies: its image, first output row / column / channel, and the input
@@ -328,7 +333,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   constexpr int CB = kSliceBytes / ELEM;
   constexpr int CP = kPatchChannelPitch;
   constexpr int CPX = kPatchPixelBytes / ELEM;
-  constexpr bool kBox = patch_box_copy(CL, ELEM);
+  constexpr bool kBox = patch_box_copy(ELEM);
   const int tid = threadIdx.x - 32;
   const T* __restrict__ x = static_cast<const T*>(p.x);
 
@@ -356,16 +361,24 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
     cp_async_arrive(landed);
   };
-  // Channels-last fp32: the first patch thread issues the patch's tensor copy (the box: a
-  // pixel's kPatchPixelBytes x patch_pitch columns x patch_rows rows), the others only
-  // arrive.
+  // fp32: tensor copies (k.x_map) counted on the landed barrier, expected in full by the
+  // first patch thread before any is issued; the other patch threads only arrive.
+  // Channels-last: the first patch thread issues the patch's one copy (the box: a pixel's
+  // kPatchPixelBytes x patch_pitch columns x patch_rows rows). NCHW: lane c of the first
+  // patch warp issues channel c's (the box: patch_pitch columns x patch_rows rows of the
+  // channel's plane, landing at its pitch CP).
+  static_assert(!kBox || CL || CB == 32, "one NCHW channel plane per lane of a warp");
   const uint32_t box_bytes = static_cast<uint32_t>(p.patch_rows * k.row_step * ELEM);
   auto issue_box = [&](const PatchTile& pt, int cb, uint32_t dst, uint32_t landed) {
-    if (tid == 0) {
-      mbar_arrive_expect(landed, box_bytes);
-      tensor_copy_4d(dst, k.x_map, cb * CB, pt.iw0a, pt.ih0, static_cast<int>(pt.n), landed);
-    } else {
-      mbar_arrive(landed);
+    if (tid == 0) mbar_arrive_expect(landed, CL ? box_bytes : CB * box_bytes);
+    else mbar_arrive(landed);
+    if constexpr (CL) {
+      if (tid == 0)
+        tensor_copy_4d(dst, k.x_map, cb * CB, pt.iw0a, pt.ih0, static_cast<int>(pt.n), landed);
+    } else if (tid < 32) {
+      __syncwarp();  // (the expectation comes first)
+      tensor_copy_4d(dst + static_cast<uint32_t>(tid * CP * ELEM), k.x_map, pt.iw0a, pt.ih0,
+                     cb * CB + tid, static_cast<int>(pt.n), landed);
     }
   };
   // NCHW: thread t takes the channel rows q = t, t + kPatchCopyThreads, ... (channel
@@ -401,19 +414,26 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     else if constexpr (CL) issue_pixels(pt, cb, dst, k.bar(kBarPLanded + slot));
     else issue_rows(pt, cb, dst, k.bar(kBarPLanded + slot));
   };
-  // TF32: round the slot's patch in place, 16-byte chunk by chunk over the whole region
-  // the copies write (padding between rows or pixels included: never read, harmless).
-  const int round_chunks = CL ? p.patch_rows * k.row_step * ELEM / 16 : CB * CP * ELEM / 16;
+  // TF32: round the slot's patch in place, 16-byte chunk by chunk over the region the
+  // copies write (channels-last: the whole patch, padding between pixels included, never
+  // read; NCHW: each channel plane's rows), chunk q = (plane, chunk in the plane) split by
+  // multiply-high as above.
+  const int plane_chunks = p.patch_rows * k.row_step * ELEM / 16;
+  const int planes = CL ? 1 : CB;
+  const uint32_t inv_plane =
+      static_cast<uint32_t>(((uint64_t{1} << 32) + plane_chunks - 1) / plane_chunks);
   auto round_patch = [&](int slot) {
     uint4* base = reinterpret_cast<uint4*>(k.patch + slot * kPatchSlotBytes);
 #pragma unroll 4
-    for (int q = tid; q < round_chunks; q += kPatchCopyThreads) {
-      uint4 v = base[q];
+    for (int q = tid; q < planes * plane_chunks; q += kPatchCopyThreads) {
+      const int c = CL ? 0 : static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_plane));
+      uint4* at = base + c * (CP * ELEM / 16 - plane_chunks) + q;
+      uint4 v = *at;
       v.x = f32_to_tf32(__uint_as_float(v.x));
       v.y = f32_to_tf32(__uint_as_float(v.y));
       v.z = f32_to_tf32(__uint_as_float(v.z));
       v.w = f32_to_tf32(__uint_as_float(v.w));
-      base[q] = v;
+      *at = v;
     }
   };
 
@@ -487,9 +507,12 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // 3xTF32 runs its three products on TF32 wgmmas
   constexpr Math WGMMA_MATH = MATH == Math::kF32x3 ? Math::kTF32 : MATH;
 
+  // Ping-pong: this consumer takes the CTA's tiles c, c + 2, ... whole; otherwise rows
+  // 128 c .. 128 c + 127 of every tile.
+  constexpr bool PP = patch_ping_pong(ELEM);
   const int ct = threadIdx.x - kPatchProducerThreads - 128 * c;  // thread in the warpgroup
   const int lane = ct & 31, wq = ct >> 5, g = lane >> 2, tq = lane & 3;
-  const int row0 = 128 * c + 16 * wq + g;  // this thread's first tile row
+  const int row0 = (PP ? 0 : 128 * c) + 16 * wq + g;  // this thread's first tile row
 
   // This thread's four tile rows (m-half h, row g or g + 8 of its warp's 16): their offsets
   // inside a patch (before the tile's shift and the tap's offset), with the thread's
@@ -693,7 +716,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // phase then completes after every read, with no ordering left to the warp.
   auto release = [&](int b) { mbar_arrive(k.bar(b)); };
   RingPos ring;    // where the current slice's weights are
-  int64_t u = 0;  // units finished
+  uint32_t u = 0;  // units finished (modulo 2^32: only u % 4 is used)
 
   // Slice s of the tile (reading `cur`): wait for its weights, multiply, and while the wgmma
   // runs release what the previous slice read and build the next slice's fragments.
@@ -797,14 +820,27 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     return nxt;
   };
 
-  PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(0), k.n_tiles);
-  Slice cur{0, 0, 0, 0, 0};
+  // Tile i's start: where its weights and first unit are (ping-pong: past the other
+  // consumer's tiles), the wait for that unit, and its first fragments.
+  PatchTile pt;
+  Slice cur;
   KFrag raw;
-  mbar_wait(k.bar(kBarPFull + 0), 0);
-  if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);
-  else build_a(cur, pt.shift, frag[0]);
-  for (int64_t i = 0; i < k.my_tiles; ++i) {
-    load_channels(pt, static_cast<int>(i & 1));
+  auto start_tile = [&](int i) {
+    pt = patch_tile<VEC, CL, BN>(p, k.tile(i), k.n_tiles);
+    if constexpr (PP) {
+      u = static_cast<uint32_t>(i * p.cblocks);
+      ring = RingPos::at(static_cast<uint32_t>(i * k.S * k.sets));
+    }
+    cur = Slice{0, 0, 0, 0, static_cast<int>(u & 1)};
+    mbar_wait(k.bar(kBarPFull + cur.slot), static_cast<uint32_t>(u >> 1) & 1u);
+    if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);
+    else build_a(cur, pt.shift, frag[0]);
+  };
+  const int tile_step = PP ? 2 : 1;
+  int i = PP ? c : 0;  // (launch_patch_t checks that the CTA's tile count fits 32 bits)
+  if (i < k.my_tiles) start_tile(i);
+  for (int buf = 0; i < k.my_tiles; i += tile_step, buf ^= 1) {
+    load_channels(pt, buf);
     if constexpr (MATH == Math::kF32x3) {
       for (int s = 0; s < k.S; ++s) cur = step_3x(s, pt, cur, raw);
       wgmma_wait<0>();
@@ -820,16 +856,8 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       release(kBarWEmpty + ring.previous_slot());
     }
     named_sync(kBarConsumer + c, 128);  // this consumer's bias and `other` are written
-    store_tile(pt, static_cast<int>(i & 1));
-    if (i + 1 < k.my_tiles) {
-      // The next tile's first unit: cur walked past the last slice into (cb = cblocks,
-      // slot of the next unit).
-      pt = patch_tile<VEC, CL, BN>(p, k.tile(i + 1), k.n_tiles);
-      cur = Slice{0, 0, 0, 0, cur.slot};
-      mbar_wait(k.bar(kBarPFull + cur.slot), static_cast<uint32_t>(u >> 1) & 1u);
-      if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);
-      else build_a(cur, pt.shift, frag[0]);
-    }
+    store_tile(pt, buf);
+    if (i + tile_step < k.my_tiles) start_tile(i + tile_step);
   }
 #endif
 }
@@ -859,14 +887,16 @@ __global__ void __launch_bounds__(kPatchThreads, 1)
   k.row_step = CL ? p.patch_pitch * (kPatchPixelBytes / ELEM) : p.patch_pitch;
 
   if (threadIdx.x == 0) {
+    // a slot is released by every thread of the consumers that read it: one in ping-pong
+    constexpr int kReaders = patch_ping_pong(ELEM) ? 128 : kPatchConsumerThreads;
     for (int s = 0; s < kPatchBStages; ++s) {
       mbar_init(k.bar(kBarWFull + s), 1);
-      mbar_init(k.bar(kBarWEmpty + s), kPatchConsumerThreads);
+      mbar_init(k.bar(kBarWEmpty + s), kReaders);
     }
     for (int s = 0; s < kPatchSlots; ++s) {
       mbar_init(k.bar(kBarPLanded + s), kPatchCopyThreads);
       mbar_init(k.bar(kBarPFull + s), kPatchCopyThreads);
-      mbar_init(k.bar(kBarPEmpty + s), kPatchConsumerThreads);
+      mbar_init(k.bar(kBarPEmpty + s), kReaders);
     }
     mbar_init_fence();
   }
@@ -878,7 +908,9 @@ __global__ void __launch_bounds__(kPatchThreads, 1)
     else if (threadIdx.x >= 32) patch_produce_patches<MATH, CL, BN>(p, k);
   } else {
     setmaxnreg_inc<kPatchConsumerRegs>();
-    patch_consume<MATH, CL, BN>(p, k, (threadIdx.x - kPatchProducerThreads) / 128);
+    // (a shuffle from lane 0 lets the compiler keep what derives from c in uniform registers)
+    const int c = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x - kPatchProducerThreads) / 128, 0);
+    patch_consume<MATH, CL, BN>(p, k, c);
   }
 #else
   __trap();  // never launched: the host picks this kernel only where sm_90a code exists
