@@ -66,10 +66,12 @@ bool patch_geometry(int64_t OW, int64_t KH, int64_t KW, const std::vector<int64_
     const int64_t cols = (tw - 1) * stride[1] + dilation[1] * (KW - 1) + 1;
     // NCHW rows start at the 16-byte chunk below the window: up to vec - 1 more columns.
     const int64_t chunks = (cols + vec - 1 + vec - 1) / vec;
-    const int64_t pitch = channels_last ? cols : chunks * vec;  // columns per patch row
+    // columns per patch row (NCHW tensor copies: and the channel planes' skew)
+    const bool box = patch_box_copy(elem);
+    const int64_t pitch = channels_last ? cols : chunks * vec + (box ? 3 * kPatchBoxSkew : 0);
     const bool fits = (channels_last ? rows * cols * kPatchPixelBytes <= kPatchSlotBytes
-                                     : rows * pitch <= kPatchChannelPitch) &&
-                      (!patch_box_copy(elem) || pitch <= kPatchBoxMaxPixels);
+                                     : rows * pitch <= (box ? kPatchBoxChannelPitch : kPatchChannelPitch)) &&
+                      (!box || pitch <= kPatchBoxMaxPixels);
     if (fits) {
       plan.tile_h = static_cast<int>(th);
       plan.tile_w = tw;

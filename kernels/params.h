@@ -46,6 +46,12 @@ constexpr int patch_tile_pixels(int elem_bytes) {
   return patch_ping_pong(elem_bytes) ? kPatchBM / 2 : kPatchBM;
 }
 constexpr int kPatchBoxMaxPixels = 256;
+// NCHW patches by tensor copies: each channel plane starts on a 128-byte boundary (as a
+// copy's destination must), kPatchBoxChannelPitch words apart, and holds its box shifted by
+// kPatchBoxSkew words per channel modulo 4 (the box starts that many columns earlier), so
+// that the lanes of a fragment load (4 channels x 8 pixels) still fall on 32 distinct banks.
+constexpr int kPatchBoxChannelPitch = 576;
+constexpr int kPatchBoxSkew = 8;
 
 // The K-table sits in shared memory when it has at most this many entries (32 KB); the
 // 128x128 kernels require it there (the launcher picks 128x64 tiles for longer K).

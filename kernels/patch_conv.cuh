@@ -331,9 +331,9 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   constexpr int ELEM = sizeof(T);
   constexpr int VEC = 16 / ELEM;
   constexpr int CB = kSliceBytes / ELEM;
-  constexpr int CP = kPatchChannelPitch;
-  constexpr int CPX = kPatchPixelBytes / ELEM;
   constexpr bool kBox = patch_box_copy(ELEM);
+  constexpr int CP = kBox ? kPatchBoxChannelPitch : kPatchChannelPitch;
+  constexpr int CPX = kPatchPixelBytes / ELEM;
   const int tid = threadIdx.x - 32;
   const T* __restrict__ x = static_cast<const T*>(p.x);
 
@@ -366,7 +366,8 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   // Channels-last: the first patch thread issues the patch's one copy (the box: a pixel's
   // kPatchPixelBytes x patch_pitch columns x patch_rows rows). NCHW: lane c of the first
   // patch warp issues channel c's (the box: patch_pitch columns x patch_rows rows of the
-  // channel's plane, landing at its pitch CP).
+  // channel's plane, landing at its pitch CP, from kPatchBoxSkew x (c % 4) columns before
+  // the patch's first).
   static_assert(!kBox || CL || CB == 32, "one NCHW channel plane per lane of a warp");
   const uint32_t box_bytes = static_cast<uint32_t>(p.patch_rows * k.row_step * ELEM);
   auto issue_box = [&](const PatchTile& pt, int cb, uint32_t dst, uint32_t landed) {
@@ -377,8 +378,9 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
         tensor_copy_4d(dst, k.x_map, cb * CB, pt.iw0a, pt.ih0, static_cast<int>(pt.n), landed);
     } else if (tid < 32) {
       __syncwarp();  // (the expectation comes first)
-      tensor_copy_4d(dst + static_cast<uint32_t>(tid * CP * ELEM), k.x_map, pt.iw0a, pt.ih0,
-                     cb * CB + tid, static_cast<int>(pt.n), landed);
+      tensor_copy_4d(dst + static_cast<uint32_t>(tid * CP * ELEM), k.x_map,
+                     pt.iw0a - kPatchBoxSkew * (tid & 3), pt.ih0, cb * CB + tid,
+                     static_cast<int>(pt.n), landed);
     }
   };
   // NCHW: thread t takes the channel rows q = t, t + kPatchCopyThreads, ... (channel
@@ -495,7 +497,10 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   constexpr int CB = kSliceBytes / ELEM;     // channels per block = K per slice
   constexpr int KSTEP = 32 / ELEM;           // K per wgmma (8 TF32, 16 fp16 / bf16)
   constexpr int NSTEP = CB / KSTEP;          // wgmmas per slice and m-half (4)
-  constexpr int CP = kPatchChannelPitch;  // NCHW: elements between channels of a patch
+  // NCHW: elements between channels of a patch; tensor copies skew channel c's plane by
+  // kPatchBoxSkew x (c % 4) words (c % 4 is a lane's tq in every register of a fragment).
+  constexpr int CP = patch_box_copy(ELEM) ? kPatchBoxChannelPitch : kPatchChannelPitch;
+  constexpr int SKEW = !CL && patch_box_copy(ELEM) ? kPatchBoxSkew : 0;
   constexpr int CPX = kPatchPixelBytes / ELEM;  // channels-last: elements between pixels
   // Element strides inside a patch: between channels, columns; rows: row_step.
   constexpr int CH = CL ? 1 : CP;
@@ -524,7 +529,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     for (int hi = 0; hi < 2; ++hi) {
       const int r = row0 + h * 64 + 8 * hi;
       pix[h][hi] = (r / p.tile_w) * p.stride_h * k.row_step + (r % p.tile_w) * p.stride_w * COL +
-                   (WORDS ? tq : 2 * tq) * CH;
+                   (WORDS ? tq : 2 * tq) * CH + SKEW * tq;
     }
 
   // Where a slice reads its patch: the tap (index, kw) and its offset inside the patch,
