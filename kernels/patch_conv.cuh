@@ -128,6 +128,10 @@ __device__ __forceinline__ void tensor_copy_4d(uint32_t dst, const CUtensorMap* 
 __device__ __forceinline__ void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// Count this warp at named barrier `id` (of `threads`) without waiting for the others.
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 __device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
@@ -146,9 +150,11 @@ template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
 }
 #endif
 
-// Named barriers (0 is __syncthreads): each consumer's own (1, 2), the patch warps'.
+// Named barriers (0 is __syncthreads): each consumer's own (1, 2), the patch warps', and
+// in ping-pong each consumer's turn (4, 5: the other consumer has seen its tile land).
 constexpr int kBarConsumer = 1;
 constexpr int kBarPatchWarps = 3;
+constexpr int kBarTurn = 4;
 
 // How the epilogue writes a lane's values (patch_consume's store_rows).
 enum StoreLayout : int { kStoreSingle, kStoreChannelPairs, kStorePixelPairs };
@@ -825,14 +831,25 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     return nxt;
   };
 
+  // Ping-pong turns. A parity wait on a ring or patch barrier is only sound once the
+  // barrier's phase before it has completed, and that phase may be the other consumer's
+  // (tile i - 1's slices and units come just before tile i's). So the consumer of tile
+  // i - 1 passes the turn once it has waited for all of them (its slices are issued), and
+  // tile i's consumer takes it before its first wait. This also keeps the two consumers'
+  // multiplies in turn.
+  auto pass_turn = [&](int i) {
+    if (PP && i + 1 < k.my_tiles) named_arrive(kBarTurn + (1 - c), 256);
+  };
   // Tile i's start: where its weights and first unit are (ping-pong: past the other
-  // consumer's tiles), the wait for that unit, and its first fragments.
+  // consumer's tiles, after taking the turn), the wait for that unit, and its first
+  // fragments.
   PatchTile pt;
   Slice cur;
   KFrag raw;
   auto start_tile = [&](int i) {
     pt = patch_tile<VEC, CL, BN>(p, k.tile(i), k.n_tiles);
     if constexpr (PP) {
+      if (i > 0) named_sync(kBarTurn + c, 256);
       u = static_cast<uint32_t>(i * p.cblocks);
       ring = RingPos::at(static_cast<uint32_t>(i * k.S * k.sets));
     }
@@ -848,6 +865,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     load_channels(pt, buf);
     if constexpr (MATH == Math::kF32x3) {
       for (int s = 0; s < k.S; ++s) cur = step_3x(s, pt, cur, raw);
+      pass_turn(i);
       wgmma_wait<0>();
       release_held();
     } else {
@@ -857,6 +875,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
         cur = step(s + 1, pt, cur, std::integral_constant<int, 1>{});
       }
       if (s < k.S) cur = step(s, pt, cur, std::integral_constant<int, 0>{});
+      pass_turn(i);
       wgmma_wait<0>();
       release(kBarWEmpty + ring.previous_slot());
     }
