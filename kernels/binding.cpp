@@ -53,31 +53,28 @@ struct Plan {
 };
 
 // The patch kernel's tile: the widest power-of-two row width up to 128 that covers the
-// output row (tile_h = patch_tile_pixels / tile_w rows), narrowed until the input patch
-// fits a slot (and a tensor copy's box). False when none fits.
+// output row (tile_h = kPatchBM / tile_w rows), narrowed until the input patch fits a
+// slot. False when none fits.
 bool patch_geometry(int64_t OW, int64_t KH, int64_t KW, const std::vector<int64_t>& stride,
                     const std::vector<int64_t>& dilation, int elem, bool channels_last, Plan& plan) {
   const int vec = 16 / elem;
   int tw = 8;
   while (tw < 128 && tw < OW) tw *= 2;
   for (; tw >= 8; tw /= 2) {
-    const int64_t th = patch_tile_pixels(elem) / tw;
+    const int64_t th = kPatchBM / tw;
     const int64_t rows = (th - 1) * stride[0] + dilation[0] * (KH - 1) + 1;
     const int64_t cols = (tw - 1) * stride[1] + dilation[1] * (KW - 1) + 1;
     // NCHW rows start at the 16-byte chunk below the window: up to vec - 1 more columns.
     const int64_t chunks = (cols + vec - 1 + vec - 1) / vec;
-    // columns per patch row (NCHW tensor copies: and the channel planes' skew)
-    const bool box = patch_box_copy(elem);
-    const int64_t pitch = channels_last ? cols : chunks * vec + (box ? 3 * kPatchBoxSkew : 0);
-    const bool fits = (channels_last ? rows * cols * kPatchPixelBytes <= kPatchSlotBytes
-                                     : rows * pitch <= (box ? kPatchBoxChannelPitch : kPatchChannelPitch)) &&
-                      (!box || pitch <= kPatchBoxMaxPixels);
+    const bool fits = channels_last ? rows * cols * kPatchPixelBytes <= kPatchSlotBytes &&
+                                          (!patch_box_copy(true, elem) || cols <= kPatchBoxMaxPixels)
+                                    : rows * chunks * vec <= kPatchChannelPitch;
     if (fits) {
       plan.tile_h = static_cast<int>(th);
       plan.tile_w = tw;
       plan.patch_rows = static_cast<int>(rows);
       plan.patch_chunks = static_cast<int>(channels_last ? cols * 8 : chunks);
-      plan.patch_cols = static_cast<int>(pitch);
+      plan.patch_cols = static_cast<int>(channels_last ? cols : chunks * vec);
       return true;
     }
   }

@@ -32,26 +32,13 @@ constexpr int kPatchChannelPitch = 584;
 constexpr int kPatchPixelBytes = 144;
 constexpr int kPatchSlotBytes = 74880;  // >= 32 x 584 x 4 (NCHW); 520 pixels x 144 (channels-last)
 
-// Whether the patch kernel copies its patches by TMA tensor copies: fp32 input (NCHW: one
-// copy per channel plane; channels-last: one per patch). 16-bit input keeps its 16-byte
-// cp.async (channels-last, measured faster there) and bulk row copies (NCHW, whose channel
-// pairs are interleaved after landing). A copy's box is at most kPatchBoxMaxPixels wide.
-constexpr bool patch_box_copy(int elem_bytes) { return elem_bytes == 4; }
-// Whether the patch kernel's two consumers take tiles of their own in turn (ping-pong), so
-// that one consumer's epilogue runs beside the other's multiplies: fp32 input, whose
-// producer (tensor copies) keeps up with half-size tiles. A 16-bit tile is shared by both.
-constexpr bool patch_ping_pong(int elem_bytes) { return elem_bytes == 4; }
-// Output pixels per tile: kPatchBM shared by the two consumers, or half of it in ping-pong.
-constexpr int patch_tile_pixels(int elem_bytes) {
-  return patch_ping_pong(elem_bytes) ? kPatchBM / 2 : kPatchBM;
+// Whether the patch kernel copies a channels-last patch by one TMA tensor copy: fp32 (16-bit
+// keeps its 16-byte cp.async, measured faster there). The copy's box is at most
+// kPatchBoxMaxPixels wide.
+constexpr bool patch_box_copy(bool channels_last, int elem_bytes) {
+  return channels_last && elem_bytes == 4;
 }
 constexpr int kPatchBoxMaxPixels = 256;
-// NCHW patches by tensor copies: each channel plane starts on a 128-byte boundary (as a
-// copy's destination must), kPatchBoxChannelPitch words apart, and holds its box shifted by
-// kPatchBoxSkew words per channel modulo 4 (the box starts that many columns earlier), so
-// that the lanes of a fragment load (4 channels x 8 pixels) still fall on 32 distinct banks.
-constexpr int kPatchBoxChannelPitch = 576;
-constexpr int kPatchBoxSkew = 8;
 
 // The K-table sits in shared memory when it has at most this many entries (32 KB); the
 // 128x128 kernels require it there (the launcher picks 128x64 tiles for longer K).

@@ -128,10 +128,6 @@ __device__ __forceinline__ void tensor_copy_4d(uint32_t dst, const CUtensorMap* 
 __device__ __forceinline__ void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
-// Count this warp at named barrier `id` (of `threads`) without waiting for the others.
-__device__ __forceinline__ void named_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
 __device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
@@ -150,11 +146,9 @@ template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
 }
 #endif
 
-// Named barriers (0 is __syncthreads): each consumer's own (1, 2), the patch warps', and
-// in ping-pong each consumer's turn (4, 5: the other consumer has seen its tile land).
+// Named barriers (0 is __syncthreads): each consumer's own (1, 2), the patch warps'.
 constexpr int kBarConsumer = 1;
 constexpr int kBarPatchWarps = 3;
-constexpr int kBarTurn = 4;
 
 // How the epilogue writes a lane's values (patch_consume's store_rows).
 enum StoreLayout : int { kStoreSingle, kStoreChannelPairs, kStorePixelPairs };
@@ -241,11 +235,6 @@ struct RingPos {
   }
   __device__ int previous_slot() const {
     return static_cast<int>((slot + kPatchBStages - 1) % kPatchBStages);
-  }
-  // The position of the ring's n-th use (n modulo 2^32: the position repeats every
-  // 2 x kPatchBStages uses, a power of two).
-  __device__ static RingPos at(uint32_t n) {
-    return RingPos{n % kPatchBStages, (n / kPatchBStages) & 1u};
   }
 };
 
@@ -337,9 +326,9 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   constexpr int ELEM = sizeof(T);
   constexpr int VEC = 16 / ELEM;
   constexpr int CB = kSliceBytes / ELEM;
-  constexpr bool kBox = patch_box_copy(ELEM);
-  constexpr int CP = kBox ? kPatchBoxChannelPitch : kPatchChannelPitch;
+  constexpr int CP = kPatchChannelPitch;
   constexpr int CPX = kPatchPixelBytes / ELEM;
+  constexpr bool kBox = patch_box_copy(CL, ELEM);
   const int tid = threadIdx.x - 32;
   const T* __restrict__ x = static_cast<const T*>(p.x);
 
@@ -367,26 +356,16 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
     cp_async_arrive(landed);
   };
-  // fp32: tensor copies (k.x_map) counted on the landed barrier, expected in full by the
-  // first patch thread before any is issued; the other patch threads only arrive.
-  // Channels-last: the first patch thread issues the patch's one copy (the box: a pixel's
-  // kPatchPixelBytes x patch_pitch columns x patch_rows rows). NCHW: lane c of the first
-  // patch warp issues channel c's (the box: patch_pitch columns x patch_rows rows of the
-  // channel's plane, landing at its pitch CP, from kPatchBoxSkew x (c % 4) columns before
-  // the patch's first).
-  static_assert(!kBox || CL || CB == 32, "one NCHW channel plane per lane of a warp");
+  // Channels-last fp32: the first patch thread issues the patch's tensor copy (the box: a
+  // pixel's kPatchPixelBytes x patch_pitch columns x patch_rows rows), the others only
+  // arrive.
   const uint32_t box_bytes = static_cast<uint32_t>(p.patch_rows * k.row_step * ELEM);
   auto issue_box = [&](const PatchTile& pt, int cb, uint32_t dst, uint32_t landed) {
-    if (tid == 0) mbar_arrive_expect(landed, CL ? box_bytes : CB * box_bytes);
-    else mbar_arrive(landed);
-    if constexpr (CL) {
-      if (tid == 0)
-        tensor_copy_4d(dst, k.x_map, cb * CB, pt.iw0a, pt.ih0, static_cast<int>(pt.n), landed);
-    } else if (tid < 32) {
-      __syncwarp();  // (the expectation comes first)
-      tensor_copy_4d(dst + static_cast<uint32_t>(tid * CP * ELEM), k.x_map,
-                     pt.iw0a - kPatchBoxSkew * (tid & 3), pt.ih0, cb * CB + tid,
-                     static_cast<int>(pt.n), landed);
+    if (tid == 0) {
+      mbar_arrive_expect(landed, box_bytes);
+      tensor_copy_4d(dst, k.x_map, cb * CB, pt.iw0a, pt.ih0, static_cast<int>(pt.n), landed);
+    } else {
+      mbar_arrive(landed);
     }
   };
   // NCHW: thread t takes the channel rows q = t, t + kPatchCopyThreads, ... (channel
@@ -422,26 +401,19 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     else if constexpr (CL) issue_pixels(pt, cb, dst, k.bar(kBarPLanded + slot));
     else issue_rows(pt, cb, dst, k.bar(kBarPLanded + slot));
   };
-  // TF32: round the slot's patch in place, 16-byte chunk by chunk over the region the
-  // copies write (channels-last: the whole patch, padding between pixels included, never
-  // read; NCHW: each channel plane's rows), chunk q = (plane, chunk in the plane) split by
-  // multiply-high as above.
-  const int plane_chunks = p.patch_rows * k.row_step * ELEM / 16;
-  const int planes = CL ? 1 : CB;
-  const uint32_t inv_plane =
-      static_cast<uint32_t>(((uint64_t{1} << 32) + plane_chunks - 1) / plane_chunks);
+  // TF32: round the slot's patch in place, 16-byte chunk by chunk over the whole region
+  // the copies write (padding between rows or pixels included: never read, harmless).
+  const int round_chunks = CL ? p.patch_rows * k.row_step * ELEM / 16 : CB * CP * ELEM / 16;
   auto round_patch = [&](int slot) {
     uint4* base = reinterpret_cast<uint4*>(k.patch + slot * kPatchSlotBytes);
 #pragma unroll 4
-    for (int q = tid; q < planes * plane_chunks; q += kPatchCopyThreads) {
-      const int c = CL ? 0 : static_cast<int>(__umulhi(static_cast<uint32_t>(q), inv_plane));
-      uint4* at = base + c * (CP * ELEM / 16 - plane_chunks) + q;
-      uint4 v = *at;
+    for (int q = tid; q < round_chunks; q += kPatchCopyThreads) {
+      uint4 v = base[q];
       v.x = f32_to_tf32(__uint_as_float(v.x));
       v.y = f32_to_tf32(__uint_as_float(v.y));
       v.z = f32_to_tf32(__uint_as_float(v.z));
       v.w = f32_to_tf32(__uint_as_float(v.w));
-      *at = v;
+      base[q] = v;
     }
   };
 
@@ -503,10 +475,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   constexpr int CB = kSliceBytes / ELEM;     // channels per block = K per slice
   constexpr int KSTEP = 32 / ELEM;           // K per wgmma (8 TF32, 16 fp16 / bf16)
   constexpr int NSTEP = CB / KSTEP;          // wgmmas per slice and m-half (4)
-  // NCHW: elements between channels of a patch; tensor copies skew channel c's plane by
-  // kPatchBoxSkew x (c % 4) words (c % 4 is a lane's tq in every register of a fragment).
-  constexpr int CP = patch_box_copy(ELEM) ? kPatchBoxChannelPitch : kPatchChannelPitch;
-  constexpr int SKEW = !CL && patch_box_copy(ELEM) ? kPatchBoxSkew : 0;
+  constexpr int CP = kPatchChannelPitch;  // NCHW: elements between channels of a patch
   constexpr int CPX = kPatchPixelBytes / ELEM;  // channels-last: elements between pixels
   // Element strides inside a patch: between channels, columns; rows: row_step.
   constexpr int CH = CL ? 1 : CP;
@@ -518,12 +487,9 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // 3xTF32 runs its three products on TF32 wgmmas
   constexpr Math WGMMA_MATH = MATH == Math::kF32x3 ? Math::kTF32 : MATH;
 
-  // Ping-pong: this consumer takes the CTA's tiles c, c + 2, ... whole; otherwise rows
-  // 128 c .. 128 c + 127 of every tile.
-  constexpr bool PP = patch_ping_pong(ELEM);
   const int ct = threadIdx.x - kPatchProducerThreads - 128 * c;  // thread in the warpgroup
   const int lane = ct & 31, wq = ct >> 5, g = lane >> 2, tq = lane & 3;
-  const int row0 = (PP ? 0 : 128 * c) + 16 * wq + g;  // this thread's first tile row
+  const int row0 = 128 * c + 16 * wq + g;  // this thread's first tile row
 
   // This thread's four tile rows (m-half h, row g or g + 8 of its warp's 16): their offsets
   // inside a patch (before the tile's shift and the tap's offset), with the thread's
@@ -535,7 +501,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     for (int hi = 0; hi < 2; ++hi) {
       const int r = row0 + h * 64 + 8 * hi;
       pix[h][hi] = (r / p.tile_w) * p.stride_h * k.row_step + (r % p.tile_w) * p.stride_w * COL +
-                   (WORDS ? tq : 2 * tq) * CH + SKEW * tq;
+                   (WORDS ? tq : 2 * tq) * CH;
     }
 
   // Where a slice reads its patch: the tap (index, kw) and its offset inside the patch,
@@ -727,7 +693,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // phase then completes after every read, with no ordering left to the warp.
   auto release = [&](int b) { mbar_arrive(k.bar(b)); };
   RingPos ring;    // where the current slice's weights are
-  uint32_t u = 0;  // units finished (modulo 2^32: only u % 4 is used)
+  int64_t u = 0;  // units finished
 
   // Slice s of the tile (reading `cur`): wait for its weights, multiply, and while the wgmma
   // runs release what the previous slice read and build the next slice's fragments.
@@ -831,41 +797,16 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     return nxt;
   };
 
-  // Ping-pong turns. A parity wait on a ring or patch barrier is only sound once the
-  // barrier's phase before it has completed, and that phase may be the other consumer's
-  // (tile i - 1's slices and units come just before tile i's). So the consumer of tile
-  // i - 1 passes the turn once it has waited for all of them (its slices are issued), and
-  // tile i's consumer takes it before its first wait. This also keeps the two consumers'
-  // multiplies in turn.
-  auto pass_turn = [&](int i) {
-    if (PP && i + 1 < k.my_tiles) named_arrive(kBarTurn + (1 - c), 256);
-  };
-  // Tile i's start: where its weights and first unit are (ping-pong: past the other
-  // consumer's tiles, after taking the turn), the wait for that unit, and its first
-  // fragments.
-  PatchTile pt;
-  Slice cur;
+  PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(0), k.n_tiles);
+  Slice cur{0, 0, 0, 0, 0};
   KFrag raw;
-  auto start_tile = [&](int i) {
-    pt = patch_tile<VEC, CL, BN>(p, k.tile(i), k.n_tiles);
-    if constexpr (PP) {
-      if (i > 0) named_sync(kBarTurn + c, 256);
-      u = static_cast<uint32_t>(i * p.cblocks);
-      ring = RingPos::at(static_cast<uint32_t>(i * k.S * k.sets));
-    }
-    cur = Slice{0, 0, 0, 0, static_cast<int>(u & 1)};
-    mbar_wait(k.bar(kBarPFull + cur.slot), static_cast<uint32_t>(u >> 1) & 1u);
-    if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);
-    else build_a(cur, pt.shift, frag[0]);
-  };
-  const int tile_step = PP ? 2 : 1;
-  int i = PP ? c : 0;  // (launch_patch_t checks that the CTA's tile count fits 32 bits)
-  if (i < k.my_tiles) start_tile(i);
-  for (int buf = 0; i < k.my_tiles; i += tile_step, buf ^= 1) {
-    load_channels(pt, buf);
+  mbar_wait(k.bar(kBarPFull + 0), 0);
+  if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);
+  else build_a(cur, pt.shift, frag[0]);
+  for (int64_t i = 0; i < k.my_tiles; ++i) {
+    load_channels(pt, static_cast<int>(i & 1));
     if constexpr (MATH == Math::kF32x3) {
       for (int s = 0; s < k.S; ++s) cur = step_3x(s, pt, cur, raw);
-      pass_turn(i);
       wgmma_wait<0>();
       release_held();
     } else {
@@ -875,13 +816,20 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
         cur = step(s + 1, pt, cur, std::integral_constant<int, 1>{});
       }
       if (s < k.S) cur = step(s, pt, cur, std::integral_constant<int, 0>{});
-      pass_turn(i);
       wgmma_wait<0>();
       release(kBarWEmpty + ring.previous_slot());
     }
     named_sync(kBarConsumer + c, 128);  // this consumer's bias and `other` are written
-    store_tile(pt, buf);
-    if (i + tile_step < k.my_tiles) start_tile(i + tile_step);
+    store_tile(pt, static_cast<int>(i & 1));
+    if (i + 1 < k.my_tiles) {
+      // The next tile's first unit: cur walked past the last slice into (cb = cblocks,
+      // slot of the next unit).
+      pt = patch_tile<VEC, CL, BN>(p, k.tile(i + 1), k.n_tiles);
+      cur = Slice{0, 0, 0, 0, cur.slot};
+      mbar_wait(k.bar(kBarPFull + cur.slot), static_cast<uint32_t>(u >> 1) & 1u);
+      if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);
+      else build_a(cur, pt.shift, frag[0]);
+    }
   }
 #endif
 }
@@ -911,16 +859,14 @@ __global__ void __launch_bounds__(kPatchThreads, 1)
   k.row_step = CL ? p.patch_pitch * (kPatchPixelBytes / ELEM) : p.patch_pitch;
 
   if (threadIdx.x == 0) {
-    // a slot is released by every thread of the consumers that read it: one in ping-pong
-    constexpr int kReaders = patch_ping_pong(ELEM) ? 128 : kPatchConsumerThreads;
     for (int s = 0; s < kPatchBStages; ++s) {
       mbar_init(k.bar(kBarWFull + s), 1);
-      mbar_init(k.bar(kBarWEmpty + s), kReaders);
+      mbar_init(k.bar(kBarWEmpty + s), kPatchConsumerThreads);
     }
     for (int s = 0; s < kPatchSlots; ++s) {
       mbar_init(k.bar(kBarPLanded + s), kPatchCopyThreads);
       mbar_init(k.bar(kBarPFull + s), kPatchCopyThreads);
-      mbar_init(k.bar(kBarPEmpty + s), kReaders);
+      mbar_init(k.bar(kBarPEmpty + s), kPatchConsumerThreads);
     }
     mbar_init_fence();
   }
@@ -932,9 +878,7 @@ __global__ void __launch_bounds__(kPatchThreads, 1)
     else if (threadIdx.x >= 32) patch_produce_patches<MATH, CL, BN>(p, k);
   } else {
     setmaxnreg_inc<kPatchConsumerRegs>();
-    // (a shuffle from lane 0 lets the compiler keep what derives from c in uniform registers)
-    const int c = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x - kPatchProducerThreads) / 128, 0);
-    patch_consume<MATH, CL, BN>(p, k, c);
+    patch_consume<MATH, CL, BN>(p, k, (threadIdx.x - kPatchProducerThreads) / 128);
   }
 #else
   __trap();  // never launched: the host picks this kernel only where sm_90a code exists

@@ -1,4 +1,4 @@
-// The patch kernel's fp32 input as a TMA tensor map (host side).
+// The patch kernel's channels-last fp32 input as a TMA tensor map (host side).
 #pragma once
 
 #include <cuda.h>
@@ -7,11 +7,9 @@
 
 namespace fx_fuse {
 
-// x for the copy engine, one box per copy, landing as the patch slot's layout (zeros
-// outside the image and past C_in). Channels-last: one box per unit, CPX channels (the
-// channel block and the pixel's padding to kPatchPixelBytes) x patch_pitch columns x
-// patch_rows rows of one image; NCHW: one box per channel plane of a unit, patch_pitch
-// columns x patch_rows rows.
-CUtensorMap patch_map(const ConvParams& p, int elem_bytes, bool channels_last);
+// x (N, H, W, C in memory) for the copy engine: one box per unit, CPX channels (the channel
+// block and the pixel's padding to kPatchPixelBytes) x patch_pitch columns x patch_rows rows
+// of one image, landing as the patch slot's layout; zeros outside the image and past C_in.
+CUtensorMap channels_last_patch_map(const ConvParams& p, int elem_bytes);
 
 }  // namespace fx_fuse
