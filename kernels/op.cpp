@@ -7,12 +7,14 @@
 // without Python. The autograd kernel records the op for backward in C++ too; its backward
 // is the Python formula (fx_fuse/ops.py, grads), called once per backward.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/extension.h>
 #include <torch/library.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -133,6 +135,28 @@ bool kernel_reads(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
 }
 
+// The convolution of the cuDNN path: cuDNN's, called below at::conv2d's generic layers
+// (argument expansion, checks, backend selection: host time that small layers pay in full)
+// where at::conv2d would pick it too: cuDNN enabled, a dtype its convolutions take, and
+// 32-bit indexing (beyond, at::conv2d splits the batch). Otherwise at::conv2d itself.
+at::Tensor cudnn_conv(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t out_numel) {
+  auto& ctx = at::globalContext();
+  const auto& hooks = at::detail::getCUDAHooks();
+  const auto t = x.scalar_type();
+  const bool takes = t == at::kFloat || t == at::kHalf ||
+                     (t == at::kBFloat16 && hooks.supportsBFloat16ConvolutionWithCuDNNv8());
+  constexpr int64_t kMax32 = std::numeric_limits<int32_t>::max();
+  if (!(ctx.userEnabledCuDNN() && hooks.compiledWithCuDNN() && takes &&
+        weight.scalar_type() == t && x.numel() > 0 && x.numel() <= kMax32 && out_numel > 0 &&
+        out_numel <= kMax32)) {
+    return at::conv2d(x, weight, {}, stride, padding, dilation, 1);
+  }
+  return at::cudnn_convolution(x, weight, padding, stride, dilation, 1, ctx.benchmarkCuDNN(),
+                               ctx.deterministicCuDNN() || ctx.deterministicAlgorithms(),
+                               ctx.allowTF32CuDNN());
+}
+
 at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weight,
                const c10::optional<at::Tensor>& bias, const at::Tensor& other,
                at::IntArrayRef stride_arg, at::IntArrayRef padding_arg,
@@ -167,7 +191,8 @@ at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weig
     at::Tensor y;
     {
       c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-      y = at::conv2d(x, weight, {}, stride, padding, dilation, 1);
+      y = cudnn_conv(x, weight, stride, padding, dilation,
+                     out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3]);
     }
     out = y.is_contiguous(format) ? y : at::empty_like(y, y.options(), format);
     relu_add_out(y, b, other_t, scalar, out);

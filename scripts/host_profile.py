@@ -100,6 +100,10 @@ def parts(case) -> None:
         "_cuda._patch_runs": lambda: _cuda._patch_runs(x, w, stride, padding, dilation),
         "_cuda._path": lambda: _cuda._path(x, w, out_shape, stride, True, 132, True),
         "torch.empty": lambda: torch.empty(out_shape, device="cuda"),
+        "torch.conv2d, no bias": lambda: torch.conv2d(x, w, None, stride, padding, dilation),
+        "torch.cudnn_convolution": lambda: torch.cudnn_convolution(
+            x, w, padding, stride, dilation, 1, False, False, True
+        ),
         "_cuda._use_wgmma": lambda: _cuda._use_wgmma(x.device),
         "allow_tf32 flag": lambda: bool(torch.backends.cudnn.allow_tf32),
         "_cuda.plan (once per signature)": lambda: _cuda.plan(*args),

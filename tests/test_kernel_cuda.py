@@ -352,6 +352,29 @@ def test_cudnn_path_runs_where_its_rule_says(monkeypatch):
     assert "conv_epilogue" not in kernels and "conv_relu_add" in kernels, kernels
 
 
+def test_cudnn_path_follows_the_cudnn_switches(monkeypatch):
+    """The cuDNN path calls cuDNN's convolution below at::conv2d, so it reads
+    torch.backends.cudnn itself: with cuDNN disabled the convolution is ATen's own (im2col
+    and a GEMM, no cuDNN), and deterministic and benchmark modes give the same result."""
+    set_policy("tf32")
+    monkeypatch.setattr(_cuda, "_cudnn_pays", lambda *args: True)
+    monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN", raising=False)
+    x, w, b, stride, padding, dilation = make((2, 16, 12, 12, 24, 3, 3, 1, 1, 1), torch.float32)
+    other = torch.randn(24, 1, 1, device=DEV)
+    ref = reference64(x, w, b, other, stride, padding, dilation)
+
+    def fn():
+        return run_op(x, w, b, other, stride, padding, dilation)
+
+    assert "im2col" not in _kernels_run(fn)
+    with torch.backends.cudnn.flags(enabled=False):
+        assert_close64(fn(), ref, "tf32")
+        kernels = _kernels_run(fn)
+    assert "im2col" in kernels and "conv_epilogue" in kernels, kernels
+    with torch.backends.cudnn.flags(enabled=True, deterministic=True, benchmark=True):
+        assert_close64(fn(), ref, "tf32")
+
+
 def test_patch_rule_falls_back_where_the_binding_does_not_take_the_input(monkeypatch):
     """Where the patch kernel's size rule pays but the binding does not take the input (a
     bf16 NCHW row of 18 pixels is not whole 16-byte chunks), the planner asks the binding
