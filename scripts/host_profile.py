@@ -51,12 +51,11 @@ def functions(case, model, x):
     out = fx_fuse.conv2d_relu_add(x, conv.weight, conv.bias, model.bias, stride, padding)
     tf32 = torch.backends.cudnn.allow_tf32
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    pixels, k = out.shape[0] * out.shape[2] * out.shape[3], conv.weight[0].numel()
-    channels_last = suggest_memory_format(x) == torch.channels_last
-    exact_fp32 = x.dtype == torch.float32 and not tf32
-    patch = _cuda._patch_pays(
-        pixels, out.shape[1], k, sms, channels_last, x.element_size(), x.shape[3], exact_fp32
+    # the binding runs the patch kernel where the op's rules pick it
+    patch_runs = _cuda._patch_enabled() and _cuda._patch_runs(
+        x, conv.weight, stride, padding, dilation
     )
+    patch = _cuda._path(x, conv.weight, out.shape, stride, tf32, sms, patch_runs) == "patch"
     return {
         "eager": lambda: model(x),
         "inductor": torch.compile(model),
