@@ -40,6 +40,14 @@ Math math_of(at::ScalarType dtype, bool allow_tf32) {
   }
 }
 
+// Whether the copy engine can write `out` (channels innermost): dense channels, 16-byte
+// aligned, and pixel, row and image strides in 16-byte multiples.
+bool copy_engine_output(const at::Tensor& out, int elem) {
+  auto ok = [&](int64_t stride) { return stride * elem % 16 == 0 && stride * elem < (int64_t{1} << 40); };
+  return out.stride(1) == 1 && aligned16(out.data_ptr()) && ok(out.stride(0)) && ok(out.stride(2)) &&
+         ok(out.stride(3));
+}
+
 // Which kernel runs a convolution, and how its K dimension is ordered.
 struct Plan {
   int tile;        // TileConfig
@@ -104,7 +112,10 @@ Plan make_plan(const at::Tensor& x, const at::Tensor& weight, int64_t OW,
   Plan plan{};
   // channels innermost: channels-last input
   const bool cin_inner = C > 1 && x.stride(1) == 1;
-  if (hopper && patch && patch_input_ok(x, KH, KW, elem, cin_inner) &&
+  // channels-last output goes through the copy engine: rows of Cout channels (of the dense
+  // output the op allocates) in 16-byte multiples
+  const bool out_ok = !cin_inner || Cout * elem % 16 == 0;
+  if (hopper && patch && out_ok && patch_input_ok(x, KH, KW, elem, cin_inner) &&
       patch_geometry(OW, KH, KW, stride, dilation, elem, cin_inner, plan) && patch_kernel_ready(math)) {
     plan.tile = kTilePatch;
     plan.avec = false;
@@ -183,8 +194,11 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
 
   const auto dtype = x.scalar_type();
   const Math math = math_of(dtype, allow_tf32);
-  const Plan plan = make_plan(x, weight, OW, stride, dilation, math, hopper, patch);
+  Plan plan = make_plan(x, weight, OW, stride, dilation, math, hopper, patch);
   const int elem = static_cast<int>(x.element_size());
+  // A given `out` the copy engine cannot write (channels-last patch kernel) takes the others.
+  if (plan.tile == kTilePatch && plan.patch_cl && !copy_engine_output(out, elem))
+    plan = make_plan(x, weight, OW, stride, dilation, math, hopper, false);
   const int bk = kSliceBytes / elem;
   const int bn = plan.tile == kTilePatch ? plan.patch_bn : plan.tile == kTile128x64 ? 64 : 128;
   const int64_t cblocks = (C + bk - 1) / bk;

@@ -23,7 +23,9 @@
 //     at the tap's offset); 3xTF32 splits each k-step's fragments into TF32 parts for
 //     three wgmmas per m-half against the slice's two or three weight sets (each set one
 //     ring slot). After a tile's last slice each consumer runs its epilogue (bias, relu,
-//     other, one store) from its accumulators.
+//     other, one store) from its accumulators: NCHW output straight to memory,
+//     channels-last output staged in the patch slot the tile has finished with and written
+//     by the copy engine while the next tile runs.
 // The warpgroups meet only at mbarriers: a slot is "full" once its copy landed and
 // "empty" once every consumer thread is past it, so one consumer's epilogue can run beside
 // the other's wgmmas, and the copies beside both.
@@ -125,6 +127,22 @@ __device__ __forceinline__ void tensor_copy_4d(uint32_t dst, const CUtensorMap* 
       "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
       : "memory");
 }
+// The box at coordinates (c0, c1, c2, c3) of a 4-D tensor map, written from shared memory
+// by the copy engine (elements outside the tensor are skipped); one bulk group per commit.
+__device__ __forceinline__ void tensor_store_4d(const CUtensorMap* map, uint32_t src, int c0, int c1,
+                                                int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%1, %2, %3, %4}], [%5];\n" ::"l"(map),
+      "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(src)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// This thread's committed bulk stores have read their shared memory (it may be rewritten).
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+// This thread's committed bulk stores are complete.
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 __device__ __forceinline__ void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
@@ -133,6 +151,12 @@ __device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
   return v;
+}
+__device__ __forceinline__ void st_shared_v2(uint32_t addr, uint32_t x, uint32_t y) {
+  asm volatile("st.shared.v2.u32 [%0], {%1, %2};\n" ::"r"(addr), "r"(x), "r"(y) : "memory");
+}
+__device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t x) {
+  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(x) : "memory");
 }
 __device__ __forceinline__ void st_shared_v4(uint32_t addr, uint4 v) {
   asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y),
@@ -146,12 +170,14 @@ template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
 }
 #endif
 
-// Named barriers (0 is __syncthreads): each consumer's own (1, 2), the patch warps'.
+// Named barriers (0 is __syncthreads): each consumer's own (1, 2), the patch warps', both
+// consumers'.
 constexpr int kBarConsumer = 1;
 constexpr int kBarPatchWarps = 3;
+constexpr int kBarConsumers = 4;
 
 // How the epilogue writes a lane's values (patch_consume's store_rows).
-enum StoreLayout : int { kStoreSingle, kStoreChannelPairs, kStorePixelPairs };
+enum StoreLayout : int { kStoreSingle, kStorePixelPairs, kStageChannelPairs };
 
 // Two 16-bit values in one word, the first in the low half (its lower address).
 template <typename T> __device__ __forceinline__ uint32_t pack_pair(float v0, float v1) {
@@ -161,16 +187,6 @@ template <typename T> __device__ __forceinline__ uint32_t pack_pair(float v0, fl
   } else {
     const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
     return reinterpret_cast<const uint32_t&>(h);
-  }
-}
-
-// Two neighbouring output elements in one store (8 bytes fp32, 4 bytes 16-bit); `y` is
-// aligned to the pair.
-template <typename T> __device__ __forceinline__ void store_pair(T* y, float v0, float v1) {
-  if constexpr (std::is_same_v<T, float>) {
-    *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
-  } else {
-    *reinterpret_cast<uint32_t*>(y) = pack_pair<T>(v0, v1);
   }
 }
 
@@ -247,6 +263,14 @@ struct PatchTile {
   int ih0, iw0a, shift;
 };
 
+// Where the epilogue's values go: m-halves [H0, H1) of the consumer's rows, into staged
+// boxes at shared address `base` (stage_tile), or straight to the output (base 0, both
+// m-halves).
+template <int H0, int H1> struct Stage {
+  static constexpr int h0 = H0, h1 = H1;
+  uint32_t base;
+};
+
 template <int VEC, bool CL, int BN>
 __device__ __forceinline__ PatchTile patch_tile(const ConvParams& p, int64_t t, int n_tiles) {
   PatchTile pt;
@@ -270,6 +294,7 @@ struct PatchCta {
   uint32_t ring, slots, bars;  // shared addresses: weight ring, patch slots, mbarriers
   float* chan;                 // per consumer and tile parity: bias, then per-channel other
   const CUtensorMap* x_map;    // channels-last fp32 input (channels_last_patch_map)
+  const CUtensorMap* y_map;    // channels-last output (channels_last_output_map)
   int n_tiles;                 // tiles along Cout
   int64_t my_tiles;            // tiles this CTA walks: blockIdx.x + i * gridDim.x
   int S;                       // slices per tile
@@ -486,6 +511,15 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   constexpr bool WORDS = ELEM == 4 || !CL;
   // 3xTF32 runs its three products on TF32 wgmmas
   constexpr Math WGMMA_MATH = MATH == Math::kF32x3 ? Math::kTF32 : MATH;
+  // Channels-last output is staged (stage_tile): boxes of kBoxCh channels (128 bytes) x 64
+  // pixels; kHalfBytes per m-half of a consumer; in kRounds rounds where both consumers'
+  // whole tiles do not fit a patch slot (from its first 1024-byte boundary).
+  constexpr int kBoxCh = kSliceBytes / ELEM;
+  constexpr int kBoxes = BN / kBoxCh;
+  constexpr int kBoxBytes = 64 * kSliceBytes;
+  constexpr int kHalfBytes = kBoxes * kBoxBytes;
+  constexpr int kRounds = 4 * kHalfBytes <= kPatchSlotBytes - 1024 ? 1 : 2;
+  static_assert(2 * kHalfBytes <= kPatchSlotBytes - 1024, "an m-half of both consumers fits a slot");
 
   const int ct = threadIdx.x - kPatchProducerThreads - 128 * c;  // thread in the warpgroup
   const int lane = ct & 31, wq = ct >> 5, g = lane >> 2, tq = lane & 3;
@@ -588,14 +622,16 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // channel, at tile channel c. Addresses advance by channel strides (no multiply per
   // element); the channel bound is checked only in a tile that crosses Cout. `layout`:
   //   kStoreSingle: one element per store;
-  //   kStoreChannelPairs (channels-last output): a lane's two channels of a pixel are
-  //     neighbours, one 2-element store;
   //   kStorePixelPairs (16-bit NCHW output): the lanes of rows g and g ^ 1 (lane ^ 4)
   //     trade one word per channel pair, so that the lane of the even row holds the
   //     pair's first channel at both pixels and the lane of the odd row its second: one
   //     4-byte store of neighbouring pixels (tile_w and OW are even: a pair never crosses
-  //     a row).
-  auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at, auto layout) {
+  //     a row);
+  //   kStageChannelPairs (channels-last output): a lane's two channels of a pixel, one
+  //     shared store into the staged boxes of m-halves [stage.h0, stage.h1) (stage_tile);
+  //     the copy engine writes them to the output.
+  auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at, auto layout,
+                        auto stage) {
     constexpr int LAYOUT = decltype(layout)::value;
     constexpr bool kPixelPairs = LAYOUT == kStorePixelPairs;
     T* __restrict__ out = static_cast<T*>(p.out);
@@ -605,6 +641,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int hi = 0; hi < 2; ++hi) {
+        if (h < stage.h0 || h >= stage.h1) continue;
         const int r = row0 + h * 64 + 8 * hi - odd;  // pixel pairs: the pair's first row
         const int oh = pt.oh0 + r / p.tile_w, ow = pt.ow0 + r % p.tile_w;
         const bool row_ok = oh < p.OH && ow < p.OW;
@@ -634,12 +671,15 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
               *reinterpret_cast<uint32_t*>(y) = __byte_perm(word, mate, odd ? 0x3276 : 0x5410);
           } else {
             const float2 b = *reinterpret_cast<const float2*>(chan + cc);
-            if constexpr (LAYOUT == kStoreChannelPairs) {
-              // Cout is even: a pair is inside Cout or outside it
-              if (full_n || pt.n0 + cc < p.Cout) {
+            if constexpr (LAYOUT == kStageChannelPairs) {
+              if (full_n || pt.n0 + cc < p.Cout) {  // Cout is even: a pair is inside Cout or outside it
                 const float v0 = fused_value(a[0], b.x, other_at(o, cc));
                 const float v1 = fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1));
-                store_pair(y, v0, v1);
+                const int R = r & 63, cb = cc % kBoxCh * ELEM;  // pixel row, byte in the box row
+                const uint32_t at = stage.base + static_cast<uint32_t>((h - stage.h0) * kHalfBytes +
+                                    cc / kBoxCh * kBoxBytes + R * 128 + (((cb >> 4) ^ (R & 7)) << 4) + (cb & 15));
+                if constexpr (ELEM == 4) st_shared_v2(at, __float_as_uint(v0), __float_as_uint(v1));
+                else st_shared_u32(at, pack_pair<T>(v0, v1));
               }
             } else {
               if (full_n || pt.n0 + cc < p.Cout) y[0] = from_float<T>(fused_value(a[0], b.x, other_at(o, cc)));
@@ -653,45 +693,92 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       }
   };
   // One copy of the unrolled stores per kind of `other`, so that no element waits on a
-  // branch before its load (and, per channel, one with paired stores).
-  auto store_tile = [&](const PatchTile& pt, int buf) {
+  // branch before its load (and, per channel, one with paired stores). Channels-last
+  // output is staged (stage_tile).
+  auto store_tile = [&](const PatchTile& pt, int buf, auto stage) {
     const float* chan = chan_of(buf);
     auto strided = [&](auto tag) {
       const auto* o = static_cast<const decltype(tag)*>(p.other);
       return [=](int64_t off, int) { return static_cast<float>(to_float(__ldg(o + off))); };
     };
-    // Pairs of neighbours in the output, one store each: channels of a pixel for
-    // channels-last output (unit channel stride, even Cout), pixels of a channel for 16-bit
-    // NCHW output (unit width stride, even width); the other strides even and the output
-    // aligned to a pair, so that a pair is inside the output or outside it. fp32 NCHW
-    // output keeps single stores: pixel pairs measured slower there (v22).
-    constexpr bool kPaired = CL || ELEM == 2;
-    const int64_t along = CL ? p.y_sc : p.y_sw, across = CL ? p.y_sw : p.y_sc;
-    const bool pairable = kPaired && along == 1 && across % 2 == 0 && p.y_sh % 2 == 0 &&
-                          p.y_sn % 2 == 0 && reinterpret_cast<uintptr_t>(p.out) % (2 * ELEM) == 0 &&
-                          (CL ? p.Cout % 2 == 0 : p.OW % 2 == 0);
+    // 16-bit NCHW output: pairs of neighbouring pixels of a channel, one store each, where
+    // the width stride is 1, the width even, the other strides even and the output
+    // aligned to a pair (a pair is inside the output or outside it). fp32 NCHW output
+    // keeps single stores: pixel pairs measured slower there (v22).
+    constexpr bool kPairs = !CL && ELEM == 2;
+    const bool pixel_pairs = kPairs && p.y_sw == 1 && p.y_sc % 2 == 0 && p.y_sh % 2 == 0 &&
+                             p.y_sn % 2 == 0 && reinterpret_cast<uintptr_t>(p.out) % (2 * ELEM) == 0 &&
+                             p.OW % 2 == 0;
     const std::integral_constant<int, kStoreSingle> single;
+    auto rows = [&](auto other_at, auto layout) {
+      if constexpr (CL) store_rows(pt, chan, other_at, std::integral_constant<int, kStageChannelPairs>{}, stage);
+      else store_rows(pt, chan, other_at, layout, stage);
+    };
     if (other_per_channel) {
       auto per_channel = [&](int64_t, int cc) { return chan[kPatchBN + cc]; };
-      constexpr int kPairs = CL ? kStoreChannelPairs : kPaired ? kStorePixelPairs : kStoreSingle;
-      if (pairable) store_rows(pt, chan, per_channel, std::integral_constant<int, kPairs>{});
-      else store_rows(pt, chan, per_channel, single);
+      if (pixel_pairs) rows(per_channel, std::integral_constant<int, kPairs ? kStorePixelPairs : kStoreSingle>{});
+      else rows(per_channel, single);
     } else if (p.other_kind == kOtherF32) {
-      store_rows(pt, chan, strided(float{}), single);
+      rows(strided(float{}), single);
     } else if (p.other_kind == kOtherF16) {
-      store_rows(pt, chan, strided(__half{}), single);
+      rows(strided(__half{}), single);
     } else if (p.other_kind == kOtherBF16) {
-      store_rows(pt, chan, strided(__nv_bfloat16{}), single);
+      rows(strided(__nv_bfloat16{}), single);
     } else {
-      store_rows(pt, chan, [&](int64_t off, int) {
+      rows([&](int64_t off, int) {
         return static_cast<float>(__ldg(static_cast<const double*>(p.other) + off));
       }, single);
+    }
+  };
+
+  // Channels-last output through the copy engine: the epilogue writes the
+  // tile's values into the patch slot its last unit was read from (`slot`: both consumers
+  // are past it; held until the copy engine has read them), as boxes of 128 bytes of channels x the 64 pixels of an
+  // m-half, 128B-swizzled (16-byte chunk j of pixel row R at chunk j ^ (R % 8), which puts
+  // a store's lanes on distinct banks); then one thread per consumer stores the boxes
+  // (k.y_map: pixels outside the output and channels past Cout are skipped). fp32 tiles of
+  // 128 channels stage one m-half per round, 64 KB for both consumers; the others both.
+  auto stage_tile = [&](const PatchTile& pt, int buf, int slot) {
+    const uint32_t base = (k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes + 1023u) & ~1023u;
+    const uint32_t mine = base + static_cast<uint32_t>(c * (2 / kRounds) * kHalfBytes);
+    auto round = [&](auto stage) {
+      store_tile(pt, buf, stage);
+      fence_proxy_async();  // the copy engine reads what these shared stores wrote
+      named_sync(kBarConsumer + c, 128);
+      if (ct == 0) {
+        for (int h = stage.h0; h < stage.h1; ++h) {
+          const int r0 = 128 * c + 64 * h;
+          const int oh = pt.oh0 + r0 / p.tile_w, ow = pt.ow0 + r0 % p.tile_w;
+          for (int q = 0; q < kBoxes; ++q)
+            tensor_store_4d(k.y_map, mine + static_cast<uint32_t>((h - stage.h0) * kHalfBytes + q * kBoxBytes),
+                            pt.n0 + q * kBoxCh, ow, oh, static_cast<int>(pt.n));
+        }
+        bulk_commit();
+      }
+    };
+    if constexpr (kRounds == 2) {
+      round(Stage<0, 1>{mine});
+      if (ct == 0) bulk_wait_read();  // the first round has been read
+      named_sync(kBarConsumer + c, 128);
+      round(Stage<1, 2>{mine});
+    } else {
+      round(Stage<0, 2>{mine});
     }
   };
 
   // Every consumer thread arrives, after its own last read of the slot: the barrier's
   // phase then completes after every read, with no ordering left to the warp.
   auto release = [&](int b) { mbar_arrive(k.bar(b)); };
+  // The slot a staged epilogue wrote (that of the tile's last unit): every thread but the
+  // storing one releases it right after the epilogue; that one once the copy engine has
+  // read it, after the next tile's first wgmmas are issued, where `cur` (the tile's first
+  // unit) is in the other slot.
+  auto release_staged = [&](const Slice& cur) {
+    if (ct == 0) {
+      bulk_wait_read();
+      release(kBarPEmpty + (cur.slot ^ 1));
+    }
+  };
   RingPos ring;    // where the current slice's weights are
   int64_t u = 0;  // units finished
 
@@ -699,15 +786,17 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // runs release what the previous slice read and build the next slice's fragments.
   // Returns where the next slice reads.
   Frag frag[2];
-  auto step = [&](int s, const PatchTile& pt, const Slice& cur, auto buf) {
+  // `staged`: the tile before staged its output (release_staged).
+  auto step = [&](int s, const PatchTile& pt, const Slice& cur, auto buf, bool staged) {
     constexpr int B = decltype(buf)::value;
     const Slice nxt = next_slice(cur);
     mbar_wait(k.bar(kBarWFull + static_cast<int>(ring.slot)), ring.parity);
     multiply(frag[B], ring.slot, s == 0);
     wgmma_wait<1>();  // the wgmma of the slice before is done: its slot is free
     if (s > 0) release(kBarWEmpty + ring.previous_slot());
+    if (s == 0 && staged) release_staged(cur);
     if (nxt.tap == 0) {  // this slice ends its unit, whose last fragments were built before
-      release(kBarPEmpty + cur.slot);
+      if (!(CL && s + 1 == k.S)) release(kBarPEmpty + cur.slot);  // CL: after the epilogue
       ++u;
     }
     if (s + 1 < k.S) {
@@ -742,7 +831,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     held_n = 0;
   };
   // Slice s of the tile (reading `cur`, whose first k-step is in `raw`); returns the next.
-  auto step_3x = [&](int s, const PatchTile& pt, const Slice& cur, KFrag& raw) {
+  auto step_3x = [&](int s, const PatchTile& pt, const Slice& cur, KFrag& raw, bool staged) {
     const Slice nxt = next_slice(cur);
     const RingPos first = ring;
     uint32_t b[3];  // the sets' slots: big, small, then finite big (or big again)
@@ -766,7 +855,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
         load_kstep(cur, pt.shift, st + 1, raw);
       } else {
         if (nxt.tap == 0) {  // this slice ends its unit, whose fragments are all loaded
-          release(kBarPEmpty + cur.slot);
+          if (!(CL && s + 1 == k.S)) release(kBarPEmpty + cur.slot);  // CL: after the epilogue
           ++u;
         }
         if (s + 1 < k.S) {
@@ -787,6 +876,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       wgmma_commit();
       wgmma_wait<1>();                  // the k-step before is done
       if (st == 0) release_held();      // and with it the slice before
+      if (s == 0 && st == 0 && staged) release_staged(cur);
     }
     held = first;
     held_n = k.sets;
@@ -806,21 +896,30 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   for (int64_t i = 0; i < k.my_tiles; ++i) {
     load_channels(pt, static_cast<int>(i & 1));
     if constexpr (MATH == Math::kF32x3) {
-      for (int s = 0; s < k.S; ++s) cur = step_3x(s, pt, cur, raw);
+      for (int s = 0; s < k.S; ++s) cur = step_3x(s, pt, cur, raw, CL && i > 0);
       wgmma_wait<0>();
       release_held();
     } else {
       int s = 0;
       for (; s + 1 < k.S; s += 2) {
-        cur = step(s, pt, cur, std::integral_constant<int, 0>{});
-        cur = step(s + 1, pt, cur, std::integral_constant<int, 1>{});
+        cur = step(s, pt, cur, std::integral_constant<int, 0>{}, CL && i > 0);
+        cur = step(s + 1, pt, cur, std::integral_constant<int, 1>{}, false);
       }
-      if (s < k.S) cur = step(s, pt, cur, std::integral_constant<int, 0>{});
+      if (s < k.S) cur = step(s, pt, cur, std::integral_constant<int, 0>{}, false);
       wgmma_wait<0>();
       release(kBarWEmpty + ring.previous_slot());
     }
-    named_sync(kBarConsumer + c, 128);  // this consumer's bias and `other` are written
-    store_tile(pt, static_cast<int>(i & 1));
+    if constexpr (CL) {
+      // Both consumers are past the slot of the tile's last unit (cur walked past it), and
+      // each one's bias and `other` are written.
+      const int slot = cur.slot ^ 1;
+      named_sync(kBarConsumers, 256);
+      stage_tile(pt, static_cast<int>(i & 1), slot);
+      if (ct != 0) release(kBarPEmpty + slot);
+    } else {
+      named_sync(kBarConsumer + c, 128);  // this consumer's bias and `other` are written
+      store_tile(pt, static_cast<int>(i & 1), Stage<0, 2>{0});
+    }
     if (i + 1 < k.my_tiles) {
       // The next tile's first unit: cur walked past the last slice into (cb = cblocks,
       // slot of the next unit).
@@ -831,12 +930,14 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       else build_a(cur, pt.shift, frag[0]);
     }
   }
+  if (CL && ct == 0) bulk_wait();  // the last tile's stores are done
 #endif
 }
 
 template <Math MATH, bool CL, int BN>
 __global__ void __launch_bounds__(kPatchThreads, 1)
-    conv_relu_add_patch_kernel(const ConvParams p, const __grid_constant__ CUtensorMap x_map) {
+    conv_relu_add_patch_kernel(const ConvParams p, const __grid_constant__ CUtensorMap x_map,
+                               const __grid_constant__ CUtensorMap y_map) {
 #ifdef FX_FUSE_WGMMA
   extern __shared__ __align__(1024) unsigned char smem[];
   if ((smem_u32(smem) & 1023u) != 0) __trap();  // the 128B swizzle is a function of the address
@@ -848,6 +949,7 @@ __global__ void __launch_bounds__(kPatchThreads, 1)
   k.slots = k.ring + kRingBytes;
   k.chan = reinterpret_cast<float*>(smem + kRingBytes + kPatchSlots * kPatchSlotBytes);
   k.x_map = &x_map;
+  k.y_map = &y_map;
   k.bars = k.slots + kPatchSlots * kPatchSlotBytes + kPatchChanBytes;
   k.n_tiles = (p.Cout + BN - 1) / BN;
   const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);

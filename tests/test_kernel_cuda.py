@@ -174,7 +174,10 @@ PATCH_CONFIGS = [
     ((2, 64, 20, 32, 128, 3, 3, 1, 1, 1), True, True, True),  # padding on every side, 8 rows per tile
     ((1, 48, 17, 136, 200, 3, 3, 1, 0, 1), True, True, True),  # 2 column tiles, partial channel block, 2 channel tiles
     ((2, 32, 24, 40, 96, 3, 3, 1, 2, 2), True, True, True),  # dilation (narrower tiles where wider ones do not fit)
-    ((1, 40, 9, 16, 70, 3, 5, 1, (1, 2), 1), True, True, True),  # 3x5 kernel, uneven padding
+    ((1, 40, 9, 16, 70, 3, 5, 1, (1, 2), 1), True, True, False),  # 3x5 kernel, uneven padding
+    # the same with 72 channels: channels-last output rows in 16-byte multiples (the copy
+    # engine writes the channels-last patch kernel's output)
+    ((1, 40, 9, 16, 72, 3, 5, 1, (1, 2), 1), True, True, True),
     ((3, 72, 7, 8, 64, 3, 3, 1, 1, 1), True, False, True),  # 8-pixel rows: 32 rows per tile
     ((1, 32, 8, 32, 40, 5, 5, 1, 2, 1), True, True, True),  # 25 taps
     ((16, 32, 66, 64, 128, 3, 3, 1, 0, 1), True, True, True),  # more tiles than SMs
@@ -307,21 +310,25 @@ def assert_other_kind_matches(args, kind, dtype, policy):
 
 
 # The patch kernel's epilogue with every kind of `other` (the shapes above use two), on
-# output rows of an odd and an even width.
+# output rows of an odd and an even width; channels-last output goes through shared
+# memory and the copy engine (tiles of 16 and 32 columns: boxes of several rows; 72
+# channels: a partial channel tile).
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("policy", ["tf32", "fp16"])
 @pytest.mark.parametrize("kind", OTHER_KINDS)
 @pytest.mark.parametrize(
     "cfg", [(2, 32, 12, 16, 128, 3, 4, 1, 1, 1), (1, 64, 6, 24, 72, 3, 3, 1, 0, 1)],
     ids=["width15", "width22"],
 )
-def test_every_kind_of_other_on_the_patch_kernel(cfg, kind, policy, monkeypatch):
+def test_every_kind_of_other_on_the_patch_kernel(cfg, kind, policy, layout, monkeypatch):
     monkeypatch.setattr(_cuda, "_patch_pays", lambda *args: True)
     dtype = set_policy(policy)
-    args = make(cfg, dtype)
+    args = make(cfg, dtype, layout)
     x, w, _, stride, padding, dilation = args
     hopper, patch = _cuda._use_wgmma(x.device), _cuda._patch_enabled()
     name = _build.load().kernel_name(x, w, stride, padding, dilation, True, hopper, patch)
-    assert name == "patch" or not (hopper and patch), name
+    expected = "patch channels-last" if layout == "cl" else "patch"
+    assert name == expected or not (hopper and patch), name
     assert_other_kind_matches(args, kind, dtype, policy)
 
 
