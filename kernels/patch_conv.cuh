@@ -619,8 +619,11 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
 
   // Epilogue of a tile whose accumulators are complete: + bias, relu, + other, one store.
   // `other_at(off, c)`: `other` at element offset `off` (pixel and channel) or, per
-  // channel, at tile channel c. Addresses advance by channel strides (no multiply per
-  // element); the channel bound is checked only in a tile that crosses Cout. `layout`:
+  // channel, at tile channel c; `any_channel`: whether it may be read at every channel of
+  // the tile (per channel: shared memory), so that values are computed without branches
+  // and only their stores wait on the channel bound. Addresses advance by channel strides
+  // (no multiply per element); the channel bound is checked only in a tile that crosses
+  // Cout. `layout`:
   //   kStoreSingle: one element per store;
   //   kStorePixelPairs (16-bit NCHW output): the lanes of rows g and g ^ 1 (lane ^ 4)
   //     trade one word per channel pair, so that the lane of the even row holds the
@@ -630,10 +633,12 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   //   kStageChannelPairs (channels-last output): a lane's two channels of a pixel, one
   //     shared store into the staged boxes of m-halves [stage.h0, stage.h1) (stage_tile);
   //     the copy engine writes them to the output.
-  auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at, auto layout,
-                        auto stage) {
+  auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at, auto any_channel,
+                        auto layout, auto stage) {
     constexpr int LAYOUT = decltype(layout)::value;
     constexpr bool kPixelPairs = LAYOUT == kStorePixelPairs;
+    constexpr bool kAnyChannel = decltype(any_channel)::value;
+    const int tw_shift = __ffs(p.tile_w) - 1;  // tile_w is a power of two
     T* __restrict__ out = static_cast<T*>(p.out);
     const bool full_n = pt.n0 + BN <= p.Cout;
     const int odd = kPixelPairs ? g & 1 : 0;  // pixel pairs: this lane takes channel 2 tq + 1
@@ -643,7 +648,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       for (int hi = 0; hi < 2; ++hi) {
         if (h < stage.h0 || h >= stage.h1) continue;
         const int r = row0 + h * 64 + 8 * hi - odd;  // pixel pairs: the pair's first row
-        const int oh = pt.oh0 + r / p.tile_w, ow = pt.ow0 + r % p.tile_w;
+        const int oh = pt.oh0 + (r >> tw_shift), ow = pt.ow0 + (r & (p.tile_w - 1));
         const bool row_ok = oh < p.OH && ow < p.OW;
         // (pixel pairs: skip only rows that no lane of the warp stores, as every lane
         // takes the shuffles)
@@ -667,12 +672,14 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
             static_assert(ELEM == 2 || !kPixelPairs, "pixel pairs are for 16-bit output");
             const uint32_t word = pack_pair<T>(v0, v1);
             const uint32_t mate = __shfl_xor_sync(0xffffffffu, word, 4);
-            if (row_ok && (full_n || pt.n0 + cc < p.Cout))
+            if (row_ok & (full_n | (pt.n0 + cc < p.Cout)))  // a predicated store, no branch
               *reinterpret_cast<uint32_t*>(y) = __byte_perm(word, mate, odd ? 0x3276 : 0x5410);
           } else {
             const float2 b = *reinterpret_cast<const float2*>(chan + cc);
             if constexpr (LAYOUT == kStageChannelPairs) {
-              if (full_n || pt.n0 + cc < p.Cout) {  // Cout is even: a pair is inside Cout or outside it
+              // Cout is even: a pair is inside Cout or outside it; channels past Cout are
+              // staged too where that reads nothing outside `other` (the copy skips them)
+              if (kAnyChannel || full_n || pt.n0 + cc < p.Cout) {
                 const float v0 = fused_value(a[0], b.x, other_at(o, cc));
                 const float v1 = fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1));
                 const int R = r & 63, cb = cc % kBoxCh * ELEM;  // pixel row, byte in the box row
@@ -681,6 +688,12 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
                 if constexpr (ELEM == 4) st_shared_v2(at, __float_as_uint(v0), __float_as_uint(v1));
                 else st_shared_u32(at, pack_pair<T>(v0, v1));
               }
+            } else if constexpr (kAnyChannel) {
+              const float v0 = fused_value(a[0], b.x, other_at(o, cc));
+              const float v1 = fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1));
+              // (| rather than ||: a predicated store, no branch)
+              if (full_n | (pt.n0 + cc < p.Cout)) y[0] = from_float<T>(v0);
+              if (full_n | (pt.n0 + cc + 1 < p.Cout)) y[p.y_sc] = from_float<T>(v1);
             } else {
               if (full_n || pt.n0 + cc < p.Cout) y[0] = from_float<T>(fused_value(a[0], b.x, other_at(o, cc)));
               if (full_n || pt.n0 + cc + 1 < p.Cout)
@@ -710,24 +723,28 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
                              p.y_sn % 2 == 0 && reinterpret_cast<uintptr_t>(p.out) % (2 * ELEM) == 0 &&
                              p.OW % 2 == 0;
     const std::integral_constant<int, kStoreSingle> single;
-    auto rows = [&](auto other_at, auto layout) {
-      if constexpr (CL) store_rows(pt, chan, other_at, std::integral_constant<int, kStageChannelPairs>{}, stage);
-      else store_rows(pt, chan, other_at, layout, stage);
+    auto rows = [&](auto other_at, auto layout, auto any_channel) {
+      if constexpr (CL) {
+        store_rows(pt, chan, other_at, any_channel, std::integral_constant<int, kStageChannelPairs>{}, stage);
+      } else {
+        store_rows(pt, chan, other_at, any_channel, layout, stage);
+      }
     };
     if (other_per_channel) {
       auto per_channel = [&](int64_t, int cc) { return chan[kPatchBN + cc]; };
-      if (pixel_pairs) rows(per_channel, std::integral_constant<int, kPairs ? kStorePixelPairs : kStoreSingle>{});
-      else rows(per_channel, single);
+      const std::true_type any;
+      if (pixel_pairs) rows(per_channel, std::integral_constant<int, kPairs ? kStorePixelPairs : kStoreSingle>{}, any);
+      else rows(per_channel, single, any);
     } else if (p.other_kind == kOtherF32) {
-      rows(strided(float{}), single);
+      rows(strided(float{}), single, std::false_type{});
     } else if (p.other_kind == kOtherF16) {
-      rows(strided(__half{}), single);
+      rows(strided(__half{}), single, std::false_type{});
     } else if (p.other_kind == kOtherBF16) {
-      rows(strided(__nv_bfloat16{}), single);
+      rows(strided(__nv_bfloat16{}), single, std::false_type{});
     } else {
       rows([&](int64_t off, int) {
         return static_cast<float>(__ldg(static_cast<const double*>(p.other) + off));
-      }, single);
+      }, single, std::false_type{});
     }
   };
 
