@@ -748,13 +748,14 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     }
   };
 
-  // Channels-last output through the copy engine: the epilogue writes the
-  // tile's values into the patch slot its last unit was read from (`slot`: both consumers
-  // are past it; held until the copy engine has read them), as boxes of 128 bytes of channels x the 64 pixels of an
-  // m-half, 128B-swizzled (16-byte chunk j of pixel row R at chunk j ^ (R % 8), which puts
-  // a store's lanes on distinct banks); then one thread per consumer stores the boxes
-  // (k.y_map: pixels outside the output and channels past Cout are skipped). fp32 tiles of
-  // 128 channels stage one m-half per round, 64 KB for both consumers; the others both.
+  // Channels-last output through the copy engine: the epilogue writes the tile's values
+  // into the patch slot its last unit was read from (`slot`: both consumers are past it;
+  // held until the copy engine has read them), as boxes of 128 bytes of channels x the 64
+  // pixels of an m-half, 128B-swizzled (16-byte chunk j of pixel row R at chunk j ^ (R %
+  // 8), which puts a store's lanes on distinct banks); then one thread per consumer stores
+  // the boxes (k.y_map: pixels outside the output and channels past Cout are skipped).
+  // fp32 tiles of 128 channels stage one m-half per round, 64 KB for both consumers; the
+  // others both.
   auto stage_tile = [&](const PatchTile& pt, int buf, int slot) {
     const uint32_t base = (k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes + 1023u) & ~1023u;
     const uint32_t mine = base + static_cast<uint32_t>(c * (2 / kRounds) * kHalfBytes);
