@@ -184,6 +184,11 @@ PATCH_CONFIGS = [
     ((16, 32, 66, 64, 48, 3, 3, 1, 0, 1), True, True, True),  # the same on 64-channel tiles
     ((2, 32, 12, 16, 128, 3, 4, 1, 1, 1), True, True, True),  # odd output width (15)
     ((2, 64, 11, 16, 64, 3, 3, 2, 1, 1), False, False, False),  # strided: the patch does not fit
+    # 128-column tiles: 104 columns (a second 64-column half of 40), 75 channels (a channel
+    # pair across Cout), 7 rows (a tile's second row outside the output)
+    ((2, 32, 7, 104, 75, 3, 3, 1, 1, 1), True, True, False),
+    ((2, 32, 10, 108, 72, 3, 3, 1, 0, 1), True, False, True),  # 106 columns: rows off 16-byte boundaries
+    ((1, 32, 6, 168, 128, 3, 3, 1, 1, 1), True, True, True),  # 2 column tiles, one half empty
 ]
 
 
@@ -330,6 +335,34 @@ def test_every_kind_of_other_on_the_patch_kernel(cfg, kind, policy, layout, monk
     expected = "patch channels-last" if layout == "cl" else "patch"
     assert name == expected or not (hopper and patch), name
     assert_other_kind_matches(args, kind, dtype, policy)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_patch_kernel_writes_a_strided_out(layout):
+    """An `out` given to the binding with padded strides (NCHW rows of 105 columns for 104;
+    channels-last pixels of 73 channels for 72, which the copy engine cannot write): the
+    result in the view, and nothing written outside it. NCHW stays on the patch kernel
+    (its stores follow the strides); channels-last leaves it for another kernel."""
+    set_policy("tf32")
+    x, w, b, stride, padding, dilation = make((2, 32, 7, 104, 72, 3, 3, 1, 1, 1), torch.float32, layout)
+    n, cout, oh, ow = ops.output_shape(x, w, stride, padding, dilation)
+    hopper, patch = _cuda._use_wgmma(x.device), _cuda._patch_enabled()
+    ext = _build.load()
+    name = ext.kernel_name(x, w, stride, padding, dilation, True, hopper, patch)
+    assert name == ("patch channels-last" if layout == "cl" else "patch") or not (hopper and patch), name
+    if layout == "nchw":
+        base = torch.full((n, cout, oh, ow + 1), float("nan"), device=DEV)
+        out, pad = base[..., :ow], base[..., ow:]
+    else:
+        base = torch.full((n, oh, ow, cout + 1), float("nan"), device=DEV)
+        out, pad = base[..., :cout].permute(0, 3, 1, 2), base[..., cout:]
+    other = torch.randn(cout, 1, 1, device=DEV)
+    ext.conv2d_relu_add_out(
+        x, w, b, other.expand(out.shape), 0.0, stride, padding, dilation, True, hopper, patch, out
+    )
+    torch.cuda.synchronize()
+    assert_close64(out, reference64(x, w, b, other, stride, padding, dilation), "tf32")
+    assert torch.isnan(pad).all()
 
 
 def _kernels_run(fn) -> str:
