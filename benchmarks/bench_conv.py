@@ -1,7 +1,12 @@
 """Benchmark relu(conv2d(x)) + bias: eager, Inductor (``torch.compile`` default) and fx_fuse
 (``torch.compile(backend="fx_fuse")`` when that backend is registered, else the op called
 directly), in no_grad and in grad mode (parameters requiring grad, as KernelBench and
-training call it). Prints a table of median ms, TFLOP/s and speedups.
+training call it). Prints a table of median ms, TFLOP/s and speedups, and the geometric
+mean of the speedups over the faster peer.
+
+Each time is the median of ``--rounds`` do_bench medians, the contenders taken in turn in
+every round: small problems are host-bound, and their readings move with the machine's
+state from one run to the next; taking turns spreads that drift over all of them alike.
 
     python benchmarks/bench_conv.py                  # everything
     python benchmarks/bench_conv.py --only headline  # names containing "headline"
@@ -12,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +77,7 @@ def fx_fuse_backend_registered() -> bool:
     return "fx_fuse" in torch._dynamo.list_backends()
 
 
-def run_case(case: Case, mode: str, inductor: bool, backend: bool):
+def run_case(case: Case, mode: str, inductor: bool, backend: bool, rounds: int):
     torch._dynamo.reset()  # every case compiles fresh (one model class, many instances)
     torch.backends.cudnn.allow_tf32 = case.tf32
     torch.backends.cuda.matmul.allow_tf32 = case.tf32
@@ -96,13 +103,15 @@ def run_case(case: Case, mode: str, inductor: bool, backend: bool):
     fns = {"eager": model, "fx_fuse": fused_fn}
     if inductor:
         fns["inductor"] = torch.compile(model)
-    times = {}
+    samples = {name: [] for name in fns}
     with ctx():
         ref = model(x)
         out = fused_fn(x)
         err = (out.float() - ref.float()).abs().max().item()
-        for name, fn in fns.items():
-            times[name] = bench_ms(lambda fn=fn: fn(x))["ms"]
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                samples[name].append(bench_ms(lambda fn=fn: fn(x))["ms"])
+    times = {name: statistics.median(ms) for name, ms in samples.items()}
     oh = (h + 2 * case.padding - case.k) // case.stride + 1
     ow = (w + 2 * case.padding - case.k) // case.stride + 1
     flops = conv_flops(n, cin, case.cout, oh, ow, case.k, case.k)
@@ -115,6 +124,7 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("--modes", default="no_grad,grad")
     parser.add_argument("--no-inductor", action="store_true")
     parser.add_argument("--direct", action="store_true", help="call the op, not the backend")
+    parser.add_argument("--rounds", type=int, default=3, help="do_bench medians per time")
     args = parser.parse_args(argv)
     import torch._dynamo
 
@@ -127,7 +137,7 @@ def main(argv: Optional[list] = None) -> None:
         if args.only not in case.name:
             continue
         for mode in args.modes.split(","):
-            times, flops, err = run_case(case, mode, not args.no_inductor, backend)
+            times, flops, err = run_case(case, mode, not args.no_inductor, backend, args.rounds)
             ind = times.get("inductor", float("nan"))
             best_peer = min(times["eager"], ind) if ind == ind else times["eager"]
             rows.append([
@@ -139,6 +149,10 @@ def main(argv: Optional[list] = None) -> None:
     headers = ["case", "mode", "eager ms", "inductor ms", "fx_fuse ms", "fx_fuse TFLOP/s",
                "x eager", "x inductor", "x best peer", "max|diff|"]
     print(table(rows, headers))
+    speedups = [row[8] for row in rows]
+    if speedups:
+        geomean = math.exp(sum(math.log(s) for s in speedups) / len(speedups))
+        print(f"geometric mean of x best peer over {len(rows)} rows: {geomean:.2f}")
 
 
 if __name__ == "__main__":
