@@ -74,6 +74,13 @@ SHAPES = [
     ("8 channels 64px b32", (32, 8, 64, 64), 32, 3, 1, 1, torch.float32),
     ("16 channels 64px b32", (32, 16, 64, 64), 32, 3, 1, 1, torch.float32),
     ("tiny 16px", (1, 16, 16, 16), 16, 3, 1, 1, torch.float32),
+    # small layers, under one wave of tiles
+    ("small 1x64 16px", (1, 64, 16, 16), 64, 3, 1, 1, torch.float32),
+    ("small 1x64 32px", (1, 64, 32, 32), 64, 3, 1, 1, torch.float32),
+    ("small 1x128 28px", (1, 128, 28, 28), 128, 3, 1, 1, torch.float32),
+    ("small 2x256 14px", (2, 256, 14, 14), 256, 3, 1, 1, torch.float32),
+    ("small 4x64 32px", (4, 64, 32, 32), 64, 3, 1, 1, torch.float32),
+    ("small 8x128 28px", (8, 128, 28, 28), 128, 3, 1, 1, torch.float32),
 ]
 
 
