@@ -168,6 +168,11 @@ def test_matches_float64_reference(cfg, policy, layout):
     assert_close64(out, ref, policy, rounding_scale64(x, w, stride, padding, dilation))
 
 
+def patch_kernel_name(layout):
+    """What ``kernel_name`` calls the patch kernel for an input layout."""
+    return "patch channels-last" if layout == "cl" else "patch"
+
+
 # Shapes for the patch kernel (Hopper), and whether it takes them: NCHW fp32, NCHW 16-bit
 # (whose patch rows are wider: 16-byte chunks of 8 elements), channels-last.
 PATCH_CONFIGS = [
@@ -211,7 +216,7 @@ def test_patch_kernel_matches_float64_reference(
     patch = _cuda._patch_enabled()
     name = _build.load().kernel_name(x, w, stride, padding, dilation, True, hopper, patch)
     takes = takes_cl if layout == "cl" else takes32 if dtype == torch.float32 else takes16
-    expected = ("patch channels-last" if layout == "cl" else "patch") if hopper and patch and takes else None
+    expected = patch_kernel_name(layout) if hopper and patch and takes else None
     assert name == expected or (expected is None and not name.startswith("patch")), name
     shape = ops.output_shape(x, w, stride, padding, dilation)
     other = _others(shape, dtype)[other_kind]
@@ -332,8 +337,7 @@ def test_every_kind_of_other_on_the_patch_kernel(cfg, kind, policy, layout, monk
     x, w, _, stride, padding, dilation = args
     hopper, patch = _cuda._use_wgmma(x.device), _cuda._patch_enabled()
     name = _build.load().kernel_name(x, w, stride, padding, dilation, True, hopper, patch)
-    expected = "patch channels-last" if layout == "cl" else "patch"
-    assert name == expected or not (hopper and patch), name
+    assert name == patch_kernel_name(layout) or not (hopper and patch), name
     assert_other_kind_matches(args, kind, dtype, policy)
 
 
@@ -349,7 +353,7 @@ def test_patch_kernel_writes_a_strided_out(layout):
     hopper, patch = _cuda._use_wgmma(x.device), _cuda._patch_enabled()
     ext = _build.load()
     name = ext.kernel_name(x, w, stride, padding, dilation, True, hopper, patch)
-    assert name == ("patch channels-last" if layout == "cl" else "patch") or not (hopper and patch), name
+    assert name == patch_kernel_name(layout) or not (hopper and patch), name
     if layout == "nchw":
         base = torch.full((n, cout, oh, ow + 1), float("nan"), device=DEV)
         out, pad = base[..., :ow], base[..., ow:]
