@@ -176,12 +176,10 @@ def _cudnn_pays(
     return channels_last or exact_fp32 or tiles < sms or stride_one
 
 
-def unsupported_reason(input: Tensor, weight: Tensor, groups: int) -> Optional[str]:
+def unsupported_reason(input: Tensor, weight: Tensor) -> Optional[str]:
     """Why the fused kernel cannot run these arguments, or None when it can."""
     if input.dtype not in _KERNEL_DTYPES:
         return f"the fused kernel does not handle {input.dtype}"
-    if groups != 1:
-        return "the fused kernel does not handle groups > 1"
     if _device_capability(input.device) < (8, 0):
         return "the fused kernel needs a GPU of compute capability 8.0 or newer"
     if weight.shape[1] == 0:
@@ -226,11 +224,12 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
     the layouts the input is read in (made dense in it) and the output is written in, and
     whether the wgmma kernels may run; or, for the arguments the kernels do not cover, the
     reference path's result (announced once per reason; that answer is not remembered).
-    Bad arguments raise the op's errors."""
+    Grouped convolutions take the cuDNN path, their convolution being at::conv2d's (cuDNN's
+    or ATen's depthwise kernels). Bad arguments raise the op's errors."""
     stride, padding, dilation = ops.check_args(
         input, weight, bias, other, stride, padding, dilation, groups
     )
-    reason = unsupported_reason(input, weight, groups)
+    reason = unsupported_reason(input, weight)
     if reason is None and (
         dilation[0] * (weight.shape[2] - 1) > 32767 or dilation[1] * (weight.shape[3] - 1) > 32767
     ):
@@ -241,15 +240,22 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
     x = x.contiguous(memory_format=x_format)
     if reason is None and _max_image_offset(x, weight, padding, dilation) > _INT32_MAX:
         reason = "the fused kernel does not handle an input image of 2^31 or more elements"
+    out_shape = ops.output_shape(x, weight, stride, padding, dilation)
+    if reason is None and groups > 1 and math.prod(out_shape[1:]) >= _INT32_MAX:
+        reason = "the epilogue pass does not handle an output image of 2^31 or more elements"
     if reason is not None:
         _warn_once(reason)
         return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
-    out_shape = ops.output_shape(x, weight, stride, padding, dilation)
-    sms = _device_properties(x.device).multi_processor_count
     hopper = _use_wgmma(x.device)
-    patch_runs = hopper and _patch_enabled() and _patch_runs(x, weight, stride, padding, dilation)
-    allow_tf32 = bool(torch.backends.cudnn.allow_tf32)
-    path = _path(x, weight, out_shape, stride, allow_tf32, sms, patch_runs)
+    if groups > 1:  # the kernels multiply one group: at::conv2d's, then the epilogue pass
+        path = "cudnn"
+    else:
+        sms = _device_properties(x.device).multi_processor_count
+        patch_runs = (
+            hopper and _patch_enabled() and _patch_runs(x, weight, stride, padding, dilation)
+        )
+        allow_tf32 = bool(torch.backends.cudnn.allow_tf32)
+        path = _path(x, weight, out_shape, stride, allow_tf32, sms, patch_runs)
     out_channels_last = ops.output_memory_format(input, weight) == torch.channels_last
     return path, x_format == torch.channels_last, out_channels_last, hopper
 

@@ -137,20 +137,22 @@ bool kernel_reads(at::ScalarType t) {
 
 // The convolution of the cuDNN path: cuDNN's, called below at::conv2d's generic layers
 // (argument expansion, checks, backend selection: host time that small layers pay in full)
-// where at::conv2d would pick it too: cuDNN enabled, a dtype its convolutions take, and
-// 32-bit indexing (beyond, at::conv2d splits the batch). Otherwise at::conv2d itself.
+// where at::conv2d would pick it too: one group, cuDNN enabled, a dtype its convolutions
+// take, and 32-bit indexing (beyond, at::conv2d splits the batch). Otherwise at::conv2d
+// itself (grouped convolutions: cuDNN's or ATen's depthwise kernels, as at::conv2d picks).
 at::Tensor cudnn_conv(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
-                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t out_numel) {
+                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                      int64_t out_numel) {
   auto& ctx = at::globalContext();
   const auto& hooks = at::detail::getCUDAHooks();
   const auto t = x.scalar_type();
   const bool takes = t == at::kFloat || t == at::kHalf ||
                      (t == at::kBFloat16 && hooks.supportsBFloat16ConvolutionWithCuDNNv8());
   constexpr int64_t kMax32 = std::numeric_limits<int32_t>::max();
-  if (!(ctx.userEnabledCuDNN() && hooks.compiledWithCuDNN() && takes &&
+  if (!(groups == 1 && ctx.userEnabledCuDNN() && hooks.compiledWithCuDNN() && takes &&
         weight.scalar_type() == t && x.numel() > 0 && x.numel() <= kMax32 && out_numel > 0 &&
         out_numel <= kMax32)) {
-    return at::conv2d(x, weight, {}, stride, padding, dilation, 1);
+    return at::conv2d(x, weight, {}, stride, padding, dilation, groups);
   }
   return at::cudnn_convolution(x, weight, padding, stride, dilation, 1, ctx.benchmarkCuDNN(),
                                ctx.deterministicCuDNN() || ctx.deterministicAlgorithms(),
@@ -160,7 +162,7 @@ at::Tensor cudnn_conv(const at::Tensor& x, const at::Tensor& weight, at::IntArra
 at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weight,
                const c10::optional<at::Tensor>& bias, const at::Tensor& other,
                at::IntArrayRef stride_arg, at::IntArrayRef padding_arg,
-               at::IntArrayRef dilation_arg) {
+               at::IntArrayRef dilation_arg, int64_t groups) {
   const bool unbatched = input.dim() == 3;
   at::Tensor x = unbatched ? input.unsqueeze(0) : input;
   x = x.contiguous(plan.input_channels_last ? at::MemoryFormat::ChannelsLast
@@ -191,7 +193,7 @@ at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weig
     at::Tensor y;
     {
       c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-      y = cudnn_conv(x, weight, stride, padding, dilation,
+      y = cudnn_conv(x, weight, stride, padding, dilation, groups,
                      out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3]);
     }
     out = y.is_contiguous(format) ? y : at::empty_like(y, y.options(), format);
@@ -232,7 +234,7 @@ at::Tensor conv2d_relu_add(const at::Tensor& input, const at::Tensor& weight,
     if (plans.size() >= kMaxPlans) plans.clear();
     plans.emplace(std::move(s), *plan);
   }
-  return run(*plan, input, weight, bias, other, stride, padding, dilation);
+  return run(*plan, input, weight, bias, other, stride, padding, dilation, groups);
 }
 
 namespace {

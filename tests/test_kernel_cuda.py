@@ -587,19 +587,21 @@ def test_opcheck(index):
     torch.library.opcheck(OP, _opcheck_samples()[index])
 
 
+@pytest.mark.parametrize("groups", [1, 5], ids=["dense", "depthwise"])
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
-def test_grads_match_eager(layout):
+def test_grads_match_eager(layout, groups):
     set_policy("fp32")
-    x, w, b, stride, padding, dilation = make((2, 5, 10, 9, 7, 3, 3, 1, 1, 1), torch.float32,
+    x, w, b, stride, padding, dilation = make((2, 5, 10, 9, 10, 3, 3, 1, 1, 1), torch.float32,
                                               layout)
-    other = torch.randn(7, 1, 1, device=DEV)
+    w = w[:, : 5 // groups]  # (C_out, C_in / groups, kH, kW)
+    other = torch.randn(10, 1, 1, device=DEV)
     leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b, other)]
-    out = OP(*leaves, stride, padding, dilation, 1)
+    out = OP(*leaves, stride, padding, dilation, groups)
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, leaves, grad)
     eager_leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b, other)]
     xe, we, be, oe = eager_leaves
-    eager = torch.relu(F.conv2d(xe, we, be, stride, padding, dilation)) + oe
+    eager = torch.relu(F.conv2d(xe, we, be, stride, padding, dilation, groups)) + oe
     want = torch.autograd.grad(eager, eager_leaves, grad)
     for g, e in zip(got, want):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
@@ -643,12 +645,39 @@ def test_fallbacks_are_announced_and_correct():
     if "the fused kernel does not handle torch.float64" not in _cuda._warned:
         pytest.fail("float64 fallback was not announced")
     assert all("reference (ATen) path" in str(c.message) for c in caught)
-    xg = torch.randn(2, 8, 9, 9, device=DEV)
-    wg = torch.randn(6, 4, 3, 3, device=DEV)
-    out = OP(xg, wg, None, ops.scalar_other(0.0), [1, 1], [1, 1], [1, 1], 2)
-    ref = reference64(xg, wg, None, 0.0, [1, 1], [1, 1], [1, 1], groups=2)
-    assert_close64(out, ref, "fp32")
-    assert "the fused kernel does not handle groups > 1" in _cuda._warned
+
+
+# (N, C, H, W, Cout, groups, K, stride, padding, dilation)
+GROUPED_CONFIGS = [
+    (2, 8, 9, 11, 6, 2, 3, 1, 1, 1),  # two groups
+    (2, 32, 14, 14, 32, 32, 3, 1, 1, 1),  # depthwise
+    (3, 16, 15, 13, 32, 16, 3, 2, 1, 1),  # depthwise, two filters per channel, strided
+    (1, 12, 10, 10, 12, 4, 5, 1, 4, 2),  # three channels per group, dilated
+]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("policy", list(POLICIES))
+@pytest.mark.parametrize("cfg", GROUPED_CONFIGS, ids=lambda c: "x".join(map(str, c[:6])))
+def test_grouped_convolutions_take_the_cudnn_path(cfg, policy, layout):
+    """Grouped and depthwise convolutions run at::conv2d's grouped convolution and the
+    epilogue pass, whatever the switches, without a fallback warning."""
+    dtype = set_policy(policy)
+    n, c, h, w, cout, groups, k, stride, padding, dilation = cfg
+    x = torch.randn(n, c, h, w, device=DEV).to(dtype)
+    wt = (torch.randn(cout, c // groups, k, k, device=DEV) / math.sqrt(c // groups * k * k))
+    wt, b = wt.to(dtype), torch.randn(cout, device=DEV).to(dtype)
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+        wt = wt.contiguous(memory_format=torch.channels_last)
+    other = torch.randn(cout, 1, 1, device=DEV).to(dtype)
+    args = (x, wt, b, other, [stride] * 2, [padding] * 2, [dilation] * 2, groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = run_op(*args)
+    assert out.is_contiguous(memory_format=expected_format(x, wt))
+    assert_close64(out, reference64(*args), policy)
+    assert "conv_epilogue" in _kernels_run(lambda: run_op(*args))
 
 
 def test_kernelbench_headline_criterion():
