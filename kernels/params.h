@@ -79,6 +79,31 @@ struct ConvParams {
   const int* w_nonfinite;
 };
 
+// The grouped kernel (grouped.cu): blocks of kGroupedThreads threads, each computing up to
+// kGroupedPerThread outputs of a band of output rows for up to grouped_co(cpo) output
+// channels of one group; the band's input rows (cols_in wide: the output row's window with
+// its padding) and the block's weights, in fp32, take grouped_smem_bytes of shared memory,
+// at most kGroupedMaxSmem.
+constexpr int kGroupedThreads = 256;
+constexpr int kGroupedPerThread = 4;
+constexpr int kGroupedMaxSmem = 48 * 1024;
+
+struct GroupedShape {
+  int groups;
+  int cpg, cpo;   // input and output channels per group
+  int chunks;     // blocks per (image, group): ceil(cpo / grouped_co(cpo))
+  int KH;
+  int band_rows;  // output rows per block
+  int cols_in;    // (OW - 1) * stride_w + span_w
+};
+
+constexpr int grouped_co(int cpo) { return cpo == 1 ? 1 : cpo == 2 ? 2 : 4; }
+
+inline int grouped_smem_bytes(const ConvParams& p, const GroupedShape& g, int co) {
+  const int rows_in = (g.band_rows - 1) * p.stride_h + p.span_h;
+  return (co * g.cpg * p.taps + rows_in * g.cols_in) * static_cast<int>(sizeof(float));
+}
+
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,
 // (kh, kw, c) for channels-last (so a 16-byte chunk of K is 16 bytes of one pixel),
 // (channel block, kh, kw, c) for the patch kernel (one K slice = one tap of one block).

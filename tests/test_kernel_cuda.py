@@ -647,37 +647,54 @@ def test_fallbacks_are_announced_and_correct():
     assert all("reference (ATen) path" in str(c.message) for c in caught)
 
 
-# (N, C, H, W, Cout, groups, K, stride, padding, dilation)
+# (N, C, H, W, Cout, groups, K, stride, padding, dilation), the kind of `other`
 GROUPED_CONFIGS = [
-    (2, 8, 9, 11, 6, 2, 3, 1, 1, 1),  # two groups
-    (2, 32, 14, 14, 32, 32, 3, 1, 1, 1),  # depthwise
-    (3, 16, 15, 13, 32, 16, 3, 2, 1, 1),  # depthwise, two filters per channel, strided
-    (1, 12, 10, 10, 12, 4, 5, 1, 4, 2),  # three channels per group, dilated
+    ((2, 8, 9, 11, 6, 2, 3, 1, 1, 1), "c11"),  # two groups of 3 output channels
+    ((2, 32, 14, 14, 32, 32, 3, 1, 1, 1), "full_nchw"),  # depthwise
+    ((3, 16, 15, 13, 32, 16, 3, 2, 1, 1), "0dim_cpu_f64"),  # two filters per channel, strided
+    ((1, 12, 10, 10, 12, 4, 5, 1, 4, 2), "full_noncontig"),  # dilated, padding past the kernel
+    ((1, 4, 300, 9, 24, 2, 3, 1, 1, 1), "111w"),  # three bands; 12 outputs per group: 3 blocks
+    ((1, 4, 200, 400, 4, 4, 3, 4, 1, 1), "n111"),  # stride 4: bands narrowed to fit
 ]
 
 
-@pytest.mark.parametrize("layout", ["nchw", "cl"])
-@pytest.mark.parametrize("policy", list(POLICIES))
-@pytest.mark.parametrize("cfg", GROUPED_CONFIGS, ids=lambda c: "x".join(map(str, c[:6])))
-def test_grouped_convolutions_take_the_cudnn_path(cfg, policy, layout):
-    """Grouped and depthwise convolutions run at::conv2d's grouped convolution and the
-    epilogue pass, whatever the switches, without a fallback warning."""
-    dtype = set_policy(policy)
+def grouped_args(cfg, other_kind, dtype, layout):
     n, c, h, w, cout, groups, k, stride, padding, dilation = cfg
     x = torch.randn(n, c, h, w, device=DEV).to(dtype)
-    wt = (torch.randn(cout, c // groups, k, k, device=DEV) / math.sqrt(c // groups * k * k))
+    wt = torch.randn(cout, c // groups, k, k, device=DEV) / math.sqrt(c // groups * k * k)
     wt, b = wt.to(dtype), torch.randn(cout, device=DEV).to(dtype)
     if layout == "cl":
         x = x.contiguous(memory_format=torch.channels_last)
         wt = wt.contiguous(memory_format=torch.channels_last)
-    other = torch.randn(cout, 1, 1, device=DEV).to(dtype)
-    args = (x, wt, b, other, [stride] * 2, [padding] * 2, [dilation] * 2, groups)
+    stride, padding, dilation = [stride] * 2, [padding] * 2, [dilation] * 2
+    other = _others(ops.output_shape(x, wt, stride, padding, dilation), dtype)[other_kind]
+    return x, wt, b, other, stride, padding, dilation, groups
+
+
+@pytest.mark.parametrize("path", ["grouped", "cudnn"])
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("policy", list(POLICIES))
+@pytest.mark.parametrize("cfg,other_kind", GROUPED_CONFIGS,
+                         ids=lambda c: "x".join(map(str, c[:6])) if isinstance(c, tuple) else c)
+def test_grouped_convolutions(cfg, other_kind, policy, layout, path, monkeypatch):
+    """Grouped and depthwise convolutions run the grouped kernel (NCHW input, where its
+    rule picks it) or at::conv2d's grouped convolution and the epilogue pass, whatever the
+    switches, without a fallback warning."""
+    if path == "cudnn":
+        monkeypatch.setattr(_cuda, "_grouped_pays", lambda *args: False)
+    _cuda.forget_plans()
+    dtype = set_policy(policy)
+    args = grouped_args(cfg, other_kind, dtype, layout)
+    x, wt = args[:2]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out = run_op(*args)
     assert out.is_contiguous(memory_format=expected_format(x, wt))
     assert_close64(out, reference64(*args), policy)
-    assert "conv_epilogue" in _kernels_run(lambda: run_op(*args))
+    kernels = _kernels_run(lambda: run_op(*args))
+    grouped = path == "grouped" and layout == "nchw"
+    assert ("grouped_conv_kernel" in kernels) == grouped, kernels
+    assert ("conv_epilogue" in kernels) == (not grouped), kernels
 
 
 def test_kernelbench_headline_criterion():
