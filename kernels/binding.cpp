@@ -343,9 +343,11 @@ void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
 
 namespace {
 
-// The grouped kernel's shape for these arguments: bands of as many output rows as a block's
-// threads cover (at least one), fewer where the band's input rows would not fit in shared
-// memory; band_rows = 0 where even one row does not (or sizes pass its 32-bit indexing).
+// The grouped kernel's shape for these arguments: bands of output rows that a block's
+// threads cover, balanced over the plane; where a plane is smaller than that, whole planes
+// of as many groups as fit; fewer planes, then fewer rows, where shared memory would not
+// hold them. band_rows = 0 where even one row does not fit (or the grid would pass its
+// limits).
 GroupedShape grouped_shape(const at::Tensor& x, const at::Tensor& weight,
                            const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
                            const std::vector<int64_t>& dilation, int64_t groups) {
@@ -353,27 +355,34 @@ GroupedShape grouped_shape(const at::Tensor& x, const at::Tensor& weight,
   const int64_t span_h = dilation[0] * (KH - 1) + 1, span_w = dilation[1] * (KW - 1) + 1;
   const int64_t OH = (x.size(2) + 2 * padding[0] - span_h) / stride[0] + 1;
   const int64_t OW = (x.size(3) + 2 * padding[1] - span_w) / stride[1] + 1;
-  const int64_t cols_in = (OW - 1) * stride[1] + span_w;
   GroupedShape g{};
   g.groups = static_cast<int>(groups);
   g.cpg = static_cast<int>(weight.size(1));
   g.cpo = static_cast<int>(cpo);
   g.chunks = static_cast<int>((cpo + grouped_co(g.cpo) - 1) / grouped_co(g.cpo));
   g.KH = static_cast<int>(KH);
-  g.cols_in = static_cast<int>(cols_in);
-  constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
+  const int64_t cols_in = (OW - 1) * stride[1] + span_w;
   const int64_t per_block = kGroupedThreads * kGroupedPerThread;
-  const int64_t w_bytes = grouped_co(g.cpo) * g.cpg * KH * KW * 4;
-  auto bytes = [&](int64_t rows) {
-    return w_bytes + ((rows - 1) * stride[0] + span_h) * cols_in * 4;
+  if (OW > per_block || OH > 65535 || cols_in * span_h * 4 > kGroupedMaxSmem) return g;
+  g.cols_in = static_cast<int>(cols_in);
+  const int64_t bands = (OH * OW + per_block - 1) / per_block;
+  int64_t rows = std::min((OH + bands - 1) / bands, per_block / OW);
+  int64_t planes = OH * OW < per_block ? std::min(groups, per_block / (rows * OW)) : 1;
+  const int64_t w_floats = grouped_co(g.cpo) * g.cpg * KH * KW;
+  auto bytes = [&] {
+    return planes * (w_floats + ((rows - 1) * stride[0] + span_h) * cols_in) * 4;
   };
-  if (OW > per_block || OH > 65535 || x.size(0) * groups * g.chunks > kI32 ||
-      bytes(1) > kGroupedMaxSmem) {
-    return g;  // band_rows = 0
+  while (bytes() > kGroupedMaxSmem && (planes > 1 || rows > 1)) {
+    if (planes > 1) --planes;
+    else --rows;
   }
-  int64_t rows = std::min<int64_t>(std::max<int64_t>(per_block / OW, 1), OH);
-  while (rows > 1 && bytes(rows) > kGroupedMaxSmem) --rows;
+  const int64_t group_blocks = (groups + planes - 1) / planes;
+  constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
+  if (bytes() > kGroupedMaxSmem || x.size(0) * group_blocks * g.chunks > kI32) return g;
   g.band_rows = static_cast<int>(rows);
+  g.band_pitch = static_cast<int>(((rows - 1) * stride[0] + span_h) * cols_in);
+  g.planes = static_cast<int>(planes);
+  g.group_blocks = static_cast<int>(group_blocks);
   return g;
 }
 

@@ -1,10 +1,11 @@
-// The direct kernel for grouped and depthwise convolutions on NCHW input: a block computes
-// a band of output rows of one image for up to CO output channels of one group. Each of the
-// group's input channels in turn is staged in shared memory over the band's input rows
-// (zero where the window reaches into the padding); every thread then accumulates its
-// outputs in fp32 from there, and the epilogue (bias, relu, `other`) runs before the only
-// store. Few multiply-adds per output: the kernel is bound by memory, and one pass over the
-// input and one over the output is all it moves.
+// The direct kernel for grouped and depthwise convolutions on NCHW input. A block computes a
+// band of output rows of one image, in one group's plane or (small planes) in several
+// groups' planes at once, for up to CO output channels of each group. Each input channel of
+// the group is staged in shared memory over the band's input rows (zero where the window
+// reaches into the padding; every thread's loads issued before its stores, so that they are
+// in flight together); every thread then accumulates its outputs in fp32 from there, and
+// the epilogue (bias, relu, `other`) runs before the only store. Few multiply-adds per
+// output: the kernel is bound by memory, and it moves the input once and the output once.
 #include <c10/cuda/CUDAException.h>
 
 #include "api.h"
@@ -13,67 +14,97 @@
 namespace fx_fuse {
 namespace {
 
+constexpr int kLoadBatch = 4;  // staging loads in flight per thread
+
+// Stage input channel `ci` of the block's groups over their bands: planes x rows_in rows of
+// cols_in columns, each plane at band_pitch floats.
+template <typename T>
+__device__ __forceinline__ void stage_band(const ConvParams& p, const GroupedShape& g,
+                                           float* band, const T* x_image, int group0,
+                                           int planes, int ci, int rows_in, int iy0) {
+  const int plane_in = rows_in * g.cols_in, total = planes * plane_in;
+  for (int i0 = threadIdx.x; i0 < total; i0 += kGroupedThreads * kLoadBatch) {
+    float v[kLoadBatch];
+    int at[kLoadBatch];
+#pragma unroll
+    for (int u = 0; u < kLoadBatch; ++u) {
+      const int i = i0 + u * kGroupedThreads;
+      const int pl = i / plane_in, r = i - pl * plane_in, row = r / g.cols_in;
+      const int iy = iy0 + row, ix = r - row * g.cols_in - p.pad_w;
+      const bool inside = i < total && iy >= 0 && iy < p.H && ix >= 0 && ix < p.W;
+      const int64_t c = static_cast<int64_t>(group0 + pl) * g.cpg + ci;
+      const int64_t at_x = c * p.x_sc + static_cast<int64_t>(iy) * p.x_sh + ix * p.x_sw;
+      v[u] = inside ? to_float(x_image[at_x]) : 0.f;
+      at[u] = i < total ? pl * g.band_pitch + r : -1;
+    }
+#pragma unroll
+    for (int u = 0; u < kLoadBatch; ++u) {
+      if (at[u] >= 0) band[at[u]] = v[u];
+    }
+  }
+}
+
 template <typename T, int CO>
-__global__ void __launch_bounds__(kGroupedThreads)
+__global__ void __launch_bounds__(kGroupedThreads, CO == 4 ? 3 : 5)
     grouped_conv_kernel(const ConvParams p, const GroupedShape g) {
   extern __shared__ float smem[];
-  float* w_s = smem;                                 // [CO][cpg][taps]
-  float* band = smem + CO * g.cpg * p.taps;          // [rows_in][g.cols_in]
-  const T* x = static_cast<const T*>(p.x);
-  const T* w = static_cast<const T*>(p.wprep);      // (Cout, cpg, KH, KW), contiguous
+  const int w_plane = CO * g.cpg * p.taps;  // weights per plane: [CO][cpg][taps]
+  float* w_s = smem;                        // [planes][w_plane]
+  float* band = smem + g.planes * w_plane;  // [planes][band_pitch]
+  const T* w = static_cast<const T*>(p.wprep);  // (Cout, cpg, KH, KW), contiguous
   T* out = static_cast<T*>(p.out);
   const int tid = threadIdx.x;
 
-  const int64_t block = blockIdx.x;
-  const int chunk = static_cast<int>(block % g.chunks);
-  const int64_t image_group = block / g.chunks;
-  const int group = static_cast<int>(image_group % g.groups);
-  const int64_t n = image_group / g.groups;
-  const int co0 = group * g.cpo + chunk * CO;
-  const int n_co = min(CO, g.cpo - chunk * CO);
+  // blockIdx.x: (image, block of groups, chunk of CO output channels); blockIdx.y: band
+  const int chunk = static_cast<int>(blockIdx.x % g.chunks);
+  const int64_t rest = blockIdx.x / g.chunks;
+  const int group0 = static_cast<int>(rest % g.group_blocks) * g.planes;
+  const int64_t n = rest / g.group_blocks;
+  const int planes = min(g.planes, g.groups - group0);
+  const int co_in_group = chunk * CO, n_co = min(CO, g.cpo - co_in_group);
   const int oy0 = blockIdx.y * g.band_rows;
   const int rows = min(g.band_rows, p.OH - oy0);
   const int rows_in = (rows - 1) * p.stride_h + p.span_h;
   const int iy0 = oy0 * p.stride_h - p.pad_h;
+  const int plane_out = rows * p.OW;
 
-  const int w_count = CO * g.cpg * p.taps;
-  for (int i = tid; i < w_count; i += kGroupedThreads) {
-    const int co = i / (g.cpg * p.taps);
-    w_s[i] = co < n_co ? to_float(w[static_cast<int64_t>(co0) * g.cpg * p.taps + i]) : 0.f;
+  for (int i = tid; i < planes * w_plane; i += kGroupedThreads) {
+    const int pl = i / w_plane, r = i - pl * w_plane, co = r / (g.cpg * p.taps);
+    const int64_t c = static_cast<int64_t>(group0 + pl) * g.cpo + co_in_group + co;
+    w_s[i] = co < n_co ? to_float(w[c * g.cpg * p.taps + r - co * g.cpg * p.taps]) : 0.f;
   }
 
-  // this thread's outputs: band positions tid + j * kGroupedThreads, as offsets into the band
-  int base[kGroupedPerThread];
+  // this thread's outputs: positions tid + j * kGroupedThreads of the block's planes x band,
+  // as offsets into the staged band and the staged weights
+  int base[kGroupedPerThread], w_base[kGroupedPerThread];
   bool valid[kGroupedPerThread];
 #pragma unroll
   for (int j = 0; j < kGroupedPerThread; ++j) {
     const int o = tid + j * kGroupedThreads;
-    valid[j] = o < rows * p.OW;
-    const int oy = valid[j] ? o / p.OW : 0, ox = valid[j] ? o - oy * p.OW : 0;
-    base[j] = oy * p.stride_h * g.cols_in + ox * p.stride_w;
+    valid[j] = o < planes * plane_out;
+    const int pl = valid[j] ? o / plane_out : 0, q = o - pl * plane_out;
+    const int oy = valid[j] ? q / p.OW : 0, ox = valid[j] ? q - oy * p.OW : 0;
+    base[j] = pl * g.band_pitch + oy * p.stride_h * g.cols_in + ox * p.stride_w;
+    w_base[j] = pl * w_plane;
   }
   float acc[CO][kGroupedPerThread] = {};
 
+  const T* x_image = static_cast<const T*>(p.x) + n * p.x_sn;
   for (int ci = 0; ci < g.cpg; ++ci) {
-    const T* xc = x + n * p.x_sn + static_cast<int64_t>(group * g.cpg + ci) * p.x_sc;
     __syncthreads();  // the previous channel's band is read, and the weights are in place
-    for (int i = tid; i < rows_in * g.cols_in; i += kGroupedThreads) {
-      const int r = i / g.cols_in, iy = iy0 + r, ix = i - r * g.cols_in - p.pad_w;
-      band[i] = (iy >= 0 && iy < p.H && ix >= 0 && ix < p.W)
-                    ? to_float(xc[static_cast<int64_t>(iy) * p.x_sh + ix * p.x_sw])
-                    : 0.f;
-    }
+    stage_band(p, g, band, x_image, group0, planes, ci, rows_in, iy0);
     __syncthreads();
-    const float* wc = w_s + ci * p.taps;
     for (int ky = 0; ky < g.KH; ++ky) {
       const int row = ky * p.dil_h * g.cols_in;
       for (int kx = 0; kx < p.KW; ++kx) {
-        const int tap = ky * p.KW + kx, at = row + kx * p.dil_w;
+        const int at = row + kx * p.dil_w, tap = ci * p.taps + ky * p.KW + kx;
 #pragma unroll
         for (int j = 0; j < kGroupedPerThread; ++j) {
           const float v = valid[j] ? band[base[j] + at] : 0.f;
 #pragma unroll
-          for (int co = 0; co < CO; ++co) acc[co][j] += v * wc[co * g.cpg * p.taps + tap];
+          for (int co = 0; co < CO; ++co) {
+            acc[co][j] += v * w_s[w_base[j] + co * g.cpg * p.taps + tap];
+          }
         }
       }
     }
@@ -83,11 +114,12 @@ __global__ void __launch_bounds__(kGroupedThreads)
   for (int j = 0; j < kGroupedPerThread; ++j) {
     if (!valid[j]) continue;
     const int o = tid + j * kGroupedThreads;
-    const int oy = oy0 + o / p.OW, ox = o % p.OW;
+    const int pl = o / plane_out, q = o - pl * plane_out;
+    const int oy = oy0 + q / p.OW, ox = q % p.OW;
 #pragma unroll
     for (int co = 0; co < CO; ++co) {
       if (co >= n_co) break;
-      const int c = co0 + co;
+      const int c = (group0 + pl) * g.cpo + co_in_group + co;
       const float b = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
       const float other = load_other(p, n * p.o_sn + c * p.o_sc + oy * p.o_sh + ox * p.o_sw);
       out[n * p.y_sn + c * p.y_sc + oy * p.y_sh + ox * p.y_sw] =
@@ -98,10 +130,12 @@ __global__ void __launch_bounds__(kGroupedThreads)
 
 template <typename T, int CO>
 void launch_grouped_t(const ConvParams& p, const GroupedShape& g, cudaStream_t stream) {
-  const int64_t blocks = p.M / (static_cast<int64_t>(p.OH) * p.OW) * g.groups * g.chunks;
+  const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);
   const int bands = (p.OH + g.band_rows - 1) / g.band_rows;
-  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(bands));
-  grouped_conv_kernel<T, CO><<<grid, kGroupedThreads, grouped_smem_bytes(p, g, CO), stream>>>(p, g);
+  const dim3 grid(static_cast<unsigned>(images * g.group_blocks * g.chunks),
+                  static_cast<unsigned>(bands));
+  grouped_conv_kernel<T, CO>
+      <<<grid, kGroupedThreads, grouped_smem_bytes(g, p.taps), stream>>>(p, g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

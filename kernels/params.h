@@ -80,28 +80,32 @@ struct ConvParams {
 };
 
 // The grouped kernel (grouped.cu): blocks of kGroupedThreads threads, each computing up to
-// kGroupedPerThread outputs of a band of output rows for up to grouped_co(cpo) output
-// channels of one group; the band's input rows (cols_in wide: the output row's window with
-// its padding) and the block's weights, in fp32, take grouped_smem_bytes of shared memory,
-// at most kGroupedMaxSmem.
+// kGroupedPerThread outputs of a band of band_rows output rows, in `planes` groups' planes
+// at once (small planes), for up to grouped_co(cpo) output channels of each group. A plane's
+// band of input rows (cols_in wide: the output row's window with its padding) takes
+// band_pitch floats of shared memory, the block's weights CO x cpg x taps floats per plane:
+// grouped_smem_bytes in all, at most kGroupedMaxSmem.
 constexpr int kGroupedThreads = 256;
 constexpr int kGroupedPerThread = 4;
 constexpr int kGroupedMaxSmem = 48 * 1024;
 
 struct GroupedShape {
   int groups;
-  int cpg, cpo;   // input and output channels per group
-  int chunks;     // blocks per (image, group): ceil(cpo / grouped_co(cpo))
+  int cpg, cpo;      // input and output channels per group
+  int chunks;        // blocks per (image, group): ceil(cpo / grouped_co(cpo))
   int KH;
-  int band_rows;  // output rows per block
-  int cols_in;    // (OW - 1) * stride_w + span_w
+  int band_rows;     // output rows per block
+  int cols_in;       // (OW - 1) * stride_w + span_w
+  int band_pitch;    // ((band_rows - 1) * stride_h + span_h) * cols_in
+  int planes;        // groups per block
+  int group_blocks;  // ceil(groups / planes)
 };
 
 constexpr int grouped_co(int cpo) { return cpo == 1 ? 1 : cpo == 2 ? 2 : 4; }
 
-inline int grouped_smem_bytes(const ConvParams& p, const GroupedShape& g, int co) {
-  const int rows_in = (g.band_rows - 1) * p.stride_h + p.span_h;
-  return (co * g.cpg * p.taps + rows_in * g.cols_in) * static_cast<int>(sizeof(float));
+inline int grouped_smem_bytes(const GroupedShape& g, int taps) {
+  return g.planes * (grouped_co(g.cpo) * g.cpg * taps + g.band_pitch) *
+         static_cast<int>(sizeof(float));
 }
 
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,

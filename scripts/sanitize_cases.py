@@ -11,10 +11,11 @@ from fx_fuse import _cuda, ops
 OP = torch.ops.fx_fuse.conv2d_relu_add.default
 
 
-def case(n, c, h, w, cout, k, stride, pad, dil, dtype, cl, tf32, other_kind, inf_weight=False):
+def case(n, c, h, w, cout, k, stride, pad, dil, dtype, cl, tf32, other_kind, inf_weight=False,
+         groups=1):
     torch.backends.cudnn.allow_tf32 = tf32
     x = torch.randn(n, c, h, w, device="cuda").to(dtype)
-    wt = (torch.randn(cout, c, k, k, device="cuda") / (c * k * k) ** 0.5).to(dtype)
+    wt = (torch.randn(cout, c // groups, k, k, device="cuda") / (c * k * k) ** 0.5).to(dtype)
     if inf_weight:  # output channel 1 is +-Inf (or NaN) everywhere; the others compare
         wt[1, 0, 0, 0] = float("inf")
     b = torch.randn(cout, device="cuda").to(dtype)
@@ -27,8 +28,8 @@ def case(n, c, h, w, cout, k, stride, pad, dil, dtype, cl, tf32, other_kind, inf
         "chan": torch.randn(cout, 1, 1, device="cuda").to(dtype),
         "scalar": ops.scalar_other(0.5),
     }[other_kind]
-    out = OP(x, wt, b, other, *args, 1)
-    ref = torch.relu(F.conv2d(x.double(), wt.double(), b.double(), *args)) + (
+    out = OP(x, wt, b, other, *args, groups)
+    ref = torch.relu(F.conv2d(x.double(), wt.double(), b.double(), *args, groups)) + (
         other.double() if other.device.type == "cuda" else other.item()
     )
     finite = torch.isfinite(ref).all(dim=(0, 2, 3))  # the channels without Inf or NaN
@@ -73,5 +74,11 @@ for dtype in (torch.float32, torch.bfloat16):
         case(2, 16, 7, 9, 24, 3, 1, 1, 1, dtype, cl, True, "chan")
         case(2, 16, 7, 9, 24, 3, 1, 1, 1, dtype, cl, True, "scalar")
         case(2, 16, 8, 8, 24, 3, 1, 1, 1, dtype, cl, True, "chan")  # 16-byte groups
+# the grouped kernel: bands of one plane, several planes per block, narrowed bands
+for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    case(2, 32, 40, 40, 32, 3, 1, 1, 1, dtype, False, True, "full", groups=32)
+    case(3, 24, 7, 7, 48, 3, 1, 1, 1, dtype, False, True, "chan", groups=24)
+    case(2, 8, 9, 11, 12, 5, 2, 2, 2, dtype, False, True, "scalar", groups=2)
+    case(1, 4, 200, 400, 4, 3, 4, 1, 1, dtype, False, True, "chan", groups=4)
 torch.cuda.synchronize()
 print("sanitize cases done")
