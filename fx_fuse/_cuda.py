@@ -176,24 +176,6 @@ def _cudnn_pays(
     return channels_last or exact_fp32 or tiles < sms or stride_one
 
 
-def _grouped_pays(k: int, channels_last: bool) -> bool:
-    """The size rule for the grouped kernel (grouped and depthwise convolutions): NCHW input
-    and at most 144 multiply-adds per output (``k`` = C_in / groups x kH x kW), where the
-    convolution is bound by memory and the kernel's one pass over input and output wins."""
-    return not channels_last and k <= 144
-
-
-def _grouped_path(x: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> str:
-    """Which implementation runs a grouped convolution (groups > 1; ``x`` dense in its
-    layout): "grouped" (the grouped kernel) where its size rule says it pays and it takes
-    the sizes, else "cudnn" (at::conv2d's grouped convolution, cuDNN's or ATen's depthwise
-    kernels, then the epilogue pass)."""
-    channels_last = x.shape[1] > 1 and x.stride(1) == 1
-    pays = _grouped_pays(math.prod(weight.shape[1:]), channels_last)
-    fits = pays and _extension().grouped_kernel_fits(x, weight, stride, padding, dilation, groups)
-    return "grouped" if fits else "cudnn"
-
-
 def unsupported_reason(input: Tensor, weight: Tensor) -> Optional[str]:
     """Why the fused kernel cannot run these arguments, or None when it can."""
     if input.dtype not in _KERNEL_DTYPES:
@@ -242,7 +224,8 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
     the layouts the input is read in (made dense in it) and the output is written in, and
     whether the wgmma kernels may run; or, for the arguments the kernels do not cover, the
     reference path's result (announced once per reason; that answer is not remembered).
-    Bad arguments raise the op's errors."""
+    Grouped convolutions take the cuDNN path, their convolution being at::conv2d's (cuDNN's
+    or ATen's depthwise kernels). Bad arguments raise the op's errors."""
     stride, padding, dilation = ops.check_args(
         input, weight, bias, other, stride, padding, dilation, groups
     )
@@ -264,8 +247,8 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
         _warn_once(reason)
         return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
     hopper = _use_wgmma(x.device)
-    if groups > 1:
-        path = _grouped_path(x, weight, stride, padding, dilation, groups)
+    if groups > 1:  # the kernels multiply one group: at::conv2d's, then the epilogue pass
+        path = "cudnn"
     else:
         sms = _device_properties(x.device).multi_processor_count
         patch_runs = (

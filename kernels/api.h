@@ -25,9 +25,4 @@ void launch_prep(const PrepParams& p, int elem_bytes, cudaStream_t stream);
 void launch_epilogue(const ConvParams& p, int elem_bytes, bool bf16, bool channels_last,
                      bool vector, cudaStream_t stream);
 
-// The grouped kernel (grouped.cu): p.out = relu(grouped conv2d(p.x, p.wprep) + bias) + other,
-// NCHW, the weights (Cout, C_in / groups, KH, KW) contiguous; elem_bytes and bf16 as above.
-void launch_grouped(const ConvParams& p, const GroupedShape& g, int elem_bytes, bool bf16,
-                    cudaStream_t stream);
-
 }  // namespace fx_fuse

@@ -343,112 +343,6 @@ void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
 
 namespace {
 
-// The grouped kernel's shape for these arguments: bands of output rows that a block's
-// threads cover, balanced over the plane; where a plane is smaller than that, whole planes
-// of as many groups as fit; fewer planes, then fewer rows, where shared memory would not
-// hold them. band_rows = 0 where even one row does not fit (or the grid would pass its
-// limits).
-GroupedShape grouped_shape(const at::Tensor& x, const at::Tensor& weight,
-                           const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
-                           const std::vector<int64_t>& dilation, int64_t groups) {
-  const int64_t KH = weight.size(2), KW = weight.size(3), cpo = weight.size(0) / groups;
-  const int64_t span_h = dilation[0] * (KH - 1) + 1, span_w = dilation[1] * (KW - 1) + 1;
-  const int64_t OH = (x.size(2) + 2 * padding[0] - span_h) / stride[0] + 1;
-  const int64_t OW = (x.size(3) + 2 * padding[1] - span_w) / stride[1] + 1;
-  GroupedShape g{};
-  g.groups = static_cast<int>(groups);
-  g.cpg = static_cast<int>(weight.size(1));
-  g.cpo = static_cast<int>(cpo);
-  g.chunks = static_cast<int>((cpo + grouped_co(g.cpo) - 1) / grouped_co(g.cpo));
-  g.KH = static_cast<int>(KH);
-  const int64_t cols_in = (OW - 1) * stride[1] + span_w;
-  const int64_t per_block = kGroupedThreads * kGroupedPerThread;
-  if (OW > per_block || OH > 65535 || cols_in * span_h * 4 > kGroupedMaxSmem) return g;
-  g.cols_in = static_cast<int>(cols_in);
-  const int64_t bands = (OH * OW + per_block - 1) / per_block;
-  int64_t rows = std::min((OH + bands - 1) / bands, per_block / OW);
-  int64_t planes = OH * OW < per_block ? std::min(groups, per_block / (rows * OW)) : 1;
-  const int64_t w_floats = grouped_co(g.cpo) * g.cpg * KH * KW;
-  auto bytes = [&] {
-    return planes * (w_floats + ((rows - 1) * stride[0] + span_h) * cols_in) * 4;
-  };
-  while (bytes() > kGroupedMaxSmem && (planes > 1 || rows > 1)) {
-    if (planes > 1) --planes;
-    else --rows;
-  }
-  const int64_t group_blocks = (groups + planes - 1) / planes;
-  constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
-  if (bytes() > kGroupedMaxSmem || x.size(0) * group_blocks * g.chunks > kI32) return g;
-  g.band_rows = static_cast<int>(rows);
-  g.band_pitch = static_cast<int>(((rows - 1) * stride[0] + span_h) * cols_in);
-  g.planes = static_cast<int>(planes);
-  g.group_blocks = static_cast<int>(group_blocks);
-  return g;
-}
-
-}  // namespace
-
-// The grouped kernel (host.h).
-void grouped_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
-                                 const c10::optional<at::Tensor>& bias,
-                                 const c10::optional<at::Tensor>& other, double other_scalar,
-                                 std::vector<int64_t> stride, std::vector<int64_t> padding,
-                                 std::vector<int64_t> dilation, int64_t groups, at::Tensor out) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 4 && x.is_contiguous(), kOp,
-              ": expected a 4-D contiguous (NCHW) CUDA input for the grouped kernel, got ",
-              x.sizes(), " with strides ", x.strides());
-  TORCH_CHECK(weight.dim() == 4 && weight.device() == x.device() &&
-                  weight.scalar_type() == x.scalar_type() && weight.size(1) * groups == x.size(1),
-              kOp, ": expected a 4-D weight (C_out, C_in / groups, kH, kW) of the input's dtype "
-              "and device");
-  TORCH_CHECK(out.dim() == 4 && out.device() == x.device() &&
-                  out.scalar_type() == x.scalar_type() && out.size(0) == x.size(0) &&
-                  out.size(1) == weight.size(0),
-              kOp, ": expected a 4-D output of the input's dtype and device");
-  if (out.numel() == 0) return;
-  const GroupedShape g = grouped_shape(x, weight, stride, padding, dilation, groups);
-  TORCH_CHECK(g.band_rows > 0, kOp, ": the grouped kernel does not take these sizes");
-  const c10::cuda::CUDAGuard guard(x.device());
-  const auto w = weight.contiguous();
-  ConvParams p{};
-  p.x = x.data_ptr();
-  p.wprep = w.data_ptr();
-  p.bias = bias.has_value() && bias->defined() ? bias->data_ptr() : nullptr;
-  p.M = out.size(0) * out.size(2) * out.size(3);
-  p.Cout = static_cast<int>(out.size(1));
-  p.H = static_cast<int>(x.size(2));
-  p.W = static_cast<int>(x.size(3));
-  p.OH = static_cast<int>(out.size(2));
-  p.OW = static_cast<int>(out.size(3));
-  p.stride_h = static_cast<int>(stride[0]);
-  p.stride_w = static_cast<int>(stride[1]);
-  p.pad_h = static_cast<int>(padding[0]);
-  p.pad_w = static_cast<int>(padding[1]);
-  p.span_h = static_cast<int>(dilation[0] * (weight.size(2) - 1) + 1);
-  p.span_w = static_cast<int>(dilation[1] * (weight.size(3) - 1) + 1);
-  p.x_sn = x.stride(0);
-  p.x_sc = x.stride(1);
-  p.x_sh = x.stride(2);
-  p.x_sw = x.stride(3);
-  p.KW = static_cast<int>(weight.size(3));
-  p.taps = static_cast<int>(weight.size(2) * weight.size(3));
-  p.dil_h = static_cast<int>(dilation[0]);
-  p.dil_w = static_cast<int>(dilation[1]);
-  set_other(p, other, other_scalar, out);
-  set_output(p, out);
-  launch_grouped(p, g, static_cast<int>(x.element_size()), x.scalar_type() == at::kBFloat16,
-                 c10::cuda::getCurrentCUDAStream());
-}
-
-namespace {
-
-// Whether the grouped kernel takes these sizes (its shared memory and 32-bit indexing).
-bool grouped_kernel_fits(const at::Tensor& x, const at::Tensor& weight, std::vector<int64_t> stride,
-                         std::vector<int64_t> padding, std::vector<int64_t> dilation,
-                         int64_t groups) {
-  return grouped_shape(x, weight, stride, padding, dilation, groups).band_rows > 0;
-}
-
 // The kernel conv2d_relu_add_out runs for these arguments (for tests and diagnostics).
 std::string kernel_name(const at::Tensor& x, const at::Tensor& weight, std::vector<int64_t> stride,
                         std::vector<int64_t> padding, std::vector<int64_t> dilation,
@@ -491,10 +385,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "formula (Python functions)",
         pybind11::arg("planner"), pybind11::arg("grads"));
   m.def("forget_plans", &fx_fuse::forget_plans, "forget every remembered plan");
-  m.def("grouped_kernel_fits", &fx_fuse::grouped_kernel_fits,
-        "whether the grouped kernel takes these sizes", pybind11::arg("x"), pybind11::arg("weight"),
-        pybind11::arg("stride"), pybind11::arg("padding"), pybind11::arg("dilation"),
-        pybind11::arg("groups"));
   m.def("kernel_name", &fx_fuse::kernel_name, "which kernel runs these arguments",
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("stride"), pybind11::arg("padding"),
         pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"),

@@ -25,14 +25,6 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
 void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
                   const c10::optional<at::Tensor>& other, double other_scalar, at::Tensor out);
 
-// The grouped kernel: fills `out` (N, Cout, OH, OW), any strides, with relu(conv2d(x,
-// weight, groups=groups) + bias) + other for a contiguous (NCHW) x; `other` as above.
-void grouped_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
-                                 const c10::optional<at::Tensor>& bias,
-                                 const c10::optional<at::Tensor>& other, double other_scalar,
-                                 std::vector<int64_t> stride, std::vector<int64_t> padding,
-                                 std::vector<int64_t> dilation, int64_t groups, at::Tensor out);
-
 // The op's CUDA kernel (op.cpp): what the dispatcher runs for CUDA tensors once
 // register_op has been called.
 at::Tensor conv2d_relu_add(const at::Tensor& input, const at::Tensor& weight,

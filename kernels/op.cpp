@@ -26,7 +26,7 @@ namespace {
 
 constexpr const char* kOp = "fx_fuse::conv2d_relu_add";
 
-enum class Path { kPatch, kFused, kCudnn, kGrouped };
+enum class Path { kPatch, kFused, kCudnn };
 
 struct Plan {
   Path path;
@@ -118,8 +118,6 @@ Plan plan_from(const pybind11::tuple& answer) {
     plan.path = Path::kFused;
   } else if (path == "cudnn") {
     plan.path = Path::kCudnn;
-  } else if (path == "grouped") {
-    plan.path = Path::kGrouped;
   } else {
     TORCH_CHECK(false, kOp, ": the planner returned an unknown path '", path, "'");
   }
@@ -139,9 +137,10 @@ bool kernel_reads(at::ScalarType t) {
 
 // The convolution of the cuDNN path: cuDNN's, called below at::conv2d's generic layers
 // (argument expansion, checks, backend selection: host time that small layers pay in full)
-// where at::conv2d would pick it too: one group, cuDNN enabled, a dtype its convolutions
-// take, and 32-bit indexing (beyond, at::conv2d splits the batch). Otherwise at::conv2d
-// itself (grouped convolutions: cuDNN's or ATen's depthwise kernels, as at::conv2d picks).
+// wherever cuDNN takes it: cuDNN enabled, a dtype its convolutions take, and 32-bit
+// indexing (beyond, at::conv2d splits the batch). Otherwise at::conv2d itself. Grouped
+// convolutions too: where at::conv2d would run ATen's own depthwise kernel (fp32 and bf16
+// NCHW), cuDNN's is 1.6-2.5x faster on Hopper (docs/performance.md, v40).
 at::Tensor cudnn_conv(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                       int64_t out_numel) {
@@ -151,12 +150,12 @@ at::Tensor cudnn_conv(const at::Tensor& x, const at::Tensor& weight, at::IntArra
   const bool takes = t == at::kFloat || t == at::kHalf ||
                      (t == at::kBFloat16 && hooks.supportsBFloat16ConvolutionWithCuDNNv8());
   constexpr int64_t kMax32 = std::numeric_limits<int32_t>::max();
-  if (!(groups == 1 && ctx.userEnabledCuDNN() && hooks.compiledWithCuDNN() && takes &&
+  if (!(ctx.userEnabledCuDNN() && hooks.compiledWithCuDNN() && takes &&
         weight.scalar_type() == t && x.numel() > 0 && x.numel() <= kMax32 && out_numel > 0 &&
         out_numel <= kMax32)) {
     return at::conv2d(x, weight, {}, stride, padding, dilation, groups);
   }
-  return at::cudnn_convolution(x, weight, padding, stride, dilation, 1, ctx.benchmarkCuDNN(),
+  return at::cudnn_convolution(x, weight, padding, stride, dilation, groups, ctx.benchmarkCuDNN(),
                                ctx.deterministicCuDNN() || ctx.deterministicAlgorithms(),
                                ctx.allowTF32CuDNN());
 }
@@ -200,10 +199,6 @@ at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weig
     }
     out = y.is_contiguous(format) ? y : at::empty_like(y, y.options(), format);
     relu_add_out(y, b, other_t, scalar, out);
-  } else if (plan.path == Path::kGrouped) {
-    out = at::empty(out_shape, x.options().memory_format(format));
-    grouped_conv2d_relu_add_out(x, weight, b, other_t, scalar, stride, padding, dilation, groups,
-                                out);
   } else {
     out = at::empty(out_shape, x.options().memory_format(format));
     if (out.numel() > 0) {

@@ -79,35 +79,6 @@ struct ConvParams {
   const int* w_nonfinite;
 };
 
-// The grouped kernel (grouped.cu): blocks of kGroupedThreads threads, each computing up to
-// kGroupedPerThread outputs of a band of band_rows output rows, in `planes` groups' planes
-// at once (small planes), for up to grouped_co(cpo) output channels of each group. A plane's
-// band of input rows (cols_in wide: the output row's window with its padding) takes
-// band_pitch floats of shared memory, the block's weights CO x cpg x taps floats per plane:
-// grouped_smem_bytes in all, at most kGroupedMaxSmem.
-constexpr int kGroupedThreads = 256;
-constexpr int kGroupedPerThread = 4;
-constexpr int kGroupedMaxSmem = 48 * 1024;
-
-struct GroupedShape {
-  int groups;
-  int cpg, cpo;      // input and output channels per group
-  int chunks;        // blocks per (image, group): ceil(cpo / grouped_co(cpo))
-  int KH;
-  int band_rows;     // output rows per block
-  int cols_in;       // (OW - 1) * stride_w + span_w
-  int band_pitch;    // ((band_rows - 1) * stride_h + span_h) * cols_in
-  int planes;        // groups per block
-  int group_blocks;  // ceil(groups / planes)
-};
-
-constexpr int grouped_co(int cpo) { return cpo == 1 ? 1 : cpo == 2 ? 2 : 4; }
-
-inline int grouped_smem_bytes(const GroupedShape& g, int taps) {
-  return g.planes * (grouped_co(g.cpo) * g.cpg * taps + g.band_pitch) *
-         static_cast<int>(sizeof(float));
-}
-
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,
 // (kh, kw, c) for channels-last (so a 16-byte chunk of K is 16 bytes of one pixel),
 // (channel block, kh, kw, c) for the patch kernel (one K slice = one tap of one block).

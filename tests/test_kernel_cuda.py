@@ -653,8 +653,8 @@ GROUPED_CONFIGS = [
     ((2, 32, 14, 14, 32, 32, 3, 1, 1, 1), "full_nchw"),  # depthwise
     ((3, 16, 15, 13, 32, 16, 3, 2, 1, 1), "0dim_cpu_f64"),  # two filters per channel, strided
     ((1, 12, 10, 10, 12, 4, 5, 1, 4, 2), "full_noncontig"),  # dilated, padding past the kernel
-    ((1, 4, 300, 9, 24, 2, 3, 1, 1, 1), "111w"),  # three bands; 12 outputs per group: 3 blocks
-    ((1, 4, 200, 400, 4, 4, 3, 4, 1, 1), "n111"),  # stride 4: bands narrowed to fit
+    ((1, 4, 300, 9, 24, 2, 3, 1, 1, 1), "111w"),  # 12 output channels per group
+    ((1, 4, 200, 400, 4, 4, 3, 4, 1, 1), "n111"),  # stride 4
 ]
 
 
@@ -671,18 +671,13 @@ def grouped_args(cfg, other_kind, dtype, layout):
     return x, wt, b, other, stride, padding, dilation, groups
 
 
-@pytest.mark.parametrize("path", ["grouped", "cudnn"])
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("policy", list(POLICIES))
 @pytest.mark.parametrize("cfg,other_kind", GROUPED_CONFIGS,
                          ids=lambda c: "x".join(map(str, c[:6])) if isinstance(c, tuple) else c)
-def test_grouped_convolutions(cfg, other_kind, policy, layout, path, monkeypatch):
-    """Grouped and depthwise convolutions run the grouped kernel (NCHW input, where its
-    rule picks it) or at::conv2d's grouped convolution and the epilogue pass, whatever the
-    switches, without a fallback warning."""
-    if path == "cudnn":
-        monkeypatch.setattr(_cuda, "_grouped_pays", lambda *args: False)
-    _cuda.forget_plans()
+def test_grouped_convolutions_take_the_cudnn_path(cfg, other_kind, policy, layout):
+    """Grouped and depthwise convolutions run cuDNN's grouped convolution and the epilogue
+    pass, whatever the switches, without a fallback warning."""
     dtype = set_policy(policy)
     args = grouped_args(cfg, other_kind, dtype, layout)
     x, wt = args[:2]
@@ -691,10 +686,7 @@ def test_grouped_convolutions(cfg, other_kind, policy, layout, path, monkeypatch
         out = run_op(*args)
     assert out.is_contiguous(memory_format=expected_format(x, wt))
     assert_close64(out, reference64(*args), policy)
-    kernels = _kernels_run(lambda: run_op(*args))
-    grouped = path == "grouped" and layout == "nchw"
-    assert ("grouped_conv_kernel" in kernels) == grouped, kernels
-    assert ("conv_epilogue" in kernels) == (not grouped), kernels
+    assert "conv_epilogue" in _kernels_run(lambda: run_op(*args))
 
 
 def test_kernelbench_headline_criterion():
