@@ -176,6 +176,24 @@ def _cudnn_pays(
     return channels_last or exact_fp32 or tiles < sms or stride_one
 
 
+def _depthwise_pays(out_shape, channels_last: bool) -> bool:
+    """The size rule for the depthwise kernel: NCHW input and output planes of at least one
+    of its 32 x 32 tiles (smaller planes leave most of a tile's threads idle)."""
+    return not channels_last and out_shape[2] * out_shape[3] >= 1024
+
+
+def _grouped_path(x: Tensor, weight: Tensor, out_shape, stride, padding, dilation) -> str:
+    """Which implementation runs a grouped convolution (``x`` dense in its layout):
+    "depthwise" (the depthwise kernel: one input channel per group) where its size rule says
+    it pays and it takes the sizes, else "cudnn" (cuDNN's grouped convolution, then the
+    epilogue pass; the fused kernels multiply one group)."""
+    channels_last = x.shape[1] > 1 and x.stride(1) == 1
+    depthwise = weight.shape[1] == 1 and _depthwise_pays(out_shape, channels_last)
+    if depthwise and _extension().depthwise_kernel_fits(x, weight, stride, padding, dilation):
+        return "depthwise"
+    return "cudnn"
+
+
 def unsupported_reason(input: Tensor, weight: Tensor) -> Optional[str]:
     """Why the fused kernel cannot run these arguments, or None when it can."""
     if input.dtype not in _KERNEL_DTYPES:
@@ -220,12 +238,11 @@ def _planner(input, weight, bias, other, stride, padding, dilation, groups):
 
 def plan(input, weight, bias, other, stride, padding, dilation, groups):
     """How the C++ kernel runs these arguments (called once per call signature):
-    ``(path, input_channels_last, output_channels_last, hopper)``: ``path`` from ``_path``,
-    the layouts the input is read in (made dense in it) and the output is written in, and
-    whether the wgmma kernels may run; or, for the arguments the kernels do not cover, the
-    reference path's result (announced once per reason; that answer is not remembered).
-    Grouped convolutions take the cuDNN path, their convolution being at::conv2d's (cuDNN's
-    or ATen's depthwise kernels). Bad arguments raise the op's errors."""
+    ``(path, input_channels_last, output_channels_last, hopper)``: ``path`` from ``_path``
+    (``_grouped_path`` for groups > 1), the layouts the input is read in (made dense in it)
+    and the output is written in, and whether the wgmma kernels may run; or, for the
+    arguments the kernels do not cover, the reference path's result (announced once per
+    reason; that answer is not remembered). Bad arguments raise the op's errors."""
     stride, padding, dilation = ops.check_args(
         input, weight, bias, other, stride, padding, dilation, groups
     )
@@ -247,8 +264,8 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
         _warn_once(reason)
         return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
     hopper = _use_wgmma(x.device)
-    if groups > 1:  # the kernels multiply one group: at::conv2d's, then the epilogue pass
-        path = "cudnn"
+    if groups > 1:
+        path = _grouped_path(x, weight, out_shape, stride, padding, dilation)
     else:
         sms = _device_properties(x.device).multi_processor_count
         patch_runs = (

@@ -343,6 +343,97 @@ void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
 
 namespace {
 
+// The depthwise kernel's shape for these arguments; tiles = 0 where it does not take them
+// (the tile's input window past shared memory, or past its grid's limits).
+DepthwiseShape depthwise_shape(const at::Tensor& x, const at::Tensor& weight,
+                               const std::vector<int64_t>& stride,
+                               const std::vector<int64_t>& padding,
+                               const std::vector<int64_t>& dilation) {
+  const int64_t KH = weight.size(2), KW = weight.size(3), mult = weight.size(0) / x.size(1);
+  const int64_t span_h = dilation[0] * (KH - 1) + 1, span_w = dilation[1] * (KW - 1) + 1;
+  const int64_t OH = (x.size(2) + 2 * padding[0] - span_h) / stride[0] + 1;
+  const int64_t OW = (x.size(3) + 2 * padding[1] - span_w) / stride[1] + 1;
+  DepthwiseShape d{};
+  d.mult = static_cast<int>(mult);
+  d.chunks = static_cast<int>((mult + depthwise_co(d.mult) - 1) / depthwise_co(d.mult));
+  d.KH = static_cast<int>(KH);
+  const int64_t rows_in = (kDwTileH - 1) * stride[0] + span_h;
+  const int64_t cols_in = (kDwTileW - 1) * stride[1] + span_w;
+  const int64_t tiles_w = (OW + kDwTileW - 1) / kDwTileW;
+  const int64_t tiles = (OH + kDwTileH - 1) / kDwTileH * tiles_w;
+  const int64_t bytes = (depthwise_co(d.mult) * KH * KW + rows_in * cols_in) * 4;
+  constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
+  if (bytes > kDwMaxSmem || tiles > 65535 || x.size(0) * x.size(1) * d.chunks > kI32 ||
+      x.size(2) * x.size(3) > kI32) {
+    return d;  // tiles = 0
+  }
+  d.tiles_w = static_cast<int>(tiles_w);
+  d.tiles = static_cast<int>(tiles);
+  d.rows_in = static_cast<int>(rows_in);
+  d.cols_in = static_cast<int>(cols_in);
+  return d;
+}
+
+}  // namespace
+
+// The depthwise kernel (host.h).
+void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
+                                   const c10::optional<at::Tensor>& bias,
+                                   const c10::optional<at::Tensor>& other, double other_scalar,
+                                   std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                   std::vector<int64_t> dilation, at::Tensor out) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 4, kOp, ": expected a 4-D CUDA input, got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.device() == x.device() &&
+                  weight.scalar_type() == x.scalar_type() && weight.size(1) == 1 &&
+                  weight.size(0) % x.size(1) == 0,
+              kOp, ": expected a depthwise weight (C_in x multiplier, 1, kH, kW) of the input's "
+              "dtype and device, got ", weight.sizes());
+  TORCH_CHECK(out.dim() == 4 && out.device() == x.device() &&
+                  out.scalar_type() == x.scalar_type() && out.size(0) == x.size(0) &&
+                  out.size(1) == weight.size(0),
+              kOp, ": expected a 4-D output of the input's dtype and device");
+  if (out.numel() == 0) return;
+  const DepthwiseShape d = depthwise_shape(x, weight, stride, padding, dilation);
+  TORCH_CHECK(d.tiles > 0, kOp, ": the depthwise kernel does not take these sizes");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto w = weight.contiguous();
+  ConvParams p{};
+  p.x = x.data_ptr();
+  p.wprep = w.data_ptr();
+  p.bias = bias.has_value() && bias->defined() ? bias->data_ptr() : nullptr;
+  p.M = out.size(0) * out.size(2) * out.size(3);
+  p.Cin = static_cast<int>(x.size(1));
+  p.H = static_cast<int>(x.size(2));
+  p.W = static_cast<int>(x.size(3));
+  p.OH = static_cast<int>(out.size(2));
+  p.OW = static_cast<int>(out.size(3));
+  p.stride_h = static_cast<int>(stride[0]);
+  p.stride_w = static_cast<int>(stride[1]);
+  p.pad_h = static_cast<int>(padding[0]);
+  p.pad_w = static_cast<int>(padding[1]);
+  p.x_sn = x.stride(0);
+  p.x_sc = x.stride(1);
+  p.x_sh = x.stride(2);
+  p.x_sw = x.stride(3);
+  p.KW = static_cast<int>(weight.size(3));
+  p.taps = static_cast<int>(weight.size(2) * weight.size(3));
+  p.dil_h = static_cast<int>(dilation[0]);
+  p.dil_w = static_cast<int>(dilation[1]);
+  set_other(p, other, other_scalar, out);
+  set_output(p, out);
+  launch_depthwise(p, d, static_cast<int>(x.element_size()), x.scalar_type() == at::kBFloat16,
+                   c10::cuda::getCurrentCUDAStream());
+}
+
+namespace {
+
+// Whether the depthwise kernel takes these sizes (its shared memory and grid).
+bool depthwise_kernel_fits(const at::Tensor& x, const at::Tensor& weight,
+                           std::vector<int64_t> stride, std::vector<int64_t> padding,
+                           std::vector<int64_t> dilation) {
+  return depthwise_shape(x, weight, stride, padding, dilation).tiles > 0;
+}
+
 // The kernel conv2d_relu_add_out runs for these arguments (for tests and diagnostics).
 std::string kernel_name(const at::Tensor& x, const at::Tensor& weight, std::vector<int64_t> stride,
                         std::vector<int64_t> padding, std::vector<int64_t> dilation,
@@ -385,6 +476,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "formula (Python functions)",
         pybind11::arg("planner"), pybind11::arg("grads"));
   m.def("forget_plans", &fx_fuse::forget_plans, "forget every remembered plan");
+  m.def("depthwise_kernel_fits", &fx_fuse::depthwise_kernel_fits,
+        "whether the depthwise kernel takes these sizes", pybind11::arg("x"),
+        pybind11::arg("weight"), pybind11::arg("stride"), pybind11::arg("padding"),
+        pybind11::arg("dilation"));
   m.def("kernel_name", &fx_fuse::kernel_name, "which kernel runs these arguments",
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("stride"), pybind11::arg("padding"),
         pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"),

@@ -25,6 +25,15 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
 void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
                   const c10::optional<at::Tensor>& other, double other_scalar, at::Tensor out);
 
+// The depthwise kernel: fills `out` (N, Cout, OH, OW), any strides, with relu(conv2d(x,
+// weight, groups=C_in) + bias) + other, for weight (C_in x multiplier, 1, kH, kW); `other`
+// as above.
+void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
+                                   const c10::optional<at::Tensor>& bias,
+                                   const c10::optional<at::Tensor>& other, double other_scalar,
+                                   std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                   std::vector<int64_t> dilation, at::Tensor out);
+
 // The op's CUDA kernel (op.cpp): what the dispatcher runs for CUDA tensors once
 // register_op has been called.
 at::Tensor conv2d_relu_add(const at::Tensor& input, const at::Tensor& weight,

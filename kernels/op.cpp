@@ -26,7 +26,7 @@ namespace {
 
 constexpr const char* kOp = "fx_fuse::conv2d_relu_add";
 
-enum class Path { kPatch, kFused, kCudnn };
+enum class Path { kPatch, kFused, kCudnn, kDepthwise };
 
 struct Plan {
   Path path;
@@ -118,6 +118,8 @@ Plan plan_from(const pybind11::tuple& answer) {
     plan.path = Path::kFused;
   } else if (path == "cudnn") {
     plan.path = Path::kCudnn;
+  } else if (path == "depthwise") {
+    plan.path = Path::kDepthwise;
   } else {
     TORCH_CHECK(false, kOp, ": the planner returned an unknown path '", path, "'");
   }
@@ -199,6 +201,9 @@ at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weig
     }
     out = y.is_contiguous(format) ? y : at::empty_like(y, y.options(), format);
     relu_add_out(y, b, other_t, scalar, out);
+  } else if (plan.path == Path::kDepthwise) {
+    out = at::empty(out_shape, x.options().memory_format(format));
+    depthwise_conv2d_relu_add_out(x, weight, b, other_t, scalar, stride, padding, dilation, out);
   } else {
     out = at::empty(out_shape, x.options().memory_format(format));
     if (out.numel() > 0) {

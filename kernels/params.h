@@ -79,6 +79,32 @@ struct ConvParams {
   const int* w_nonfinite;
 };
 
+// The depthwise kernel (depthwise.cu): one input channel per group, `mult` output channels
+// per input channel. A block of kDwTileW x kDwThreadRows threads computes a tile of
+// kDwTileW x kDwTileH outputs (each thread kDwTileH / kDwThreadRows rows of one column) of
+// up to depthwise_co(mult) output channels, from the tile's input window (rows_in x cols_in
+// floats) staged in shared memory with the block's weights; at most kDwMaxSmem bytes.
+constexpr int kDwTileW = 32;
+constexpr int kDwThreadRows = 8;
+constexpr int kDwTileH = 32;
+constexpr int kDwMaxSmem = 48 * 1024;
+
+struct DepthwiseShape {
+  int mult;     // output channels per input channel
+  int chunks;   // blocks per plane: ceil(mult / depthwise_co(mult))
+  int KH;
+  int tiles_w;  // tiles per plane: tiles_w x tiles_h
+  int tiles;
+  int rows_in;  // (kDwTileH - 1) * stride_h + span_h
+  int cols_in;  // (kDwTileW - 1) * stride_w + span_w
+};
+
+constexpr int depthwise_co(int mult) { return mult == 1 ? 1 : mult == 2 ? 2 : 4; }
+
+inline int depthwise_smem_bytes(const DepthwiseShape& d, int taps) {
+  return (depthwise_co(d.mult) * taps + d.rows_in * d.cols_in) * static_cast<int>(sizeof(float));
+}
+
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,
 // (kh, kw, c) for channels-last (so a 16-byte chunk of K is 16 bytes of one pixel),
 // (channel block, kh, kw, c) for the patch kernel (one K slice = one tap of one block).

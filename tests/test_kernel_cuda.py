@@ -654,7 +654,9 @@ GROUPED_CONFIGS = [
     ((3, 16, 15, 13, 32, 16, 3, 2, 1, 1), "0dim_cpu_f64"),  # two filters per channel, strided
     ((1, 12, 10, 10, 12, 4, 5, 1, 4, 2), "full_noncontig"),  # dilated, padding past the kernel
     ((1, 4, 300, 9, 24, 2, 3, 1, 1, 1), "111w"),  # 12 output channels per group
-    ((1, 4, 200, 400, 4, 4, 3, 4, 1, 1), "n111"),  # stride 4
+    ((1, 4, 200, 400, 4, 4, 3, 4, 1, 1), "n111"),  # depthwise, stride 4
+    ((2, 3, 70, 40, 18, 3, 5, 1, 2, 1), "chw"),  # six filters per channel (4 + 2), 5x5
+    ((1, 8, 33, 65, 8, 8, 3, 2, 2, 2), "1h1"),  # strided and dilated, partial tiles
 ]
 
 
@@ -671,13 +673,17 @@ def grouped_args(cfg, other_kind, dtype, layout):
     return x, wt, b, other, stride, padding, dilation, groups
 
 
+@pytest.mark.parametrize("path", ["depthwise", "cudnn"])
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("policy", list(POLICIES))
 @pytest.mark.parametrize("cfg,other_kind", GROUPED_CONFIGS,
                          ids=lambda c: "x".join(map(str, c[:6])) if isinstance(c, tuple) else c)
-def test_grouped_convolutions_take_the_cudnn_path(cfg, other_kind, policy, layout):
-    """Grouped and depthwise convolutions run cuDNN's grouped convolution and the epilogue
-    pass, whatever the switches, without a fallback warning."""
+def test_grouped_convolutions(cfg, other_kind, policy, layout, path, monkeypatch):
+    """Grouped convolutions run the depthwise kernel (one input channel per group, NCHW
+    input, where its rule picks it: here always) or cuDNN's grouped convolution and the
+    epilogue pass, whatever the switches, without a fallback warning."""
+    monkeypatch.setattr(_cuda, "_depthwise_pays", lambda *args: path == "depthwise")
+    _cuda.forget_plans()
     dtype = set_policy(policy)
     args = grouped_args(cfg, other_kind, dtype, layout)
     x, wt = args[:2]
@@ -686,7 +692,10 @@ def test_grouped_convolutions_take_the_cudnn_path(cfg, other_kind, policy, layou
         out = run_op(*args)
     assert out.is_contiguous(memory_format=expected_format(x, wt))
     assert_close64(out, reference64(*args), policy)
-    assert "conv_epilogue" in _kernels_run(lambda: run_op(*args))
+    kernels = _kernels_run(lambda: run_op(*args))
+    depthwise = path == "depthwise" and wt.shape[1] == 1 and layout == "nchw"
+    assert ("depthwise_conv_kernel" in kernels) == depthwise, kernels
+    assert ("conv_epilogue" in kernels) == (not depthwise), kernels
 
 
 def test_kernelbench_headline_criterion():
