@@ -176,19 +176,19 @@ def _cudnn_pays(
     return channels_last or exact_fp32 or tiles < sms or stride_one
 
 
-def _depthwise_pays(out_shape, channels_last: bool) -> bool:
-    """The size rule for the depthwise kernel: NCHW input and output planes of at least one
-    of its 32 x 32 tiles (smaller planes leave most of a tile's threads idle)."""
-    return not channels_last and out_shape[2] * out_shape[3] >= 1024
+def _depthwise_pays(out_shape) -> bool:
+    """The size rule for the depthwise kernel: output planes of at least 1024 pixels
+    (smaller planes leave most of its 32 x 64 tiles idle)."""
+    return out_shape[2] * out_shape[3] >= 1024
 
 
 def _grouped_path(x: Tensor, weight: Tensor, out_shape, stride, padding, dilation) -> str:
     """Which implementation runs a grouped convolution (``x`` dense in its layout):
-    "depthwise" (the depthwise kernel: one input channel per group) where its size rule says
-    it pays and it takes the sizes, else "cudnn" (cuDNN's grouped convolution, then the
+    "depthwise" (the depthwise kernel: one input channel per group, NCHW input) where its
+    size rule says it pays and it takes the sizes, else "cudnn" (cuDNN's grouped convolution, then the
     epilogue pass; the fused kernels multiply one group)."""
     channels_last = x.shape[1] > 1 and x.stride(1) == 1
-    depthwise = weight.shape[1] == 1 and _depthwise_pays(out_shape, channels_last)
+    depthwise = weight.shape[1] == 1 and not channels_last and _depthwise_pays(out_shape)
     if depthwise and _extension().depthwise_kernel_fits(x, weight, stride, padding, dilation):
         return "depthwise"
     return "cudnn"

@@ -1,8 +1,8 @@
 // The depthwise kernel: convolutions with one input channel per group (`mult` output
-// channels per input channel) on NCHW input. A block computes a 32 x 32 tile of one plane's
+// channels per input channel) on NCHW input. A block computes a 32 x 64 tile of one plane's
 // outputs for up to CO of the input channel's output channels: it stages the tile's input
 // window in shared memory (zero where it reaches into the padding) with the weights, then
-// each thread accumulates four rows of one column in fp32 (a warp: 32 neighbouring outputs
+// each thread accumulates eight rows of one column in fp32 (a warp: 32 neighbouring outputs
 // of one row) and runs the epilogue (bias, relu, `other`) before the only store. Index
 // arithmetic is per thread, not per output: the kernel moves the input once and the output
 // once, and does little else.
@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kDwThreads)
     w_s[i] = co < n_co ? to_float(w[static_cast<int64_t>(co0) * p.taps + i]) : 0.f;
   }
   const T* x = static_cast<const T*>(p.x) + n * p.x_sn + c_in * p.x_sc;
-#pragma unroll 4
+#pragma unroll 8
   for (int r = ty; r < d.rows_in; r += kDwThreadRows) {
     const int iy = iy0 + r;
     const bool row_in = iy >= 0 && iy < p.H;

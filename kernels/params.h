@@ -86,7 +86,7 @@ struct ConvParams {
 // floats) staged in shared memory with the block's weights; at most kDwMaxSmem bytes.
 constexpr int kDwTileW = 32;
 constexpr int kDwThreadRows = 8;
-constexpr int kDwTileH = 32;
+constexpr int kDwTileH = 64;
 constexpr int kDwMaxSmem = 48 * 1024;
 
 struct DepthwiseShape {
