@@ -75,6 +75,8 @@ MORE_CASES = [
     Case("depthwise 3x3 56px", (32, 144, 56, 56), 144, 3, padding=1, groups=144),
     Case("depthwise 3x3 112px", (32, 32, 112, 112), 32, 3, padding=1, groups=32),
     Case("depthwise 3x3 14px", (32, 576, 14, 14), 576, 3, padding=1, groups=576),
+    Case("depthwise 3x3 x2 56px", (32, 64, 56, 56), 128, 3, padding=1, groups=64),
+    Case("depthwise 7x7 56px", (32, 128, 56, 56), 128, 7, padding=3, groups=128),
     Case("depthwise 5x5 s2 28px", (32, 240, 28, 28), 240, 5, stride=2, padding=2, groups=240),
     Case("depthwise 3x3 56px fp16 channels_last", (32, 144, 56, 56), 144, 3, padding=1,
          groups=144, dtype=torch.float16, channels_last=True),

@@ -176,10 +176,15 @@ def _cudnn_pays(
     return channels_last or exact_fp32 or tiles < sms or stride_one
 
 
-def _depthwise_pays(out_shape) -> bool:
+def _depthwise_pays(out_shape, taps: int, mult: int) -> bool:
     """The size rule for the depthwise kernel: output planes of at least 1024 pixels
-    (smaller planes leave most of its 32 x 64 tiles idle)."""
-    return out_shape[2] * out_shape[3] >= 1024
+    (smaller planes leave most of its 32 x 64 tiles idle), and 18 or more multiply-adds per
+    input element (``taps`` = kH x kW, ``mult`` output channels per input channel), where
+    cuDNN's time grows and the kernel's stays near its pass over the memory. Measured on
+    the H200, GPU us, depthwise kernel / cuDNN's convolution and the epilogue pass
+    (docs/performance.md, v41): 3x3 at 56 px, 32 x 144 channels 138 / 105 (at 112 px 131 /
+    91); two filters per channel 76 / 138; 7x7 216 / 468."""
+    return out_shape[2] * out_shape[3] >= 1024 and taps * mult >= 18
 
 
 def _grouped_path(x: Tensor, weight: Tensor, out_shape, stride, padding, dilation) -> str:
@@ -188,7 +193,8 @@ def _grouped_path(x: Tensor, weight: Tensor, out_shape, stride, padding, dilatio
     size rule says it pays and it takes the sizes, else "cudnn" (cuDNN's grouped convolution, then the
     epilogue pass; the fused kernels multiply one group)."""
     channels_last = x.shape[1] > 1 and x.stride(1) == 1
-    depthwise = weight.shape[1] == 1 and not channels_last and _depthwise_pays(out_shape)
+    taps, mult = weight.shape[2] * weight.shape[3], weight.shape[0] // x.shape[1]
+    depthwise = weight.shape[1] == 1 and not channels_last and _depthwise_pays(out_shape, taps, mult)
     if depthwise and _extension().depthwise_kernel_fits(x, weight, stride, padding, dilation):
         return "depthwise"
     return "cudnn"
