@@ -190,12 +190,16 @@ def _depthwise_pays(out_shape, taps: int, mult: int) -> bool:
 def _grouped_path(x: Tensor, weight: Tensor, out_shape, stride, padding, dilation) -> str:
     """Which implementation runs a grouped convolution (``x`` dense in its layout):
     "depthwise" (the depthwise kernel: one input channel per group, NCHW input) where its
-    size rule says it pays and it takes the sizes, else "cudnn" (cuDNN's grouped convolution, then the
-    epilogue pass; the fused kernels multiply one group)."""
+    size rule says it pays and it takes the sizes, else "cudnn" (cuDNN's grouped
+    convolution, then the epilogue pass; the other kernels multiply one group)."""
     channels_last = x.shape[1] > 1 and x.stride(1) == 1
     taps, mult = weight.shape[2] * weight.shape[3], weight.shape[0] // x.shape[1]
-    depthwise = weight.shape[1] == 1 and not channels_last and _depthwise_pays(out_shape, taps, mult)
-    if depthwise and _extension().depthwise_kernel_fits(x, weight, stride, padding, dilation):
+    depthwise = weight.shape[1] == 1 and not channels_last
+    if (
+        depthwise
+        and _depthwise_pays(out_shape, taps, mult)
+        and _extension().depthwise_kernel_fits(x, weight, stride, padding, dilation)
+    ):
         return "depthwise"
     return "cudnn"
 
