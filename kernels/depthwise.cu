@@ -4,8 +4,10 @@
 // window in shared memory (zero where it reaches into the padding) with the weights, then
 // each thread accumulates eight rows of one column in fp32 (a warp: 32 neighbouring outputs
 // of one row) and runs the epilogue (bias, relu, `other`) before the only store. Index
-// arithmetic is per thread, not per output: the kernel moves the input once and the output
-// once, and does little else.
+// arithmetic is per thread, not per output. It moves the input once and the output once,
+// but each block waits out its loads before its multiply-adds: on 3x3 layers of one filter
+// per channel it takes ~5x its bytes' time, and cuDNN's convolution is faster there
+// (docs/performance.md, v41; fx_fuse/_cuda.py, _depthwise_pays).
 #include <c10/cuda/CUDAException.h>
 
 #include "api.h"
@@ -21,7 +23,7 @@ template <typename T, int CO>
 __global__ void __launch_bounds__(kDwThreads)
     depthwise_conv_kernel(const ConvParams p, const DepthwiseShape d) {
   extern __shared__ float smem[];
-  float* w_s = smem;                 // [CO][taps]
+  float* w_s = smem;                   // [CO][taps]
   float* window = smem + CO * p.taps;  // [rows_in][cols_in]
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kDwTileW + tx;
 
