@@ -654,7 +654,7 @@ GROUPED_CONFIGS = [
     ((3, 16, 15, 13, 32, 16, 3, 2, 1, 1), "0dim_cpu_f64"),  # two filters per channel, strided
     ((1, 12, 10, 10, 12, 4, 5, 1, 4, 2), "full_noncontig"),  # dilated, padding past the kernel
     ((1, 4, 300, 9, 24, 2, 3, 1, 1, 1), "111w"),  # 12 output channels per group
-    ((1, 4, 200, 400, 4, 4, 3, 4, 1, 1), "n111"),  # depthwise, stride 4
+    ((1, 4, 200, 400, 4, 4, 3, 4, 1, 1), "n111"),  # stride 4: a window past shared memory
     ((2, 3, 70, 40, 18, 3, 5, 1, 2, 1), "chw"),  # six filters per channel (4 + 2), 5x5
     ((1, 8, 33, 65, 8, 8, 3, 2, 2, 2), "1h1"),  # strided and dilated, partial tiles
 ]
