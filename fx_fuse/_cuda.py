@@ -176,6 +176,11 @@ def _cudnn_pays(
     return channels_last or exact_fp32 or tiles < sms or stride_one
 
 
+def _channels_innermost(x: Tensor) -> bool:
+    """Whether ``x`` (dense in its layout) is read channels-last, as the binding reads it."""
+    return x.shape[1] > 1 and x.stride(1) == 1
+
+
 def _depthwise_pays(out_shape, taps: int, mult: int) -> bool:
     """The size rule for the depthwise kernel: output planes of at least 1024 pixels
     (smaller planes leave most of its 32 x 64 tiles idle), and 18 or more multiply-adds per
@@ -192,7 +197,7 @@ def _grouped_path(x: Tensor, weight: Tensor, out_shape, stride, padding, dilatio
     "depthwise" (the depthwise kernel: one input channel per group, NCHW input) where its
     size rule says it pays and it takes the sizes, else "cudnn" (cuDNN's grouped
     convolution, then the epilogue pass; the other kernels multiply one group)."""
-    channels_last = x.shape[1] > 1 and x.stride(1) == 1
+    channels_last = _channels_innermost(x)
     taps, mult = weight.shape[2] * weight.shape[3], weight.shape[0] // x.shape[1]
     depthwise = weight.shape[1] == 1 and not channels_last
     if (
@@ -296,7 +301,7 @@ def _path(
     kernel may run and takes these arguments (``_patch_runs``)."""
     pixels, cout = out_shape[0] * out_shape[2] * out_shape[3], out_shape[1]
     exact_fp32 = x.dtype == torch.float32 and not allow_tf32
-    channels_last = x.shape[1] > 1 and x.stride(1) == 1
+    channels_last = _channels_innermost(x)
     k = math.prod(weight.shape[1:])
     tiles = -(-pixels // 128) * -(-cout // (64 if cout <= 64 else 128))  # the K-table tiles
     cudnn = (
