@@ -114,7 +114,7 @@ def run_case(case: Case, mode: str, inductor: bool, backend: bool, rounds: int,
     torch._dynamo.reset()  # every case compiles fresh (one model class, many instances)
     torch.backends.cudnn.allow_tf32 = case.tf32
     torch.backends.cuda.matmul.allow_tf32 = case.tf32
-    n, cin, h, w = case.x_shape
+    n, cin = case.x_shape[:2]
     model = ConvReluAdd(cin, case.cout, case.k, case.stride, case.padding, case.dilation,
                         case.groups).cuda().to(case.dtype)
     x = torch.rand(case.x_shape, device="cuda", dtype=case.dtype)
@@ -147,9 +147,7 @@ def run_case(case: Case, mode: str, inductor: bool, backend: bool, rounds: int,
             for name, fn in fns.items():
                 samples[name].append(bench_ms(lambda fn=fn: fn(x))["ms"])
     times = {name: statistics.median(ms) for name, ms in samples.items()}
-    span = case.dilation * (case.k - 1) + 1
-    oh = (h + 2 * case.padding - span) // case.stride + 1
-    ow = (w + 2 * case.padding - span) // case.stride + 1
+    oh, ow = ref.shape[2:]
     flops = conv_flops(n, cin // case.groups, case.cout, oh, ow, case.k, case.k)
     return times, flops, err
 
