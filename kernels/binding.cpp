@@ -353,24 +353,33 @@ DepthwiseShape depthwise_shape(const at::Tensor& x, const at::Tensor& weight,
   const int64_t span_h = dilation[0] * (KH - 1) + 1, span_w = dilation[1] * (KW - 1) + 1;
   const int64_t OH = (x.size(2) + 2 * padding[0] - span_h) / stride[0] + 1;
   const int64_t OW = (x.size(3) + 2 * padding[1] - span_w) / stride[1] + 1;
+  // Rows go by 16-byte loads where every row and chunk is 16-byte aligned and a chunk lies
+  // wholly inside or outside the image.
+  const int64_t vec = 16 / x.element_size();
+  const bool chunked = x.stride(3) == 1 && x.stride(2) % vec == 0 && x.stride(1) % vec == 0 &&
+                       x.stride(0) % vec == 0 && x.size(3) % vec == 0 &&
+                       aligned16(x.data_ptr());
   DepthwiseShape d{};
   d.mult = static_cast<int>(mult);
   d.chunks = static_cast<int>((mult + depthwise_co(d.mult) - 1) / depthwise_co(d.mult));
   d.KH = static_cast<int>(KH);
   const int64_t rows_in = (kDwTileH - 1) * stride[0] + span_h;
   const int64_t cols_in = (kDwTileW - 1) * stride[1] + span_w;
+  const int64_t pitch = (cols_in + 2 * vec - 2) / vec * vec;  // room for a shift of vec - 1
   const int64_t tiles_w = (OW + kDwTileW - 1) / kDwTileW;
   const int64_t tiles = (OH + kDwTileH - 1) / kDwTileH * tiles_w;
-  const int64_t bytes = (depthwise_co(d.mult) * KH * KW + rows_in * cols_in) * 4;
   constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
-  if (bytes > kDwMaxSmem || tiles > 65535 || x.size(0) * x.size(1) * d.chunks > kI32 ||
-      x.size(2) * x.size(3) > kI32) {
+  if (depthwise_smem_bytes(mult, KH * KW, rows_in, pitch) > kDwMaxSmem || tiles > 65535 ||
+      x.size(0) * x.size(1) * d.chunks > kI32 || x.size(2) * x.size(3) > kI32) {
     return d;  // tiles = 0
   }
   d.tiles_w = static_cast<int>(tiles_w);
   d.tiles = static_cast<int>(tiles);
   d.rows_in = static_cast<int>(rows_in);
-  d.cols_in = static_cast<int>(cols_in);
+  d.pitch = static_cast<int>(pitch);
+  d.vec = chunked ? 1 : 0;
+  d.row_units = static_cast<int>(chunked ? pitch / vec : pitch);
+  d.row_units_inv = static_cast<uint32_t>(((int64_t{1} << 32) + d.row_units - 1) / d.row_units);
   return d;
 }
 

@@ -1,13 +1,18 @@
 // The depthwise kernel: convolutions with one input channel per group (`mult` output
 // channels per input channel) on NCHW input. A block computes a 32 x 64 tile of one plane's
-// outputs for up to CO of the input channel's output channels: it stages the tile's input
-// window in shared memory (zero where it reaches into the padding) with the weights, then
-// each thread accumulates eight rows of one column in fp32 (a warp: 32 neighbouring outputs
-// of one row) and runs the epilogue (bias, relu, `other`) before the only store. Index
-// arithmetic is per thread, not per output. It moves the input once and the output once,
-// but each block waits out its loads before its multiply-adds: on 3x3 layers of one filter
-// per channel it takes ~5x its bytes' time, and cuDNN's convolution is faster there
-// (docs/performance.md, v41; fx_fuse/_cuda.py, _depthwise_pays).
+// outputs for up to CO of the input channel's output channels:
+//   - it stages the tile's input window in shared memory as floats (zero where it reaches
+//     into the padding), by 16-byte loads where the rows allow (DepthwiseShape::vec), with
+//     the block's weights;
+//   - each thread accumulates eight consecutive rows of one column in fp32 (a warp: 32
+//     neighbouring outputs of a row). The common kernels (3x3 and 5x5 at stride 1 or 2, 7x7
+//     at stride 1, no dilation) are compiled for their size: a thread holds its weights in
+//     registers and walks the window's rows once, each loaded row feeding every output row
+//     it touches (3x3: 3 shared loads and 9 multiply-adds per output, not 9 and 9). Other
+//     sizes, strides and dilations take the same kernel with its sizes read at run time;
+//   - the epilogue (bias, relu, `other`) runs before the only store.
+// It moves the input once and the output once (docs/performance.md, v41-v42;
+// fx_fuse/_cuda.py, _depthwise_pays).
 #include <c10/cuda/CUDAException.h>
 
 #include "api.h"
@@ -17,14 +22,108 @@ namespace fx_fuse {
 namespace {
 
 constexpr int kDwThreads = kDwTileW * kDwThreadRows;
-constexpr int kDwRows = kDwTileH / kDwThreadRows;  // output rows per thread
+constexpr int kDwRows = kDwTileH / kDwThreadRows;  // consecutive output rows per thread
 
-template <typename T, int CO>
+// The staged window: rows_in rows of `pitch` floats, row r holding input row iy0 + r from
+// column ixa on (ixa: the window's first column ix0, rounded down to a 16-byte chunk where
+// the rows are read in chunks). Zeros outside the image.
+template <typename T>
+__device__ __forceinline__ void stage_window(const ConvParams& p, const DepthwiseShape& d, const T* x,
+                                             int iy0, int ixa, float* window) {
+  constexpr int VEC = 16 / static_cast<int>(sizeof(T));
+  const int units = d.rows_in * d.row_units;
+  const int tid = threadIdx.y * kDwTileW + threadIdx.x;
+  if (d.vec) {
+    // Unit q: the 16-byte chunk q % row_units of window row q / row_units (W % VEC == 0: a
+    // chunk lies wholly inside the image or outside it).
+#pragma unroll 4
+    for (int q = tid; q < units; q += kDwThreads) {
+      const int r = static_cast<int>(__umulhi(static_cast<uint32_t>(q), d.row_units_inv));
+      const int j = q - r * d.row_units;
+      const int iy = iy0 + r, ix = ixa + j * VEC;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (static_cast<unsigned>(iy) < static_cast<unsigned>(p.H) &&
+          static_cast<unsigned>(ix) < static_cast<unsigned>(p.W)) {
+        v = __ldg(reinterpret_cast<const uint4*>(x + iy * p.x_sh + ix));
+      }
+      float4* dst = reinterpret_cast<float4*>(window + r * d.pitch + j * VEC);
+      if constexpr (VEC == 4) {
+        dst[0] = make_float4(__uint_as_float(v.x), __uint_as_float(v.y), __uint_as_float(v.z),
+                             __uint_as_float(v.w));
+      } else {
+        const T* h = reinterpret_cast<const T*>(&v);
+        dst[0] = make_float4(to_float(h[0]), to_float(h[1]), to_float(h[2]), to_float(h[3]));
+        dst[1] = make_float4(to_float(h[4]), to_float(h[5]), to_float(h[6]), to_float(h[7]));
+      }
+    }
+  } else {
+    // Unit q: element q % row_units of window row q / row_units.
+#pragma unroll 4
+    for (int q = tid; q < units; q += kDwThreads) {
+      const int r = static_cast<int>(__umulhi(static_cast<uint32_t>(q), d.row_units_inv));
+      const int c = q - r * d.row_units;
+      const int iy = iy0 + r, ix = ixa + c;
+      const bool in = static_cast<unsigned>(iy) < static_cast<unsigned>(p.H) &&
+                      static_cast<unsigned>(ix) < static_cast<unsigned>(p.W);
+      window[r * d.pitch + c] = in ? to_float(x[iy * p.x_sh + ix * p.x_sw]) : 0.f;
+    }
+  }
+}
+
+// acc[co][r] = the thread's output row r for output channel co, from the window at `in`
+// (the thread's first tap of its first row). KH > 0: a KH x KW kernel at stride S, no
+// dilation, with the weights in registers: window row j feeds output rows r with j - r S
+// in [0, KH). KH == 0: sizes, strides and dilation at run time, weights read per tap.
+template <int CO, int KH, int KW, int S>
+__device__ __forceinline__ void accumulate(const ConvParams& p, const DepthwiseShape& d, const float* in,
+                                           const float* w_s, float (&acc)[CO][kDwRows]) {
+  if constexpr (KH > 0) {
+    float w[CO][KH * KW];
+#pragma unroll
+    for (int co = 0; co < CO; ++co)
+#pragma unroll
+      for (int t = 0; t < KH * KW; ++t) w[co][t] = w_s[co * KH * KW + t];
+#pragma unroll
+    for (int j = 0; j < (kDwRows - 1) * S + KH; ++j) {
+      float v[KW];
+#pragma unroll
+      for (int kx = 0; kx < KW; ++kx) v[kx] = in[j * d.pitch + kx];
+#pragma unroll
+      for (int r = 0; r < kDwRows; ++r) {
+        const int ky = j - r * S;
+        if (ky < 0 || ky >= KH) continue;
+#pragma unroll
+        for (int co = 0; co < CO; ++co)
+#pragma unroll
+          for (int kx = 0; kx < KW; ++kx) acc[co][r] = fmaf(v[kx], w[co][ky * KW + kx], acc[co][r]);
+      }
+    }
+  } else {
+    const int row_step = p.stride_h * d.pitch;
+    for (int ky = 0; ky < d.KH; ++ky) {
+      for (int kx = 0; kx < p.KW; ++kx) {
+        const int tap = ky * p.KW + kx;
+        const float* at = in + ky * p.dil_h * d.pitch + kx * p.dil_w;
+        float wv[CO];
+#pragma unroll
+        for (int co = 0; co < CO; ++co) wv[co] = w_s[co * p.taps + tap];
+#pragma unroll
+        for (int r = 0; r < kDwRows; ++r) {
+          const float v = at[r * row_step];
+#pragma unroll
+          for (int co = 0; co < CO; ++co) acc[co][r] = fmaf(v, wv[co], acc[co][r]);
+        }
+      }
+    }
+  }
+}
+
+template <typename T, int CO, int KH, int KW, int S>
 __global__ void __launch_bounds__(kDwThreads)
     depthwise_conv_kernel(const ConvParams p, const DepthwiseShape d) {
-  extern __shared__ float smem[];
-  float* w_s = smem;                   // [CO][taps]
-  float* window = smem + CO * p.taps;  // [rows_in][cols_in]
+  extern __shared__ float4 smem4[];
+  float* window = reinterpret_cast<float*>(smem4);  // [rows_in][pitch], 16-byte aligned rows
+  float* w_s = window + d.rows_in * d.pitch;         // [CO][taps]
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kDwTileW + tx;
 
   // blockIdx.x: (image, input channel, chunk of CO output channels); blockIdx.y: tile
@@ -36,79 +135,76 @@ __global__ void __launch_bounds__(kDwThreads)
   const int tile_y = blockIdx.y / d.tiles_w, tile_x = blockIdx.y - tile_y * d.tiles_w;
   const int oy0 = tile_y * kDwTileH, ox0 = tile_x * kDwTileW;
   const int iy0 = oy0 * p.stride_h - p.pad_h, ix0 = ox0 * p.stride_w - p.pad_w;
+  constexpr int VEC = 16 / static_cast<int>(sizeof(T));
+  const int ixa = d.vec ? (ix0 >= 0 ? ix0 / VEC * VEC : -((VEC - 1 - ix0) / VEC) * VEC) : ix0;
 
   const T* w = static_cast<const T*>(p.wprep);  // (Cout, 1, KH, KW), contiguous
   for (int i = tid; i < CO * p.taps; i += kDwThreads) {
     const int co = i / p.taps;
     w_s[i] = co < n_co ? to_float(w[static_cast<int64_t>(co0) * p.taps + i]) : 0.f;
   }
-  const T* x = static_cast<const T*>(p.x) + n * p.x_sn + c_in * p.x_sc;
-#pragma unroll 8
-  for (int r = ty; r < d.rows_in; r += kDwThreadRows) {
-    const int iy = iy0 + r;
-    const bool row_in = iy >= 0 && iy < p.H;
-    for (int col = tx; col < d.cols_in; col += kDwTileW) {
-      const int ix = ix0 + col;
-      window[r * d.cols_in + col] =
-          row_in && ix >= 0 && ix < p.W ? to_float(x[iy * p.x_sh + ix * p.x_sw]) : 0.f;
-    }
-  }
+  stage_window(p, d, static_cast<const T*>(p.x) + n * p.x_sn + c_in * p.x_sc, iy0, ixa, window);
   __syncthreads();
 
+  const int oy = oy0 + ty * kDwRows, ox = ox0 + tx;  // the thread's first output
+  if (oy >= p.OH) return;                          // a whole warp's rows past the plane
   float acc[CO][kDwRows] = {};
-  const float* in = window + ty * p.stride_h * d.cols_in + tx * p.stride_w;
-  const int row_step = kDwThreadRows * p.stride_h * d.cols_in;
-  for (int ky = 0; ky < d.KH; ++ky) {
-    for (int kx = 0; kx < p.KW; ++kx) {
-      const int tap = ky * p.KW + kx;
-      const float* at = in + ky * p.dil_h * d.cols_in + kx * p.dil_w;
-      float wv[CO];
-#pragma unroll
-      for (int co = 0; co < CO; ++co) wv[co] = w_s[co * p.taps + tap];
-#pragma unroll
-      for (int r = 0; r < kDwRows; ++r) {
-        const float v = at[r * row_step];
-#pragma unroll
-        for (int co = 0; co < CO; ++co) acc[co][r] += v * wv[co];
-      }
-    }
-  }
-
-  const int ox = ox0 + tx;
+  const float* in = window + ty * kDwRows * p.stride_h * d.pitch + (ix0 - ixa) + tx * p.stride_w;
+  accumulate<CO, KH, KW, S>(p, d, in, w_s, acc);
   if (ox >= p.OW) return;
+
   T* out = static_cast<T*>(p.out);
 #pragma unroll
   for (int co = 0; co < CO; ++co) {
     if (co >= n_co) break;
     const int c = co0 + co;
     const float b = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
-    const int64_t o_base = n * p.o_sn + c * p.o_sc + ox * p.o_sw;
-    const int64_t y_base = n * p.y_sn + c * p.y_sc + ox * p.y_sw;
+    int64_t o = n * p.o_sn + c * p.o_sc + oy * p.o_sh + ox * p.o_sw;
+    T* y = out + (n * p.y_sn + c * p.y_sc + oy * p.y_sh + ox * p.y_sw);
 #pragma unroll
-    for (int r = 0; r < kDwRows; ++r) {
-      const int oy = oy0 + ty + r * kDwThreadRows;
-      if (oy >= p.OH) break;
-      const float other = load_other(p, o_base + oy * p.o_sh);
-      out[y_base + oy * p.y_sh] = from_float<T>(fused_value(acc[co][r], b, other));
+    for (int r = 0; r < kDwRows; ++r, o += p.o_sh, y += p.y_sh) {
+      if (oy + r >= p.OH) break;
+      *y = from_float<T>(fused_value(acc[co][r], b, load_other(p, o)));
     }
   }
 }
 
-template <typename T, int CO>
+template <typename T, int CO, int KH, int KW, int S>
 void launch_depthwise_t(const ConvParams& p, const DepthwiseShape& d, cudaStream_t stream) {
   const int64_t planes = p.M / (static_cast<int64_t>(p.OH) * p.OW) * p.Cin;
   const dim3 grid(static_cast<unsigned>(planes * d.chunks), static_cast<unsigned>(d.tiles));
-  depthwise_conv_kernel<T, CO><<<grid, dim3(kDwTileW, kDwThreadRows),
-                                 depthwise_smem_bytes(d, p.taps), stream>>>(p, d);
+  depthwise_conv_kernel<T, CO, KH, KW, S><<<grid, dim3(kDwTileW, kDwThreadRows),
+                                            static_cast<int>(depthwise_smem_bytes(d.mult, p.taps, d.rows_in, d.pitch)),
+                                            stream>>>(p, d);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename T>
+// The kernel compiled for a KH x KW kernel at stride S where its weights fit in registers
+// (CO x KH x KW <= 64), else the one with run-time sizes.
+template <typename T, int CO, int KH, int KW, int S>
+void launch_sized(const ConvParams& p, const DepthwiseShape& d, cudaStream_t stream) {
+  if constexpr (CO * KH * KW <= 64) launch_depthwise_t<T, CO, KH, KW, S>(p, d, stream);
+  else launch_depthwise_t<T, CO, 0, 0, 0>(p, d, stream);
+}
+
+template <typename T, int CO>
 void launch_depthwise_co(const ConvParams& p, const DepthwiseShape& d, cudaStream_t stream) {
+  const bool plain = p.stride_h == p.stride_w && p.dil_h == 1 && p.dil_w == 1 && d.KH == p.KW;
+  const int k = plain ? p.KW : 0, s = p.stride_h;
+  if (k == 3 && s == 1) launch_sized<T, CO, 3, 3, 1>(p, d, stream);
+  else if (k == 3 && s == 2) launch_sized<T, CO, 3, 3, 2>(p, d, stream);
+  else if (k == 5 && s == 1) launch_sized<T, CO, 5, 5, 1>(p, d, stream);
+  else if (k == 5 && s == 2) launch_sized<T, CO, 5, 5, 2>(p, d, stream);
+  else if (k == 7 && s == 1) launch_sized<T, CO, 7, 7, 1>(p, d, stream);
+  else launch_depthwise_t<T, CO, 0, 0, 0>(p, d, stream);
+}
+
+template <typename T>
+void launch_depthwise_dtype(const ConvParams& p, const DepthwiseShape& d, cudaStream_t stream) {
   switch (depthwise_co(d.mult)) {
-    case 1: launch_depthwise_t<T, 1>(p, d, stream); break;
-    case 2: launch_depthwise_t<T, 2>(p, d, stream); break;
-    default: launch_depthwise_t<T, 4>(p, d, stream); break;
+    case 1: launch_depthwise_co<T, 1>(p, d, stream); break;
+    case 2: launch_depthwise_co<T, 2>(p, d, stream); break;
+    default: launch_depthwise_co<T, 4>(p, d, stream); break;
   }
 }
 
@@ -116,9 +212,9 @@ void launch_depthwise_co(const ConvParams& p, const DepthwiseShape& d, cudaStrea
 
 void launch_depthwise(const ConvParams& p, const DepthwiseShape& d, int elem_bytes, bool bf16,
                       cudaStream_t stream) {
-  if (elem_bytes == 4) launch_depthwise_co<float>(p, d, stream);
-  else if (bf16) launch_depthwise_co<__nv_bfloat16>(p, d, stream);
-  else launch_depthwise_co<__half>(p, d, stream);
+  if (elem_bytes == 4) launch_depthwise_dtype<float>(p, d, stream);
+  else if (bf16) launch_depthwise_dtype<__nv_bfloat16>(p, d, stream);
+  else launch_depthwise_dtype<__half>(p, d, stream);
 }
 
 }  // namespace fx_fuse

@@ -81,28 +81,32 @@ struct ConvParams {
 
 // The depthwise kernel (depthwise.cu): one input channel per group, `mult` output channels
 // per input channel. A block of kDwTileW x kDwThreadRows threads computes a tile of
-// kDwTileW x kDwTileH outputs (each thread kDwTileH / kDwThreadRows rows of one column) of
-// up to depthwise_co(mult) output channels, from the tile's input window (rows_in x cols_in
-// floats) staged in shared memory with the block's weights; at most kDwMaxSmem bytes.
+// kDwTileW x kDwTileH outputs (each thread kDwTileH / kDwThreadRows consecutive rows of one
+// column) of up to depthwise_co(mult) output channels, from the tile's input window staged
+// in shared memory as floats with the block's weights; at most kDwMaxSmem bytes.
 constexpr int kDwTileW = 32;
 constexpr int kDwThreadRows = 8;
 constexpr int kDwTileH = 64;
 constexpr int kDwMaxSmem = 48 * 1024;
 
 struct DepthwiseShape {
-  int mult;     // output channels per input channel
-  int chunks;   // blocks per plane: ceil(mult / depthwise_co(mult))
+  int mult;      // output channels per input channel
+  int chunks;    // blocks per plane: ceil(mult / depthwise_co(mult))
   int KH;
-  int tiles_w;  // tiles per plane: tiles_w x tiles_h
+  int tiles_w;   // tiles per plane: tiles_w x tiles_h
   int tiles;
-  int rows_in;  // (kDwTileH - 1) * stride_h + span_h
-  int cols_in;  // (kDwTileW - 1) * stride_w + span_w
+  int rows_in;   // window rows: (kDwTileH - 1) * stride_h + span_h
+  int pitch;     // floats per window row: (kDwTileW - 1) * stride_w + span_w, and room for
+                 // the shift to a 16-byte chunk, rounded up to 16 bytes of the input
+  int vec;       // 1: rows staged by 16-byte loads (dense, aligned rows, W a multiple of 16 bytes)
+  int row_units;          // per window row: 16-byte chunks (vec) or elements
+  uint32_t row_units_inv;  // ceil(2^32 / row_units): q / row_units by multiply-high
 };
 
 constexpr int depthwise_co(int mult) { return mult == 1 ? 1 : mult == 2 ? 2 : 4; }
 
-inline int depthwise_smem_bytes(const DepthwiseShape& d, int taps) {
-  return (depthwise_co(d.mult) * taps + d.rows_in * d.cols_in) * static_cast<int>(sizeof(float));
+constexpr int64_t depthwise_smem_bytes(int64_t mult, int64_t taps, int64_t rows_in, int64_t pitch) {
+  return (depthwise_co(static_cast<int>(mult)) * taps + rows_in * pitch) * static_cast<int64_t>(sizeof(float));
 }
 
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,

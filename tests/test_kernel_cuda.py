@@ -657,6 +657,12 @@ GROUPED_CONFIGS = [
     ((1, 4, 200, 400, 4, 4, 3, 4, 1, 1), "n111"),  # stride 4: a window past shared memory
     ((2, 3, 70, 40, 18, 3, 5, 1, 2, 1), "chw"),  # six filters per channel (4 + 2), 5x5
     ((1, 8, 33, 65, 8, 8, 3, 2, 2, 2), "1h1"),  # strided and dilated, partial tiles
+    # the depthwise kernel's sizes compiled in, rows by 16-byte loads (W a multiple of 8)
+    ((2, 16, 20, 48, 16, 16, 3, 1, 1, 1), "1c11"),  # 3x3, two column tiles
+    ((1, 8, 66, 72, 16, 8, 3, 1, 1, 1), "full_cl"),  # two filters per channel, partial tiles
+    ((1, 6, 17, 24, 6, 6, 5, 1, 2, 1), "111w"),  # 5x5
+    ((2, 8, 30, 32, 8, 8, 5, 2, 2, 1), "full_noncontig"),  # 5x5 stride 2
+    ((1, 4, 24, 40, 4, 4, 7, 1, 3, 1), "chw"),  # 7x7
 ]
 
 
@@ -697,6 +703,23 @@ def test_grouped_convolutions(cfg, other_kind, policy, layout, path, monkeypatch
     depthwise = path == "depthwise" and wt.shape[1] == 1 and layout == "nchw" and fits
     assert ("depthwise_conv_kernel" in kernels) == depthwise, kernels
     assert ("conv_epilogue" in kernels) == (not depthwise), kernels
+
+
+@pytest.mark.parametrize("policy", ["tf32", "bf16"])
+def test_depthwise_input_off_16_byte_alignment(policy, monkeypatch):
+    """An input that starts one element past a 16-byte boundary: the depthwise kernel stages
+    its rows element by element instead of by 16-byte loads, with the same result."""
+    monkeypatch.setattr(_cuda, "_depthwise_pays", lambda *args: True)
+    _cuda.forget_plans()
+    dtype = set_policy(policy)
+    args = grouped_args((2, 16, 20, 48, 16, 16, 3, 1, 1, 1), "c11", dtype, "nchw")
+    x = args[0]
+    shifted = torch.empty(x.numel() + 1, device=DEV, dtype=dtype)[1:].view_as(x).copy_(x)
+    assert shifted.is_contiguous() and shifted.data_ptr() % 16 != 0
+    out = run_op(shifted, *args[1:])
+    assert "depthwise_conv_kernel" in _kernels_run(lambda: run_op(shifted, *args[1:]))
+    assert_close64(out, reference64(*args), policy)
+    torch.testing.assert_close(out, run_op(*args), atol=0, rtol=0)
 
 
 def test_kernelbench_headline_criterion():
