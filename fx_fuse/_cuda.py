@@ -181,15 +181,14 @@ def _channels_innermost(x: Tensor) -> bool:
     return x.shape[1] > 1 and x.stride(1) == 1
 
 
-def _depthwise_pays(out_shape, taps: int, mult: int) -> bool:
-    """The size rule for the depthwise kernel: output planes of at least 1024 pixels
-    (smaller planes leave most of its 32 x 64 tiles idle), and 18 or more multiply-adds per
-    input element (``taps`` = kH x kW, ``mult`` output channels per input channel), where
-    cuDNN's time grows and the kernel's stays near its pass over the memory. Measured on
+def _depthwise_pays(out_shape) -> bool:
+    """The size rule for the depthwise kernel: output planes of at least 784 pixels (28 x
+    28, the smallest measured to win), where its 32 x 64 tiles are mostly busy. Measured on
     the H200, GPU us, depthwise kernel / cuDNN's convolution and the epilogue pass
-    (docs/performance.md, v41): 3x3 at 56 px, 32 x 144 channels 138 / 105 (at 112 px 131 /
-    91); two filters per channel 76 / 138; 7x7 216 / 468."""
-    return out_shape[2] * out_shape[3] >= 1024 and taps * mult >= 18
+    (docs/performance.md, v42): 3x3 at 56 px, 32 x 144 channels 69 / 104, at 28 px 38 /
+    48, at 14 px 105 / 39; 3x3 stride 2 to 28 px 35 / 44; 5x5 stride 2 to 14 px 50 / 38;
+    7x7 at 56 px 121 / 467."""
+    return out_shape[2] * out_shape[3] >= 784
 
 
 def _grouped_path(x: Tensor, weight: Tensor, out_shape, stride, padding, dilation) -> str:
@@ -198,11 +197,10 @@ def _grouped_path(x: Tensor, weight: Tensor, out_shape, stride, padding, dilatio
     size rule says it pays and it takes the sizes, else "cudnn" (cuDNN's grouped
     convolution, then the epilogue pass; the other kernels multiply one group)."""
     channels_last = _channels_innermost(x)
-    taps, mult = weight.shape[2] * weight.shape[3], weight.shape[0] // x.shape[1]
     depthwise = weight.shape[1] == 1 and not channels_last
     if (
         depthwise
-        and _depthwise_pays(out_shape, taps, mult)
+        and _depthwise_pays(out_shape)
         and _extension().depthwise_kernel_fits(x, weight, stride, padding, dilation)
     ):
         return "depthwise"

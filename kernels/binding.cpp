@@ -363,7 +363,9 @@ DepthwiseShape depthwise_shape(const at::Tensor& x, const at::Tensor& weight,
   d.mult = static_cast<int>(mult);
   d.chunks = static_cast<int>((mult + depthwise_co(d.mult) - 1) / depthwise_co(d.mult));
   d.KH = static_cast<int>(KH);
-  const int64_t rows_in = (kDwTileH - 1) * stride[0] + span_h;
+  // The rows a tile's threads read: planes under a tile high stage only theirs.
+  const int64_t tile_h = std::min<int64_t>(kDwTileH, (OH + kDwRows - 1) / kDwRows * kDwRows);
+  const int64_t rows_in = (tile_h - 1) * stride[0] + span_h;
   const int64_t cols_in = (kDwTileW - 1) * stride[1] + span_w;
   const int64_t pitch = (cols_in + 2 * vec - 2) / vec * vec;  // room for a shift of vec - 1
   const int64_t tiles_w = (OW + kDwTileW - 1) / kDwTileW;

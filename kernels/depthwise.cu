@@ -22,7 +22,6 @@ namespace fx_fuse {
 namespace {
 
 constexpr int kDwThreads = kDwTileW * kDwThreadRows;
-constexpr int kDwRows = kDwTileH / kDwThreadRows;  // consecutive output rows per thread
 
 // The staged window: rows_in rows of `pitch` floats, row r holding input row iy0 + r from
 // column ixa on (ixa: the window's first column ix0, rounded down to a 16-byte chunk where
@@ -161,10 +160,12 @@ __global__ void __launch_bounds__(kDwThreads)
     const float b = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
     int64_t o = n * p.o_sn + c * p.o_sc + oy * p.o_sh + ox * p.o_sw;
     T* y = out + (n * p.y_sn + c * p.y_sc + oy * p.y_sh + ox * p.y_sw);
+    float other = load_other(p, o);  // once per column where it does not vary by row
 #pragma unroll
     for (int r = 0; r < kDwRows; ++r, o += p.o_sh, y += p.y_sh) {
       if (oy + r >= p.OH) break;
-      *y = from_float<T>(fused_value(acc[co][r], b, load_other(p, o)));
+      if (r > 0 && p.o_sh != 0) other = load_other(p, o);
+      *y = from_float<T>(fused_value(acc[co][r], b, other));
     }
   }
 }

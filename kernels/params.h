@@ -87,6 +87,7 @@ struct ConvParams {
 constexpr int kDwTileW = 32;
 constexpr int kDwThreadRows = 8;
 constexpr int kDwTileH = 64;
+constexpr int kDwRows = kDwTileH / kDwThreadRows;  // consecutive output rows per thread
 constexpr int kDwMaxSmem = 48 * 1024;
 
 struct DepthwiseShape {
