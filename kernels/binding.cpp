@@ -372,7 +372,7 @@ DepthwiseShape depthwise_shape(const at::Tensor& x, const at::Tensor& weight,
   const int64_t tiles = (OH + kDwTileH - 1) / kDwTileH * tiles_w;
   constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
   if (depthwise_smem_bytes(mult, KH * KW, rows_in, pitch) > kDwMaxSmem || tiles > 65535 ||
-      x.size(0) * x.size(1) * d.chunks > kI32 || x.size(2) * x.size(3) > kI32) {
+      d.chunks > 65535 || x.size(0) * x.size(1) > kI32 || x.size(2) * x.size(3) > kI32) {
     return d;  // tiles = 0
   }
   d.tiles_w = static_cast<int>(tiles_w);

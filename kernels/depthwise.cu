@@ -125,11 +125,11 @@ __global__ void __launch_bounds__(kDwThreads)
   float* w_s = window + d.rows_in * d.pitch;         // [CO][taps]
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kDwTileW + tx;
 
-  // blockIdx.x: (image, input channel, chunk of CO output channels); blockIdx.y: tile
-  const int chunk = static_cast<int>(blockIdx.x % d.chunks);
-  const int64_t plane = blockIdx.x / d.chunks;  // n * C + c
-  const int c_in = static_cast<int>(plane % p.Cin);
-  const int64_t n = plane / p.Cin;
+  // blockIdx.x: the plane n * C_in + c (32-bit division: 64-bit ones cost a few hundred
+  // instructions); blockIdx.y: the tile; blockIdx.z: the chunk of CO output channels
+  const int chunk = static_cast<int>(blockIdx.z);
+  const int c_in = static_cast<int>(blockIdx.x % static_cast<uint32_t>(p.Cin));
+  const int64_t n = blockIdx.x / static_cast<uint32_t>(p.Cin);
   const int co0 = c_in * d.mult + chunk * CO, n_co = min(CO, d.mult - chunk * CO);
   const int tile_y = blockIdx.y / d.tiles_w, tile_x = blockIdx.y - tile_y * d.tiles_w;
   const int oy0 = tile_y * kDwTileH, ox0 = tile_x * kDwTileW;
@@ -173,7 +173,8 @@ __global__ void __launch_bounds__(kDwThreads)
 template <typename T, int CO, int KH, int KW, int S>
 void launch_depthwise_t(const ConvParams& p, const DepthwiseShape& d, cudaStream_t stream) {
   const int64_t planes = p.M / (static_cast<int64_t>(p.OH) * p.OW) * p.Cin;
-  const dim3 grid(static_cast<unsigned>(planes * d.chunks), static_cast<unsigned>(d.tiles));
+  const dim3 grid(static_cast<unsigned>(planes), static_cast<unsigned>(d.tiles),
+                  static_cast<unsigned>(d.chunks));
   depthwise_conv_kernel<T, CO, KH, KW, S><<<grid, dim3(kDwTileW, kDwThreadRows),
                                             static_cast<int>(depthwise_smem_bytes(d.mult, p.taps, d.rows_in, d.pitch)),
                                             stream>>>(p, d);
