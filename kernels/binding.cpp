@@ -363,18 +363,31 @@ DepthwiseShape depthwise_shape(const at::Tensor& x, const at::Tensor& weight,
   d.mult = static_cast<int>(mult);
   d.chunks = static_cast<int>((mult + depthwise_co(d.mult) - 1) / depthwise_co(d.mult));
   d.KH = static_cast<int>(KH);
-  // The rows a tile's threads read: planes under a tile high stage only theirs.
-  const int64_t tile_h = std::min<int64_t>(kDwTileH, (OH + kDwRows - 1) / kDwRows * kDwRows);
-  const int64_t rows_in = (tile_h - 1) * stride[0] + span_h;
+  // The rows a tile's threads read (planes under a tile high stage only theirs), and the
+  // fewest warps per plane (a power of two) whose rows cover the plane's and whose planes
+  // per block fit in shared memory.
+  const int64_t row_warps = (OH + kDwRows - 1) / kDwRows;
+  const int64_t rows_in = (std::min<int64_t>(kDwTileH, row_warps * kDwRows) - 1) * stride[0] + span_h;
   const int64_t cols_in = (kDwTileW - 1) * stride[1] + span_w;
   const int64_t pitch = (cols_in + 2 * vec - 2) / vec * vec;  // room for a shift of vec - 1
+  auto smem = [&](int64_t plane_warps) {
+    return depthwise_smem_bytes(kDwThreadRows / plane_warps, mult, KH * KW, rows_in, pitch);
+  };
+  int64_t plane_warps = 1;
+  while (plane_warps < kDwThreadRows && (plane_warps < row_warps || smem(plane_warps) > kDwMaxSmem)) {
+    plane_warps *= 2;
+  }
+  const int64_t tile_h = plane_warps * kDwRows;
   const int64_t tiles_w = (OW + kDwTileW - 1) / kDwTileW;
-  const int64_t tiles = (OH + kDwTileH - 1) / kDwTileH * tiles_w;
+  const int64_t tiles = (OH + tile_h - 1) / tile_h * tiles_w;
+  const int64_t planes = x.size(0) * x.size(1);
   constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
-  if (depthwise_smem_bytes(mult, KH * KW, rows_in, pitch) > kDwMaxSmem || tiles > 65535 ||
-      d.chunks > 65535 || x.size(0) * x.size(1) > kI32 || x.size(2) * x.size(3) > kI32) {
+  if (smem(plane_warps) > kDwMaxSmem ||
+      tiles > 65535 || d.chunks > 65535 || planes > kI32 || x.size(2) * x.size(3) > kI32) {
     return d;  // tiles = 0
   }
+  d.planes = static_cast<int>(planes);
+  d.plane_warps = static_cast<int>(plane_warps);
   d.tiles_w = static_cast<int>(tiles_w);
   d.tiles = static_cast<int>(tiles);
   d.rows_in = static_cast<int>(rows_in);

@@ -1,9 +1,11 @@
 // The depthwise kernel: convolutions with one input channel per group (`mult` output
-// channels per input channel) on NCHW input. A block computes a 32 x 64 tile of one plane's
-// outputs for up to CO of the input channel's output channels:
+// channels per input channel) on NCHW input. A block of 8 warps computes tiles of 32
+// columns for up to CO of an input channel's output channels: one 32 x 64 tile of a plane,
+// or, on planes of at most 32 rows, tiles of 8, 16 or 32 rows of 8, 4 or 2 planes side by
+// side (DepthwiseShape::plane_warps). Per plane and tile:
 //   - it stages the tile's input window in shared memory as floats (zero where it reaches
 //     into the padding), by 16-byte loads where the rows allow (DepthwiseShape::vec), with
-//     the block's weights;
+//     the plane's weights;
 //   - each thread accumulates eight consecutive rows of one column in fp32 (a warp: 32
 //     neighbouring outputs of a row). The common kernels (3x3 and 5x5 at stride 1 or 2, 7x7
 //     at stride 1, no dilation) are compiled for their size: a thread holds its weights in
@@ -11,7 +13,7 @@
 //     it touches (3x3: 3 shared loads and 9 multiply-adds per output, not 9 and 9). Other
 //     sizes, strides and dilations take the same kernel with its sizes read at run time;
 //   - the epilogue (bias, relu, `other`) runs before the only store.
-// It moves the input once and the output once (docs/performance.md, v41-v42;
+// It moves the input once and the output once (docs/performance.md, v41-v43;
 // fx_fuse/_cuda.py, _depthwise_pays).
 #include <c10/cuda/CUDAException.h>
 
@@ -28,15 +30,14 @@ constexpr int kDwThreads = kDwTileW * kDwThreadRows;
 // the rows are read in chunks). Zeros outside the image.
 template <typename T>
 __device__ __forceinline__ void stage_window(const ConvParams& p, const DepthwiseShape& d, const T* x,
-                                             int iy0, int ixa, float* window) {
+                                             int iy0, int ixa, int tid, int threads, float* window) {
   constexpr int VEC = 16 / static_cast<int>(sizeof(T));
   const int units = d.rows_in * d.row_units;
-  const int tid = threadIdx.y * kDwTileW + threadIdx.x;
   if (d.vec) {
     // Unit q: the 16-byte chunk q % row_units of window row q / row_units (W % VEC == 0: a
     // chunk lies wholly inside the image or outside it).
 #pragma unroll 4
-    for (int q = tid; q < units; q += kDwThreads) {
+    for (int q = tid; q < units; q += threads) {
       const int r = static_cast<int>(__umulhi(static_cast<uint32_t>(q), d.row_units_inv));
       const int j = q - r * d.row_units;
       const int iy = iy0 + r, ix = ixa + j * VEC;
@@ -58,7 +59,7 @@ __device__ __forceinline__ void stage_window(const ConvParams& p, const Depthwis
   } else {
     // Unit q: element q % row_units of window row q / row_units.
 #pragma unroll 4
-    for (int q = tid; q < units; q += kDwThreads) {
+    for (int q = tid; q < units; q += threads) {
       const int r = static_cast<int>(__umulhi(static_cast<uint32_t>(q), d.row_units_inv));
       const int c = q - r * d.row_units;
       const int iy = iy0 + r, ix = ixa + c;
@@ -117,33 +118,46 @@ __device__ __forceinline__ void accumulate(const ConvParams& p, const DepthwiseS
   }
 }
 
+// 3x3 at stride 1 with one output channel is held to 32 registers: 8 blocks per SM, without
+// spills (40 unbounded); the others keep ptxas's own count (0: no minimum).
 template <typename T, int CO, int KH, int KW, int S>
-__global__ void __launch_bounds__(kDwThreads)
+__global__ void __launch_bounds__(kDwThreads, CO == 1 && KH == 3 && S == 1 ? 8 : 0)
     depthwise_conv_kernel(const ConvParams p, const DepthwiseShape d) {
+  // A plane's threads: plane_warps warps (ty / plane_warps: the plane's slot in the block).
+  const int tx = threadIdx.x, slot = threadIdx.y / d.plane_warps;
+  const int ty = threadIdx.y - slot * d.plane_warps, tid = ty * kDwTileW + tx;
+  const int per_block = kDwThreadRows / d.plane_warps;
   extern __shared__ float4 smem4[];
-  float* window = reinterpret_cast<float*>(smem4);  // [rows_in][pitch], 16-byte aligned rows
-  float* w_s = window + d.rows_in * d.pitch;         // [CO][taps]
-  const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kDwTileW + tx;
+  const int window_floats = d.rows_in * d.pitch;  // 16-byte aligned rows
+  float* window = reinterpret_cast<float*>(smem4) + slot * window_floats;
+  float* w_s = reinterpret_cast<float*>(smem4) + per_block * window_floats + slot * CO * p.taps;
 
-  // blockIdx.x: the plane n * C_in + c (32-bit division: 64-bit ones cost a few hundred
-  // instructions); blockIdx.y: the tile; blockIdx.z: the chunk of CO output channels
+  // blockIdx.x: the block's planes n * C_in + c (32-bit division: 64-bit ones cost a few
+  // hundred instructions); blockIdx.y: the tile; blockIdx.z: the chunk of CO output channels
+  const uint32_t plane = blockIdx.x * per_block + slot;
+  const bool live = plane < static_cast<uint32_t>(d.planes);
   const int chunk = static_cast<int>(blockIdx.z);
-  const int c_in = static_cast<int>(blockIdx.x % static_cast<uint32_t>(p.Cin));
-  const int64_t n = blockIdx.x / static_cast<uint32_t>(p.Cin);
+  const int c_in = static_cast<int>(plane % static_cast<uint32_t>(p.Cin));
+  const int64_t n = plane / static_cast<uint32_t>(p.Cin);
   const int co0 = c_in * d.mult + chunk * CO, n_co = min(CO, d.mult - chunk * CO);
   const int tile_y = blockIdx.y / d.tiles_w, tile_x = blockIdx.y - tile_y * d.tiles_w;
-  const int oy0 = tile_y * kDwTileH, ox0 = tile_x * kDwTileW;
+  const int oy0 = tile_y * d.plane_warps * kDwRows, ox0 = tile_x * kDwTileW;
   const int iy0 = oy0 * p.stride_h - p.pad_h, ix0 = ox0 * p.stride_w - p.pad_w;
   constexpr int VEC = 16 / static_cast<int>(sizeof(T));
   const int ixa = d.vec ? (ix0 >= 0 ? ix0 / VEC * VEC : -((VEC - 1 - ix0) / VEC) * VEC) : ix0;
 
-  const T* w = static_cast<const T*>(p.wprep);  // (Cout, 1, KH, KW), contiguous
-  for (int i = tid; i < CO * p.taps; i += kDwThreads) {
-    const int co = i / p.taps;
-    w_s[i] = co < n_co ? to_float(w[static_cast<int64_t>(co0) * p.taps + i]) : 0.f;
+  if (live) {
+    const int threads = d.plane_warps * kDwTileW;
+    const T* w = static_cast<const T*>(p.wprep);  // (Cout, 1, KH, KW), contiguous
+    for (int i = tid; i < CO * p.taps; i += threads) {
+      const int co = i / p.taps;
+      w_s[i] = co < n_co ? to_float(w[static_cast<int64_t>(co0) * p.taps + i]) : 0.f;
+    }
+    stage_window(p, d, static_cast<const T*>(p.x) + n * p.x_sn + c_in * p.x_sc, iy0, ixa, tid, threads,
+                 window);
   }
-  stage_window(p, d, static_cast<const T*>(p.x) + n * p.x_sn + c_in * p.x_sc, iy0, ixa, window);
   __syncthreads();
+  if (!live) return;
 
   const int oy = oy0 + ty * kDwRows, ox = ox0 + tx;  // the thread's first output
   if (oy >= p.OH) return;                          // a whole warp's rows past the plane
@@ -172,11 +186,11 @@ __global__ void __launch_bounds__(kDwThreads)
 
 template <typename T, int CO, int KH, int KW, int S>
 void launch_depthwise_t(const ConvParams& p, const DepthwiseShape& d, cudaStream_t stream) {
-  const int64_t planes = p.M / (static_cast<int64_t>(p.OH) * p.OW) * p.Cin;
-  const dim3 grid(static_cast<unsigned>(planes), static_cast<unsigned>(d.tiles),
-                  static_cast<unsigned>(d.chunks));
+  const int per_block = kDwThreadRows / d.plane_warps;
+  const dim3 grid(static_cast<unsigned>((d.planes + per_block - 1) / per_block),
+                  static_cast<unsigned>(d.tiles), static_cast<unsigned>(d.chunks));
   depthwise_conv_kernel<T, CO, KH, KW, S><<<grid, dim3(kDwTileW, kDwThreadRows),
-                                            static_cast<int>(depthwise_smem_bytes(d.mult, p.taps, d.rows_in, d.pitch)),
+                                            static_cast<int>(depthwise_smem_bytes(d, p.taps)),
                                             stream>>>(p, d);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -80,10 +80,12 @@ struct ConvParams {
 };
 
 // The depthwise kernel (depthwise.cu): one input channel per group, `mult` output channels
-// per input channel. A block of kDwTileW x kDwThreadRows threads computes a tile of
-// kDwTileW x kDwTileH outputs (each thread kDwTileH / kDwThreadRows consecutive rows of one
-// column) of up to depthwise_co(mult) output channels, from the tile's input window staged
-// in shared memory as floats with the block's weights; at most kDwMaxSmem bytes.
+// per input channel. A block of kDwTileW x kDwThreadRows threads computes tiles of kDwTileW
+// columns of up to depthwise_co(mult) output channels, each thread kDwRows consecutive rows
+// of one column, from the tile's input window staged in shared memory as floats with its
+// weights; at most kDwMaxSmem bytes. A plane takes plane_warps warps of the block (tiles of
+// plane_warps x kDwRows rows), so that a block holds kDwThreadRows / plane_warps planes:
+// small planes share a block instead of leaving most of it idle.
 constexpr int kDwTileW = 32;
 constexpr int kDwThreadRows = 8;
 constexpr int kDwTileH = 64;
@@ -91,23 +93,32 @@ constexpr int kDwRows = kDwTileH / kDwThreadRows;  // consecutive output rows pe
 constexpr int kDwMaxSmem = 48 * 1024;
 
 struct DepthwiseShape {
-  int mult;      // output channels per input channel
-  int chunks;    // blocks per plane: ceil(mult / depthwise_co(mult))
+  int mult;         // output channels per input channel
+  int chunks;       // blocks per plane and tile: ceil(mult / depthwise_co(mult))
   int KH;
-  int tiles_w;   // tiles per plane: tiles_w x tiles_h
+  int planes;       // images x input channels
+  int plane_warps;  // warps per plane: 1, 2, 4 or 8, the fewest whose rows cover OH
+  int tiles_w;      // tiles per plane: tiles_w x tiles_h
   int tiles;
-  int rows_in;   // window rows: (kDwTileH - 1) * stride_h + span_h
-  int pitch;     // floats per window row: (kDwTileW - 1) * stride_w + span_w, and room for
-                 // the shift to a 16-byte chunk, rounded up to 16 bytes of the input
-  int vec;       // 1: rows staged by 16-byte loads (dense, aligned rows, W a multiple of 16 bytes)
-  int row_units;          // per window row: 16-byte chunks (vec) or elements
+  int rows_in;      // window rows: (min(tile rows, OH rounded up to kDwRows) - 1) * stride_h + span_h
+  int pitch;        // floats per window row: (kDwTileW - 1) * stride_w + span_w, and room for
+                    // the shift to a 16-byte chunk, rounded up to 16 bytes of the input
+  int vec;          // 1: rows staged by 16-byte loads (dense, aligned rows, W a multiple of 16 bytes)
+  int row_units;           // per window row: 16-byte chunks (vec) or elements
   uint32_t row_units_inv;  // ceil(2^32 / row_units): q / row_units by multiply-high
 };
 
 constexpr int depthwise_co(int mult) { return mult == 1 ? 1 : mult == 2 ? 2 : 4; }
 
-constexpr int64_t depthwise_smem_bytes(int64_t mult, int64_t taps, int64_t rows_in, int64_t pitch) {
-  return (depthwise_co(static_cast<int>(mult)) * taps + rows_in * pitch) * static_cast<int64_t>(sizeof(float));
+// A block's shared memory: per plane, its window and its weights.
+constexpr int64_t depthwise_smem_bytes(int64_t planes_per_block, int64_t mult, int64_t taps,
+                                       int64_t rows_in, int64_t pitch) {
+  return planes_per_block * (depthwise_co(static_cast<int>(mult)) * taps + rows_in * pitch) *
+         static_cast<int64_t>(sizeof(float));
+}
+inline int depthwise_smem_bytes(const DepthwiseShape& d, int taps) {
+  return static_cast<int>(
+      depthwise_smem_bytes(kDwThreadRows / d.plane_warps, d.mult, taps, d.rows_in, d.pitch));
 }
 
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,

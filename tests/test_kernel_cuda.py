@@ -661,8 +661,10 @@ GROUPED_CONFIGS = [
     ((2, 16, 20, 48, 16, 16, 3, 1, 1, 1), "1c11"),  # 3x3, two column tiles
     ((1, 8, 66, 72, 16, 8, 3, 1, 1, 1), "full_cl"),  # two filters per channel, partial tiles
     ((1, 6, 17, 24, 6, 6, 5, 1, 2, 1), "111w"),  # 5x5
-    ((2, 8, 30, 32, 8, 8, 5, 2, 2, 1), "full_noncontig"),  # 5x5 stride 2
+    ((1, 6, 30, 32, 6, 6, 5, 2, 2, 1), "full_noncontig"),  # 5x5 stride 2, 4 planes a block
     ((1, 4, 24, 40, 4, 4, 7, 1, 3, 1), "chw"),  # 7x7
+    # 7x7 stride 2 on 8-row planes: shared memory holds 4 planes a block, not 8
+    ((1, 3, 16, 16, 3, 3, 7, 2, 3, 1), "c11"),
 ]
 
 
