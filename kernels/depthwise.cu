@@ -10,7 +10,7 @@
 //     neighbouring outputs of a row). The common kernels (3x3 and 5x5 at stride 1 or 2, 7x7
 //     at stride 1, no dilation) are compiled for their size: a thread holds its weights in
 //     registers and walks the window's rows once, each loaded row feeding every output row
-//     it touches (3x3: 3 shared loads and 9 multiply-adds per output, not 9 and 9). Other
+//     it touches (3x3: 30 shared loads for 8 outputs, where a load per tap would be 72). Other
 //     sizes, strides and dilations take the same kernel with its sizes read at run time;
 //   - the epilogue (bias, relu, `other`) runs before the only store.
 // It moves the input once and the output once (docs/performance.md, v41-v43;

@@ -663,6 +663,8 @@ GROUPED_CONFIGS = [
     ((1, 6, 17, 24, 6, 6, 5, 1, 2, 1), "111w"),  # 5x5
     ((1, 6, 30, 32, 6, 6, 5, 2, 2, 1), "full_noncontig"),  # 5x5 stride 2, 4 planes a block
     ((1, 4, 24, 40, 4, 4, 7, 1, 3, 1), "chw"),  # 7x7
+    ((2, 8, 31, 40, 8, 8, 3, 2, 1, 1), "n111"),  # 3x3 stride 2
+    ((1, 4, 20, 16, 16, 4, 3, 1, 1, 1), "full_nchw"),  # four filters per channel
     # 7x7 stride 2 on 8-row planes: shared memory holds 4 planes a block, not 8
     ((1, 3, 16, 16, 3, 3, 7, 2, 3, 1), "c11"),
 ]
