@@ -181,27 +181,27 @@ def _channels_innermost(x: Tensor) -> bool:
     return x.shape[1] > 1 and x.stride(1) == 1
 
 
-def _depthwise_pays(out_shape, taps: int) -> bool:
+def _depthwise_pays(out_shape, taps: int, cpg: int) -> bool:
     """The size rule for the depthwise kernel: output planes of at least 784 pixels (28 x
     28), or of at least 196 (14 x 14) for kernels of 25 taps (5 x 5) or more, where cuDNN's
     grouped convolution slows with the taps. Measured on the H200, GPU us, depthwise kernel
     / cuDNN's convolution and the epilogue pass (docs/performance.md, v43): 3x3 at 56 px
     (32 x 144 channels) 59 / 104, at 28 px 25 / 47, at 14 px 44 / 39, at 7 px 39 / 24; 5x5
     at 14 px 59 / 95, 5x5 stride 2 from 28 px 27 / 39; 7x7 at 56 px 111 / 468."""
+    if cpg > 1:
+        return False
     pixels = out_shape[2] * out_shape[3]
     return pixels >= 784 or (pixels >= 196 and taps >= 25)
 
 
 def _grouped_path(x: Tensor, weight: Tensor, out_shape, stride, padding, dilation) -> str:
     """Which implementation runs a grouped convolution (``x`` dense in its layout):
-    "depthwise" (the depthwise kernel: one input channel per group, NCHW input) where its
-    size rule says it pays and it takes the sizes, else "cudnn" (cuDNN's grouped
-    convolution, then the epilogue pass; the other kernels multiply one group)."""
-    channels_last = _channels_innermost(x)
-    depthwise = weight.shape[1] == 1 and not channels_last
+    "depthwise" (the depthwise kernel, NCHW input) where its size rule says it pays and it
+    takes the sizes, else "cudnn" (cuDNN's grouped convolution, then the epilogue pass; the
+    other kernels multiply one group)."""
     if (
-        depthwise
-        and _depthwise_pays(out_shape, weight.shape[2] * weight.shape[3])
+        not _channels_innermost(x)
+        and _depthwise_pays(out_shape, weight.shape[2] * weight.shape[3], weight.shape[1])
         and _extension().depthwise_kernel_fits(x, weight, stride, padding, dilation)
     ):
         return "depthwise"

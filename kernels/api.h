@@ -25,8 +25,9 @@ void launch_prep(const PrepParams& p, int elem_bytes, cudaStream_t stream);
 void launch_epilogue(const ConvParams& p, int elem_bytes, bool bf16, bool channels_last,
                      bool vector, cudaStream_t stream);
 
-// The depthwise kernel (depthwise.cu): p.out = relu(depthwise conv2d(p.x, p.wprep) + bias)
-// + other, NCHW input, the weights (Cout, 1, KH, KW) contiguous; elem_bytes and bf16 as above.
+// The depthwise kernel (depthwise.cu): p.out = relu(grouped conv2d(p.x, p.wprep) + bias) +
+// other, NCHW input, the weights (Cout, d.cpg, KH, KW) contiguous; elem_bytes and bf16 as
+// above.
 void launch_depthwise(const ConvParams& p, const DepthwiseShape& d, int elem_bytes, bool bf16,
                       cudaStream_t stream);
 

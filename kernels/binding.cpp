@@ -349,7 +349,8 @@ DepthwiseShape depthwise_shape(const at::Tensor& x, const at::Tensor& weight,
                                const std::vector<int64_t>& stride,
                                const std::vector<int64_t>& padding,
                                const std::vector<int64_t>& dilation) {
-  const int64_t KH = weight.size(2), KW = weight.size(3), mult = weight.size(0) / x.size(1);
+  const int64_t cpg = weight.size(1), groups = x.size(1) / cpg;
+  const int64_t KH = weight.size(2), KW = weight.size(3), mult = weight.size(0) / groups;
   const int64_t span_h = dilation[0] * (KH - 1) + 1, span_w = dilation[1] * (KW - 1) + 1;
   const int64_t OH = (x.size(2) + 2 * padding[0] - span_h) / stride[0] + 1;
   const int64_t OW = (x.size(3) + 2 * padding[1] - span_w) / stride[1] + 1;
@@ -360,6 +361,7 @@ DepthwiseShape depthwise_shape(const at::Tensor& x, const at::Tensor& weight,
                        x.stride(0) % vec == 0 && x.size(3) % vec == 0 &&
                        aligned16(x.data_ptr());
   DepthwiseShape d{};
+  d.cpg = static_cast<int>(cpg);
   d.mult = static_cast<int>(mult);
   d.chunks = static_cast<int>((mult + depthwise_co(d.mult) - 1) / depthwise_co(d.mult));
   d.KH = static_cast<int>(KH);
@@ -371,7 +373,7 @@ DepthwiseShape depthwise_shape(const at::Tensor& x, const at::Tensor& weight,
   const int64_t cols_in = (kDwTileW - 1) * stride[1] + span_w;
   const int64_t pitch = (cols_in + 2 * vec - 2) / vec * vec;  // room for a shift of vec - 1
   auto smem = [&](int64_t plane_warps) {
-    return depthwise_smem_bytes(kDwThreadRows / plane_warps, mult, KH * KW, rows_in, pitch);
+    return depthwise_smem_bytes(kDwThreadRows / plane_warps, cpg, mult, KH * KW, rows_in, pitch);
   };
   int64_t plane_warps = 1;
   while (plane_warps < kDwThreadRows && (plane_warps < row_warps || smem(plane_warps) > kDwMaxSmem)) {
@@ -380,7 +382,7 @@ DepthwiseShape depthwise_shape(const at::Tensor& x, const at::Tensor& weight,
   const int64_t tile_h = plane_warps * kDwRows;
   const int64_t tiles_w = (OW + kDwTileW - 1) / kDwTileW;
   const int64_t tiles = (OH + tile_h - 1) / tile_h * tiles_w;
-  const int64_t planes = x.size(0) * x.size(1);
+  const int64_t planes = x.size(0) * groups;
   constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
   if (smem(plane_warps) > kDwMaxSmem ||
       tiles > 65535 || d.chunks > 65535 || planes > kI32 || x.size(2) * x.size(3) > kI32) {
@@ -408,10 +410,11 @@ void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight
                                    std::vector<int64_t> dilation, at::Tensor out) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 4, kOp, ": expected a 4-D CUDA input, got ", x.sizes());
   TORCH_CHECK(weight.dim() == 4 && weight.device() == x.device() &&
-                  weight.scalar_type() == x.scalar_type() && weight.size(1) == 1 &&
-                  weight.size(0) % x.size(1) == 0,
-              kOp, ": expected a depthwise weight (C_in x multiplier, 1, kH, kW) of the input's "
-              "dtype and device, got ", weight.sizes());
+                  weight.scalar_type() == x.scalar_type() && weight.size(1) > 0 &&
+                  x.size(1) % weight.size(1) == 0 &&
+                  weight.size(0) % (x.size(1) / weight.size(1)) == 0,
+              kOp, ": expected a grouped weight (groups x multiplier, C_in / groups, kH, kW) of the "
+              "input's dtype and device, got ", weight.sizes(), " for ", x.size(1), " input channels");
   TORCH_CHECK(out.dim() == 4 && out.device() == x.device() &&
                   out.scalar_type() == x.scalar_type() && out.size(0) == x.size(0) &&
                   out.size(1) == weight.size(0),

@@ -70,19 +70,20 @@ __device__ __forceinline__ void stage_window(const ConvParams& p, const Depthwis
   }
 }
 
-// acc[co][r] = the thread's output row r for output channel co, from the window at `in`
-// (the thread's first tap of its first row). KH > 0: a KH x KW kernel at stride S, no
-// dilation, with the weights in registers: window row j feeds output rows r with j - r S
-// in [0, KH). KH == 0: sizes, strides and dilation at run time, weights read per tap.
+// acc[co][r] += the thread's output row r for output channel co from one input channel:
+// its window at `in` (the thread's first tap of its first row) and its weights at
+// w_s[co * co_stride + tap]. KH > 0: a KH x KW kernel at stride S, no dilation, with the
+// weights in registers: window row j feeds output rows r with j - r S in [0, KH). KH == 0:
+// sizes, strides and dilation at run time, weights read per tap.
 template <int CO, int KH, int KW, int S>
 __device__ __forceinline__ void accumulate(const ConvParams& p, const DepthwiseShape& d, const float* in,
-                                           const float* w_s, float (&acc)[CO][kDwRows]) {
+                                           const float* w_s, int co_stride, float (&acc)[CO][kDwRows]) {
   if constexpr (KH > 0) {
     float w[CO][KH * KW];
 #pragma unroll
     for (int co = 0; co < CO; ++co)
 #pragma unroll
-      for (int t = 0; t < KH * KW; ++t) w[co][t] = w_s[co * KH * KW + t];
+      for (int t = 0; t < KH * KW; ++t) w[co][t] = w_s[co * co_stride + t];
 #pragma unroll
     for (int j = 0; j < (kDwRows - 1) * S + KH; ++j) {
       float v[KW];
@@ -106,7 +107,7 @@ __device__ __forceinline__ void accumulate(const ConvParams& p, const DepthwiseS
         const float* at = in + ky * p.dil_h * d.pitch + kx * p.dil_w;
         float wv[CO];
 #pragma unroll
-        for (int co = 0; co < CO; ++co) wv[co] = w_s[co * p.taps + tap];
+        for (int co = 0; co < CO; ++co) wv[co] = w_s[co * co_stride + tap];
 #pragma unroll
         for (int r = 0; r < kDwRows; ++r) {
           const float v = at[r * row_step];
@@ -124,22 +125,27 @@ template <typename T, int CO, int KH, int KW, int S>
 __global__ void __launch_bounds__(kDwThreads, CO == 1 && KH == 3 && S == 1 ? 8 : 0)
     depthwise_conv_kernel(const ConvParams p, const DepthwiseShape d) {
   // A plane's threads: plane_warps warps (ty / plane_warps: the plane's slot in the block).
+  // A plane here is one image's group: cpg input channels, each with its window (the
+  // compiled sizes take one: launch_depthwise_co).
+  const int cpg = KH > 0 ? 1 : d.cpg;
   const int tx = threadIdx.x, slot = threadIdx.y / d.plane_warps;
   const int ty = threadIdx.y - slot * d.plane_warps, tid = ty * kDwTileW + tx;
   const int per_block = kDwThreadRows / d.plane_warps;
   extern __shared__ float4 smem4[];
   const int window_floats = d.rows_in * d.pitch;  // 16-byte aligned rows
-  float* window = reinterpret_cast<float*>(smem4) + slot * window_floats;
-  float* w_s = reinterpret_cast<float*>(smem4) + per_block * window_floats + slot * CO * p.taps;
+  const int w_floats = CO * cpg * p.taps;      // [CO][cpg][taps]
+  float* window = reinterpret_cast<float*>(smem4) + slot * cpg * window_floats;
+  float* w_s = reinterpret_cast<float*>(smem4) + per_block * cpg * window_floats + slot * w_floats;
 
-  // blockIdx.x: the block's planes n * C_in + c (32-bit division: 64-bit ones cost a few
+  // blockIdx.x: the block's planes n * groups + g (32-bit division: 64-bit ones cost a few
   // hundred instructions); blockIdx.y: the tile; blockIdx.z: the chunk of CO output channels
   const uint32_t plane = blockIdx.x * per_block + slot;
   const bool live = plane < static_cast<uint32_t>(d.planes);
+  const uint32_t groups = static_cast<uint32_t>(p.Cin / cpg);
   const int chunk = static_cast<int>(blockIdx.z);
-  const int c_in = static_cast<int>(plane % static_cast<uint32_t>(p.Cin));
-  const int64_t n = plane / static_cast<uint32_t>(p.Cin);
-  const int co0 = c_in * d.mult + chunk * CO, n_co = min(CO, d.mult - chunk * CO);
+  const int g = static_cast<int>(plane % groups);
+  const int64_t n = plane / groups;
+  const int co0 = g * d.mult + chunk * CO, n_co = min(CO, d.mult - chunk * CO);
   const int tile_y = blockIdx.y / d.tiles_w, tile_x = blockIdx.y - tile_y * d.tiles_w;
   const int oy0 = tile_y * d.plane_warps * kDwRows, ox0 = tile_x * kDwTileW;
   const int iy0 = oy0 * p.stride_h - p.pad_h, ix0 = ox0 * p.stride_w - p.pad_w;
@@ -148,13 +154,16 @@ __global__ void __launch_bounds__(kDwThreads, CO == 1 && KH == 3 && S == 1 ? 8 :
 
   if (live) {
     const int threads = d.plane_warps * kDwTileW;
-    const T* w = static_cast<const T*>(p.wprep);  // (Cout, 1, KH, KW), contiguous
-    for (int i = tid; i < CO * p.taps; i += threads) {
-      const int co = i / p.taps;
-      w_s[i] = co < n_co ? to_float(w[static_cast<int64_t>(co0) * p.taps + i]) : 0.f;
+    const T* w = static_cast<const T*>(p.wprep);  // (Cout, cpg, KH, KW), contiguous
+    for (int i = tid; i < CO * cpg * p.taps; i += threads) {
+      const int co = i / (cpg * p.taps);
+      w_s[i] = co < n_co ? to_float(w[static_cast<int64_t>(co0) * cpg * p.taps + i]) : 0.f;
     }
-    stage_window(p, d, static_cast<const T*>(p.x) + n * p.x_sn + c_in * p.x_sc, iy0, ixa, tid, threads,
-                 window);
+    const T* x = static_cast<const T*>(p.x) + n * p.x_sn + g * cpg * p.x_sc;
+    for (int ci = 0; ci < cpg; ++ci) {
+      stage_window(p, d, x, iy0, ixa, tid, threads, window + ci * window_floats);
+      x += p.x_sc;
+    }
   }
   __syncthreads();
   if (!live) return;
@@ -163,7 +172,13 @@ __global__ void __launch_bounds__(kDwThreads, CO == 1 && KH == 3 && S == 1 ? 8 :
   if (oy >= p.OH) return;                          // a whole warp's rows past the plane
   float acc[CO][kDwRows] = {};
   const float* in = window + ty * kDwRows * p.stride_h * d.pitch + (ix0 - ixa) + tx * p.stride_w;
-  accumulate<CO, KH, KW, S>(p, d, in, w_s, acc);
+  if constexpr (KH > 0) {  // one input channel (launch_depthwise_co)
+    accumulate<CO, KH, KW, S>(p, d, in, w_s, KH * KW, acc);
+  } else {
+    for (int ci = 0; ci < cpg; ++ci) {
+      accumulate<CO, KH, KW, S>(p, d, in + ci * window_floats, w_s + ci * p.taps, cpg * p.taps, acc);
+    }
+  }
   if (ox >= p.OW) return;
 
   T* out = static_cast<T*>(p.out);
@@ -205,7 +220,10 @@ void launch_sized(const ConvParams& p, const DepthwiseShape& d, cudaStream_t str
 
 template <typename T, int CO>
 void launch_depthwise_co(const ConvParams& p, const DepthwiseShape& d, cudaStream_t stream) {
-  const bool plain = p.stride_h == p.stride_w && p.dil_h == 1 && p.dil_w == 1 && d.KH == p.KW;
+  // The compiled sizes take one input channel per group (a loop over a group's channels
+  // around them costs registers: 3x3 with four filters 79 -> 124).
+  const bool plain = d.cpg == 1 && p.stride_h == p.stride_w && p.dil_h == 1 && p.dil_w == 1 &&
+                     d.KH == p.KW;
   const int k = plain ? p.KW : 0, s = p.stride_h;
   if (k == 3 && s == 1) launch_sized<T, CO, 3, 3, 1>(p, d, stream);
   else if (k == 3 && s == 2) launch_sized<T, CO, 3, 3, 2>(p, d, stream);

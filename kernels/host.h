@@ -26,8 +26,8 @@ void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
                   const c10::optional<at::Tensor>& other, double other_scalar, at::Tensor out);
 
 // The depthwise kernel: fills `out` (N, Cout, OH, OW), any strides, with relu(conv2d(x,
-// weight, groups=C_in) + bias) + other, for weight (C_in x multiplier, 1, kH, kW); `other`
-// as above.
+// weight, groups) + bias) + other, for weight (groups x multiplier, C_in / groups, kH, kW)
+// (groups = C_in / weight.size(1); 1 input channel per group: depthwise); `other` as above.
 void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
                                    const c10::optional<at::Tensor>& bias,
                                    const c10::optional<at::Tensor>& other, double other_scalar,

@@ -79,13 +79,14 @@ struct ConvParams {
   const int* w_nonfinite;
 };
 
-// The depthwise kernel (depthwise.cu): one input channel per group, `mult` output channels
-// per input channel. A block of kDwTileW x kDwThreadRows threads computes tiles of kDwTileW
-// columns of up to depthwise_co(mult) output channels, each thread kDwRows consecutive rows
-// of one column, from the tile's input window staged in shared memory as floats with its
-// weights; at most kDwMaxSmem bytes. A plane takes plane_warps warps of the block (tiles of
-// plane_warps x kDwRows rows), so that a block holds kDwThreadRows / plane_warps planes:
-// small planes share a block instead of leaving most of it idle.
+// The depthwise kernel (depthwise.cu): grouped convolutions of cpg input channels per group
+// (1: depthwise) and `mult` output channels per group. A block of kDwTileW x kDwThreadRows
+// threads computes tiles of kDwTileW columns of up to depthwise_co(mult) output channels,
+// each thread kDwRows consecutive rows of one column, from the tile's input windows (one
+// per input channel of the group) staged in shared memory as floats with their weights;
+// at most kDwMaxSmem bytes. A plane (one image's group) takes plane_warps warps of the
+// block (tiles of plane_warps x kDwRows rows), so that a block holds kDwThreadRows /
+// plane_warps planes: small planes share a block instead of leaving most of it idle.
 constexpr int kDwTileW = 32;
 constexpr int kDwThreadRows = 8;
 constexpr int kDwTileH = 64;
@@ -93,10 +94,11 @@ constexpr int kDwRows = kDwTileH / kDwThreadRows;  // consecutive output rows pe
 constexpr int kDwMaxSmem = 48 * 1024;
 
 struct DepthwiseShape {
-  int mult;         // output channels per input channel
+  int cpg;          // input channels per group
+  int mult;         // output channels per group
   int chunks;       // blocks per plane and tile: ceil(mult / depthwise_co(mult))
   int KH;
-  int planes;       // images x input channels
+  int planes;       // images x groups
   int plane_warps;  // warps per plane: 1, 2, 4 or 8, the fewest whose rows cover OH
   int tiles_w;      // tiles per plane: tiles_w x tiles_h
   int tiles;
@@ -110,15 +112,15 @@ struct DepthwiseShape {
 
 constexpr int depthwise_co(int mult) { return mult == 1 ? 1 : mult == 2 ? 2 : 4; }
 
-// A block's shared memory: per plane, its window and its weights.
-constexpr int64_t depthwise_smem_bytes(int64_t planes_per_block, int64_t mult, int64_t taps,
-                                       int64_t rows_in, int64_t pitch) {
-  return planes_per_block * (depthwise_co(static_cast<int>(mult)) * taps + rows_in * pitch) *
+// A block's shared memory: per plane, a window and weights for each of its input channels.
+constexpr int64_t depthwise_smem_bytes(int64_t planes_per_block, int64_t cpg, int64_t mult,
+                                       int64_t taps, int64_t rows_in, int64_t pitch) {
+  return planes_per_block * cpg * (depthwise_co(static_cast<int>(mult)) * taps + rows_in * pitch) *
          static_cast<int64_t>(sizeof(float));
 }
 inline int depthwise_smem_bytes(const DepthwiseShape& d, int taps) {
   return static_cast<int>(
-      depthwise_smem_bytes(kDwThreadRows / d.plane_warps, d.mult, taps, d.rows_in, d.pitch));
+      depthwise_smem_bytes(kDwThreadRows / d.plane_warps, d.cpg, d.mult, taps, d.rows_in, d.pitch));
 }
 
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,

@@ -78,7 +78,8 @@ for dtype in (torch.float32, torch.bfloat16):
         case(2, 32, 12, 12, 32, 3, 1, 1, 1, dtype, cl, True, "full", groups=32)
         case(2, 8, 9, 11, 12, 5, 2, 2, 2, dtype, cl, True, "chan", groups=2)
 # the depthwise kernel: partial tiles, six filters per channel, strided and dilated (sizes
-# at run time); its compiled sizes with rows by 16-byte loads (W a multiple of 8)
+# at run time); its compiled sizes with rows by 16-byte loads (W a multiple of 8); groups
+# of 4 channels
 _cuda._depthwise_pays = lambda *args: True
 _cuda.forget_plans()
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -88,5 +89,7 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
     case(1, 8, 66, 72, 16, 3, 1, 1, 1, dtype, False, True, "full", groups=8)
     case(2, 8, 30, 32, 8, 5, 2, 2, 1, dtype, False, True, "chan", groups=8)
     case(1, 4, 24, 40, 4, 7, 1, 3, 1, dtype, False, True, "full", groups=4)
+    case(2, 32, 20, 24, 32, 3, 1, 1, 1, dtype, False, True, "full", groups=8)
+    case(2, 8, 9, 11, 12, 5, 2, 2, 2, dtype, False, True, "chan", groups=2)
 torch.cuda.synchronize()
 print("sanitize cases done")

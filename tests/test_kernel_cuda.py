@@ -667,6 +667,8 @@ GROUPED_CONFIGS = [
     ((1, 4, 20, 16, 16, 4, 3, 1, 1, 1), "full_nchw"),  # four filters per channel
     # 7x7 stride 2 on 8-row planes: shared memory holds 4 planes a block, not 8
     ((1, 3, 16, 16, 3, 3, 7, 2, 3, 1), "c11"),
+    ((2, 32, 20, 24, 32, 8, 3, 1, 1, 1), "1h1"),  # groups of 4 channels, 16-byte rows
+    ((1, 64, 12, 16, 64, 2, 3, 1, 1, 1), "c11"),  # groups of 32: past the kernel's shared memory
 ]
 
 
@@ -689,9 +691,9 @@ def grouped_args(cfg, other_kind, dtype, layout):
 @pytest.mark.parametrize("cfg,other_kind", GROUPED_CONFIGS,
                          ids=lambda c: "x".join(map(str, c[:6])) if isinstance(c, tuple) else c)
 def test_grouped_convolutions(cfg, other_kind, policy, layout, path, monkeypatch):
-    """Grouped convolutions run the depthwise kernel (one input channel per group, NCHW
-    input, where its rule picks it: here always) or cuDNN's grouped convolution and the
-    epilogue pass, whatever the switches, without a fallback warning."""
+    """Grouped convolutions run the depthwise kernel (NCHW input, where its rule picks it,
+    here always, and its shared memory holds a group's windows) or cuDNN's grouped
+    convolution and the epilogue pass, whatever the switches, without a fallback warning."""
     monkeypatch.setattr(_cuda, "_depthwise_pays", lambda *args: path == "depthwise")
     _cuda.forget_plans()
     dtype = set_policy(policy)
@@ -704,7 +706,7 @@ def test_grouped_convolutions(cfg, other_kind, policy, layout, path, monkeypatch
     assert_close64(out, reference64(*args), policy)
     kernels = _kernels_run(lambda: run_op(*args))
     fits = _build.load().depthwise_kernel_fits(x, wt, *args[4:7])  # its shared memory
-    depthwise = path == "depthwise" and wt.shape[1] == 1 and layout == "nchw" and fits
+    depthwise = path == "depthwise" and layout == "nchw" and fits
     assert ("depthwise_conv_kernel" in kernels) == depthwise, kernels
     assert ("conv_epilogue" in kernels) == (not depthwise), kernels
 
