@@ -188,10 +188,8 @@ def _depthwise_pays(out_shape, taps: int, cpg: int) -> bool:
     / cuDNN's convolution and the epilogue pass (docs/performance.md, v43): 3x3 at 56 px
     (32 x 144 channels) 59 / 104, at 28 px 25 / 47, at 14 px 44 / 39, at 7 px 39 / 24; 5x5
     at 14 px 59 / 95, 5x5 stride 2 from 28 px 27 / 39; 7x7 at 56 px 111 / 468."""
-    if cpg > 1:
-        return False
     pixels = out_shape[2] * out_shape[3]
-    return pixels >= 784 or (pixels >= 196 and taps >= 25)
+    return pixels >= 784 or (cpg == 1 and pixels >= 196 and taps >= 25)
 
 
 def _grouped_path(x: Tensor, weight: Tensor, out_shape, stride, padding, dilation) -> str:
