@@ -182,14 +182,19 @@ def _channels_innermost(x: Tensor) -> bool:
 
 
 def _depthwise_pays(out_shape, taps: int, cpg: int) -> bool:
-    """The size rule for the depthwise kernel: output planes of at least 784 pixels (28 x
-    28), or of at least 196 (14 x 14) for kernels of 25 taps (5 x 5) or more, where cuDNN's
+    """The size rule for the depthwise kernel (``cpg`` input channels per group): output
+    planes of at least 784 pixels (28 x 28) for groups of up to 4 channels, or of at least
+    196 (14 x 14) for one channel and kernels of 25 taps (5 x 5) or more, where cuDNN's
     grouped convolution slows with the taps. Measured on the H200, GPU us, depthwise kernel
-    / cuDNN's convolution and the epilogue pass (docs/performance.md, v43): 3x3 at 56 px
-    (32 x 144 channels) 59 / 104, at 28 px 25 / 47, at 14 px 44 / 39, at 7 px 39 / 24; 5x5
-    at 14 px 59 / 95, 5x5 stride 2 from 28 px 27 / 39; 7x7 at 56 px 111 / 468."""
+    / cuDNN's convolution and the epilogue pass (docs/performance.md, v43-v44): one channel,
+    3x3 at 56 px (32 x 144 channels) 58 / 105, at 28 px 25 / 47, at 14 px 44 / 39, at 7 px
+    39 / 24; 5x5 at 14 px 59 / 95, 5x5 stride 2 from 28 px 27 / 39; 7x7 at 56 px 112 / 469.
+    Groups of 4 at 56 px 93 / 159, of 2 88 / 296, of 8 at 28 px 94 / 79; groups of 4 at
+    stride 2 to 28 px 72 / 72."""
     pixels = out_shape[2] * out_shape[3]
-    return pixels >= 784 or (cpg == 1 and pixels >= 196 and taps >= 25)
+    if cpg > 1:
+        return cpg <= 4 and pixels >= 784
+    return pixels >= 784 or (pixels >= 196 and taps >= 25)
 
 
 def _grouped_path(x: Tensor, weight: Tensor, out_shape, stride, padding, dilation) -> str:
