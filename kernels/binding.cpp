@@ -157,6 +157,35 @@ void set_other(ConvParams& p, const c10::optional<at::Tensor>& other, double oth
   p.other_scalar = static_cast<float>(other_scalar);
 }
 
+// The convolution's geometry: input x (N, C_in, H, W) with its strides, weight (C_out,
+// C_in / groups, KH, KW), out (N, C_out, OH, OW).
+void set_geometry(ConvParams& p, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& out,
+                  const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                  const std::vector<int64_t>& dilation) {
+  const int64_t KH = weight.size(2), KW = weight.size(3);
+  p.x = x.data_ptr();
+  p.M = out.size(0) * out.size(2) * out.size(3);
+  p.Cin = static_cast<int>(x.size(1));
+  p.H = static_cast<int>(x.size(2));
+  p.W = static_cast<int>(x.size(3));
+  p.OH = static_cast<int>(out.size(2));
+  p.OW = static_cast<int>(out.size(3));
+  p.stride_h = static_cast<int>(stride[0]);
+  p.stride_w = static_cast<int>(stride[1]);
+  p.pad_h = static_cast<int>(padding[0]);
+  p.pad_w = static_cast<int>(padding[1]);
+  p.dil_h = static_cast<int>(dilation[0]);
+  p.dil_w = static_cast<int>(dilation[1]);
+  p.span_h = static_cast<int>(dilation[0] * (KH - 1) + 1);
+  p.span_w = static_cast<int>(dilation[1] * (KW - 1) + 1);
+  p.KW = static_cast<int>(KW);
+  p.taps = static_cast<int>(KH * KW);
+  p.x_sn = x.stride(0);
+  p.x_sc = x.stride(1);
+  p.x_sh = x.stride(2);
+  p.x_sw = x.stride(3);
+}
+
 void set_output(ConvParams& p, const at::Tensor& out) {
   p.out = out.data_ptr();
   p.y_sn = out.stride(0);
@@ -246,33 +275,13 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   launch_prep(pp, elem, stream);
 
   ConvParams p{};
-  p.x = x.data_ptr();
+  set_geometry(p, x, weight, out, stride, padding, dilation);
   p.wprep = wprep.data_ptr();
   p.table = pp.table;
   p.bias = bias.has_value() && bias->defined() ? bias->data_ptr() : nullptr;
-  p.M = N * OH * OW;
   p.Cout = static_cast<int>(Cout);
   p.K = static_cast<int>(K);
   p.K_pad = static_cast<int>(K_pad);
-  p.H = static_cast<int>(H);
-  p.W = static_cast<int>(W);
-  p.OH = static_cast<int>(OH);
-  p.OW = static_cast<int>(OW);
-  p.stride_h = static_cast<int>(stride[0]);
-  p.stride_w = static_cast<int>(stride[1]);
-  p.pad_h = static_cast<int>(padding[0]);
-  p.pad_w = static_cast<int>(padding[1]);
-  p.span_h = static_cast<int>(dilation[0] * (KH - 1) + 1);
-  p.span_w = static_cast<int>(dilation[1] * (KW - 1) + 1);
-  p.x_sn = x.stride(0);
-  p.x_sh = x.stride(2);
-  p.x_sw = x.stride(3);
-  p.x_sc = x.stride(1);
-  p.Cin = static_cast<int>(C);
-  p.KW = static_cast<int>(KW);
-  p.taps = static_cast<int>(KH * KW);
-  p.dil_h = static_cast<int>(dilation[0]);
-  p.dil_w = static_cast<int>(dilation[1]);
   p.tile_h = plan.tile_h;
   p.tile_w = plan.tile_w;
   if (plan.tile == kTilePatch) {
@@ -425,27 +434,9 @@ void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight
   const c10::cuda::CUDAGuard guard(x.device());
   const auto w = weight.contiguous();
   ConvParams p{};
-  p.x = x.data_ptr();
+  set_geometry(p, x, weight, out, stride, padding, dilation);
   p.wprep = w.data_ptr();
   p.bias = bias.has_value() && bias->defined() ? bias->data_ptr() : nullptr;
-  p.M = out.size(0) * out.size(2) * out.size(3);
-  p.Cin = static_cast<int>(x.size(1));
-  p.H = static_cast<int>(x.size(2));
-  p.W = static_cast<int>(x.size(3));
-  p.OH = static_cast<int>(out.size(2));
-  p.OW = static_cast<int>(out.size(3));
-  p.stride_h = static_cast<int>(stride[0]);
-  p.stride_w = static_cast<int>(stride[1]);
-  p.pad_h = static_cast<int>(padding[0]);
-  p.pad_w = static_cast<int>(padding[1]);
-  p.x_sn = x.stride(0);
-  p.x_sc = x.stride(1);
-  p.x_sh = x.stride(2);
-  p.x_sw = x.stride(3);
-  p.KW = static_cast<int>(weight.size(3));
-  p.taps = static_cast<int>(weight.size(2) * weight.size(3));
-  p.dil_h = static_cast<int>(dilation[0]);
-  p.dil_w = static_cast<int>(dilation[1]);
   set_other(p, other, other_scalar, out);
   set_output(p, out);
   launch_depthwise(p, d, static_cast<int>(x.element_size()), x.scalar_type() == at::kBFloat16,
