@@ -99,7 +99,8 @@ struct DepthwiseShape {
   int chunks;       // blocks per plane and tile: ceil(mult / depthwise_co(mult))
   int KH;
   int planes;       // images x groups
-  int plane_warps;  // warps per plane: 1, 2, 4 or 8, the fewest whose rows cover OH
+  int plane_warps;  // warps per plane: 1, 2, 4 or 8, the fewest whose rows cover OH and
+                    // whose planes per block fit in shared memory
   int tiles_w;      // tiles per plane: tiles_w x tiles_h
   int tiles;
   int rows_in;      // window rows: (min(tile rows, OH rounded up to kDwRows) - 1) * stride_h + span_h
