@@ -181,16 +181,22 @@ def _channels_innermost(x: Tensor) -> bool:
     return x.shape[1] > 1 and x.stride(1) == 1
 
 
-def _depthwise_pays(out_shape, taps: int, cpg: int) -> bool:
-    """The size rule for the depthwise kernel (``cpg`` input channels per group): output
-    planes of at least 784 pixels (28 x 28) for groups of up to 4 channels, or of at least
-    196 (14 x 14) for one channel and kernels of 25 taps (5 x 5) or more, where cuDNN's
-    grouped convolution slows with the taps. Measured on the H200, GPU us, depthwise kernel
-    / cuDNN's convolution and the epilogue pass (docs/performance.md, v43-v44): one channel,
-    3x3 at 56 px (32 x 144 channels) 58 / 105, at 28 px 25 / 47, at 14 px 44 / 39, at 7 px
-    39 / 24; 5x5 at 14 px 59 / 95, 5x5 stride 2 from 28 px 27 / 39; 7x7 at 56 px 112 / 469.
-    Groups of 4 at 56 px 93 / 159, of 2 88 / 296, of 8 at 28 px 94 / 79; groups of 4 at
-    stride 2 to 28 px 72 / 72."""
+def _depthwise_pays(out_shape, taps: int, cpg: int, channels_last: bool) -> bool:
+    """The size rule for the depthwise kernels (``cpg`` input channels per group).
+
+    NCHW input: output planes of at least 784 pixels (28 x 28) for groups of up to 4
+    channels, or of at least 196 (14 x 14) for one channel and kernels of 25 taps (5 x 5) or
+    more, where cuDNN's grouped convolution slows with the taps. Measured on the H200, GPU
+    us, depthwise kernel / cuDNN's convolution and the epilogue pass (docs/performance.md,
+    v43-v44): one channel, 3x3 at 56 px (32 x 144 channels) 58 / 105, at 28 px 25 / 47, at
+    14 px 44 / 39, at 7 px 39 / 24; 5x5 at 14 px 59 / 95, 5x5 stride 2 from 28 px 27 / 39;
+    7x7 at 56 px 112 / 469. Groups of 4 at 56 px 93 / 159, of 2 88 / 296, of 8 at 28 px 94 /
+    79; groups of 4 at stride 2 to 28 px 72 / 72.
+
+    Channels-last input (the channels-last kernel takes one channel per group): every size
+    it takes."""
+    if channels_last:
+        return True
     pixels = out_shape[2] * out_shape[3]
     if cpg > 1:
         return cpg <= 4 and pixels >= 784
@@ -199,14 +205,12 @@ def _depthwise_pays(out_shape, taps: int, cpg: int) -> bool:
 
 def _grouped_path(x: Tensor, weight: Tensor, out_shape, stride, padding, dilation) -> str:
     """Which implementation runs a grouped convolution (``x`` dense in its layout):
-    "depthwise" (the depthwise kernel, NCHW input) where its size rule says it pays and it
-    takes the sizes, else "cudnn" (cuDNN's grouped convolution, then the epilogue pass; the
-    other kernels multiply one group)."""
-    if (
-        not _channels_innermost(x)
-        and _depthwise_pays(out_shape, weight.shape[2] * weight.shape[3], weight.shape[1])
-        and _extension().depthwise_kernel_fits(x, weight, stride, padding, dilation)
-    ):
+    "depthwise" (the depthwise kernel of ``x``'s layout) where its size rule says it pays and
+    it takes the sizes, else "cudnn" (cuDNN's grouped convolution, then the epilogue pass;
+    the other kernels multiply one group)."""
+    taps, cpg = weight.shape[2] * weight.shape[3], weight.shape[1]
+    pays = _depthwise_pays(out_shape, taps, cpg, _channels_innermost(x))
+    if pays and _extension().depthwise_kernel_fits(x, weight, stride, padding, dilation):
         return "depthwise"
     return "cudnn"
 

@@ -409,9 +409,66 @@ DepthwiseShape depthwise_shape(const at::Tensor& x, const at::Tensor& weight,
   return d;
 }
 
+// The channels-last depthwise kernel's shape for these arguments; cg_block = 0 where it
+// does not take them: one input and one output channel per group, a compiled size, and
+// 16-byte groups of channels at every pixel (channels innermost, strides in whole groups).
+DepthwiseClShape depthwise_cl_shape(const at::Tensor& x, const at::Tensor& weight,
+                                    const std::vector<int64_t>& stride,
+                                    const std::vector<int64_t>& padding,
+                                    const std::vector<int64_t>& dilation) {
+  DepthwiseClShape d{};
+  const int64_t C = x.size(1), K = weight.size(2), vec = 16 / x.element_size();
+  const bool sizes = weight.size(0) == C && weight.size(1) == 1 && weight.size(3) == K &&
+                     stride[0] == stride[1] && dilation[0] == 1 && dilation[1] == 1 &&
+                     depthwise_cl_sizes(K, stride[0]);
+  const bool groups16 = x.stride(1) == 1 && C % vec == 0 && x.stride(0) % vec == 0 &&
+                        x.stride(2) % vec == 0 && x.stride(3) % vec == 0;
+  if (!sizes || !groups16) return d;
+  const int64_t OH = (x.size(2) + 2 * padding[0] - K) / stride[0] + 1;
+  const int64_t OW = (x.size(3) + 2 * padding[1] - K) / stride[1] + 1;
+  const int64_t strip = depthwise_cl_strip(static_cast<int>(K), static_cast<int>(stride[0]),
+                                           static_cast<int>(vec));
+  const int64_t strips_w = (OW + strip - 1) / strip;
+  const int64_t strips = x.size(0) * OH * strips_w;
+  // the block's channel groups: as many as its threads and 48 KB of weights take, the
+  // chunks of a pixel's groups evened out
+  const int64_t groups = C / vec;
+  const int64_t cg_max = std::min<int64_t>(kDwClThreads, kDwMaxSmem / (K * K * vec * 4));
+  const int64_t chunks = (groups + cg_max - 1) / cg_max;
+  if (strips >= (int64_t{1} << 30) || chunks > 65535) return d;
+  d.vec = static_cast<int>(vec);
+  d.cg_block = static_cast<int>((groups + chunks - 1) / chunks);
+  d.chunks = static_cast<int>(chunks);
+  d.strips_per_block = kDwClThreads / d.cg_block;
+  d.strips_w = static_cast<int>(strips_w);
+  d.strips = static_cast<int>(strips);
+  // about 8 blocks per SM in all (each walks its share of the strips)
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.device().index()));
+  const int64_t strip_blocks = (strips + d.strips_per_block - 1) / d.strips_per_block;
+  d.blocks = static_cast<int>(std::max<int64_t>(1, std::min(strip_blocks, (8 * int64_t{sms} + chunks - 1) / chunks)));
+  return d;
+}
+
+bool channels_innermost(const at::Tensor& x) { return x.size(1) > 1 && x.stride(1) == 1; }
+
+// The depthwise kernels' parameters.
+ConvParams depthwise_params(const at::Tensor& x, const at::Tensor& weight,
+                            const c10::optional<at::Tensor>& bias,
+                            const c10::optional<at::Tensor>& other, double other_scalar,
+                            const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                            const std::vector<int64_t>& dilation, const at::Tensor& out) {
+  ConvParams p{};
+  set_geometry(p, x, weight, out, stride, padding, dilation);
+  p.bias = bias.has_value() && bias->defined() ? bias->data_ptr() : nullptr;
+  set_other(p, other, other_scalar, out);
+  set_output(p, out);
+  return p;
+}
+
 }  // namespace
 
-// The depthwise kernel (host.h).
+// The depthwise kernels (host.h): channels-last input on its own kernel.
 void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
                                    const c10::optional<at::Tensor>& bias,
                                    const c10::optional<at::Tensor>& other, double other_scalar,
@@ -429,26 +486,39 @@ void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight
                   out.size(1) == weight.size(0),
               kOp, ": expected a 4-D output of the input's dtype and device");
   if (out.numel() == 0) return;
-  const DepthwiseShape d = depthwise_shape(x, weight, stride, padding, dilation);
-  TORCH_CHECK(d.tiles > 0, kOp, ": the depthwise kernel does not take these sizes");
   const c10::cuda::CUDAGuard guard(x.device());
   const auto w = weight.contiguous();
-  ConvParams p{};
-  set_geometry(p, x, weight, out, stride, padding, dilation);
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  if (channels_innermost(x)) {
+    const DepthwiseClShape d = depthwise_cl_shape(x, weight, stride, padding, dilation);
+    TORCH_CHECK(d.cg_block > 0, kOp, ": the channels-last depthwise kernel does not take these sizes");
+    TORCH_CHECK(out.stride(1) == 1 && out.stride(0) % d.vec == 0 && out.stride(2) % d.vec == 0 &&
+                    out.stride(3) % d.vec == 0 && aligned16(out.data_ptr()),
+                kOp, ": the channels-last depthwise kernel expected a channels-last output in "
+                "16-byte groups of channels, got strides ", out.strides());
+    // an input off a 16-byte boundary (a view) is read from an aligned copy
+    const at::Tensor xa = aligned16(x.data_ptr()) ? x : x.clone(at::MemoryFormat::ChannelsLast);
+    ConvParams p = depthwise_params(xa, weight, bias, other, other_scalar, stride, padding, dilation, out);
+    p.wprep = w.data_ptr();
+    launch_depthwise_cl(p, d, static_cast<int>(x.element_size()), bf16, stream);
+    return;
+  }
+  const DepthwiseShape d = depthwise_shape(x, weight, stride, padding, dilation);
+  TORCH_CHECK(d.tiles > 0, kOp, ": the depthwise kernel does not take these sizes");
+  ConvParams p = depthwise_params(x, weight, bias, other, other_scalar, stride, padding, dilation, out);
   p.wprep = w.data_ptr();
-  p.bias = bias.has_value() && bias->defined() ? bias->data_ptr() : nullptr;
-  set_other(p, other, other_scalar, out);
-  set_output(p, out);
-  launch_depthwise(p, d, static_cast<int>(x.element_size()), x.scalar_type() == at::kBFloat16,
-                   c10::cuda::getCurrentCUDAStream());
+  launch_depthwise(p, d, static_cast<int>(x.element_size()), bf16, stream);
 }
 
 namespace {
 
-// Whether the depthwise kernel takes these sizes (its shared memory and grid).
+// Whether the depthwise kernel of the input's layout takes these sizes (NCHW: its shared
+// memory and grid; channels-last: depthwise_cl_shape).
 bool depthwise_kernel_fits(const at::Tensor& x, const at::Tensor& weight,
                            std::vector<int64_t> stride, std::vector<int64_t> padding,
                            std::vector<int64_t> dilation) {
+  if (channels_innermost(x)) return depthwise_cl_shape(x, weight, stride, padding, dilation).cg_block > 0;
   return depthwise_shape(x, weight, stride, padding, dilation).tiles > 0;
 }
 

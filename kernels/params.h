@@ -124,6 +124,38 @@ inline int depthwise_smem_bytes(const DepthwiseShape& d, int taps) {
       depthwise_smem_bytes(kDwThreadRows / d.plane_warps, d.cpg, d.mult, taps, d.rows_in, d.pitch));
 }
 
+// The channels-last depthwise kernel (depthwise_cl.cu): one input and one output channel
+// per group, the K x K sizes of depthwise_cl_sizes. A block of kDwClThreads threads holds
+// strips_per_block x cg_block of them: cg_block 16-byte groups of channels (the block's
+// chunk of them, blockIdx.y) for strips_per_block strips of depthwise_cl_strip output
+// pixels of a row; its blocks walk the strips (n, oy, column strip) in turn.
+constexpr int kDwClThreads = 256;
+
+constexpr bool depthwise_cl_sizes(int64_t k, int64_t stride) {
+  return ((k == 3 || k == 5) && (stride == 1 || stride == 2)) || (k == 7 && stride == 1);
+}
+
+// Output pixels per strip: 4, or 2 where a thread's input columns of 4 would pass 64 floats
+// (16-bit 3x3 and 5x5 at stride 2, 7x7: those spill or halve the blocks per SM at 4).
+constexpr int depthwise_cl_strip(int k, int stride, int vec) {
+  return (3 * stride + k) * vec <= 64 ? 4 : 2;
+}
+
+struct DepthwiseClShape {
+  int vec;               // channels per 16-byte group: 4 (fp32) or 8 (16-bit)
+  int cg_block;          // channel groups per block; 0: the kernel does not take the sizes
+  int chunks;            // blocks per strip: ceil(channel groups / cg_block)
+  int strips_per_block;  // kDwClThreads / cg_block
+  int strips_w;          // strips per output row: ceil(OW / depthwise_cl_strip)
+  int strips;            // N x OH x strips_w
+  int blocks;            // the grid's x: blocks walking the strips
+};
+
+// A block's shared memory: its channels' weights as floats.
+inline int depthwise_cl_smem_bytes(const DepthwiseClShape& d, int taps) {
+  return taps * d.cg_block * d.vec * static_cast<int>(sizeof(float));
+}
+
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,
 // (kh, kw, c) for channels-last (so a 16-byte chunk of K is 16 bytes of one pixel),
 // (channel block, kh, kw, c) for the patch kernel (one K slice = one tap of one block).

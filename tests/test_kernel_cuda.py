@@ -669,6 +669,11 @@ GROUPED_CONFIGS = [
     ((1, 3, 16, 16, 3, 3, 7, 2, 3, 1), "c11"),
     ((2, 32, 20, 24, 32, 8, 3, 1, 1, 1), "1h1"),  # groups of 4 channels, 16-byte rows
     ((1, 64, 12, 16, 64, 2, 3, 1, 1, 1), "c11"),  # groups of 32: past the kernel's shared memory
+    # the channels-last kernel: a strip past the row's end, 7x7 weights in chunks of channels
+    ((2, 24, 9, 13, 24, 24, 3, 2, 1, 1), "full_cl"),  # 3x3 stride 2, 7 columns
+    ((2, 40, 11, 7, 40, 40, 5, 1, 2, 1), "full_noncontig"),  # 5x5, 5 16-bit groups a pixel
+    ((1, 16, 13, 12, 16, 16, 5, 2, 0, 1), "0dim_cpu_f64"),  # 5x5 stride 2, no padding
+    ((1, 512, 9, 10, 512, 512, 7, 1, 3, 1), "c11"),  # 7x7: three chunks of channels a pixel
 ]
 
 
@@ -691,9 +696,11 @@ def grouped_args(cfg, other_kind, dtype, layout):
 @pytest.mark.parametrize("cfg,other_kind", GROUPED_CONFIGS,
                          ids=lambda c: "x".join(map(str, c[:6])) if isinstance(c, tuple) else c)
 def test_grouped_convolutions(cfg, other_kind, policy, layout, path, monkeypatch):
-    """Grouped convolutions run the depthwise kernel (NCHW input, where its rule picks it,
-    here always, and its shared memory holds a group's windows) or cuDNN's grouped
-    convolution and the epilogue pass, whatever the switches, without a fallback warning."""
+    """Grouped convolutions run the depthwise kernel of the input's layout (where its rule
+    picks it, here always, and it takes the sizes: NCHW, where its shared memory holds a
+    group's windows; channels-last, one channel per group at a compiled size) or cuDNN's
+    grouped convolution and the epilogue pass, whatever the switches, without a fallback
+    warning."""
     monkeypatch.setattr(_cuda, "_depthwise_pays", lambda *args: path == "depthwise")
     _cuda.forget_plans()
     dtype = set_policy(policy)
@@ -705,25 +712,36 @@ def test_grouped_convolutions(cfg, other_kind, policy, layout, path, monkeypatch
     assert out.is_contiguous(memory_format=expected_format(x, wt))
     assert_close64(out, reference64(*args), policy)
     kernels = _kernels_run(lambda: run_op(*args))
-    fits = _build.load().depthwise_kernel_fits(x, wt, *args[4:7])  # its shared memory
-    depthwise = path == "depthwise" and layout == "nchw" and fits
-    assert ("depthwise_conv_kernel" in kernels) == depthwise, kernels
+    fits = _build.load().depthwise_kernel_fits(x, wt, *args[4:7])
+    depthwise = path == "depthwise" and fits
+    name = "depthwise_cl_kernel" if layout == "cl" else "depthwise_conv_kernel"
+    assert (name in kernels) == depthwise, kernels
     assert ("conv_epilogue" in kernels) == (not depthwise), kernels
+    if layout == "cl" and path == "depthwise":
+        _, cin, _, _, cout, groups, k, stride, _, dilation = cfg
+        compiled = (k, stride) in ((3, 1), (3, 2), (5, 1), (5, 2), (7, 1)) and dilation == 1
+        vec = 16 // x.element_size()
+        assert fits == (groups == cin == cout and compiled and cin % vec == 0)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("policy", ["tf32", "bf16"])
-def test_depthwise_input_off_16_byte_alignment(policy, monkeypatch):
-    """An input that starts one element past a 16-byte boundary: the depthwise kernel stages
-    its rows element by element instead of by 16-byte loads, with the same result."""
+def test_depthwise_input_off_16_byte_alignment(policy, layout, monkeypatch):
+    """An input that starts one element past a 16-byte boundary: the NCHW depthwise kernel
+    stages its rows element by element instead of by 16-byte loads, the channels-last one
+    reads an aligned copy, with the same result."""
     monkeypatch.setattr(_cuda, "_depthwise_pays", lambda *args: True)
     _cuda.forget_plans()
     dtype = set_policy(policy)
-    args = grouped_args((2, 16, 20, 48, 16, 16, 3, 1, 1, 1), "c11", dtype, "nchw")
+    args = grouped_args((2, 16, 20, 48, 16, 16, 3, 1, 1, 1), "c11", dtype, layout)
     x = args[0]
-    shifted = torch.empty(x.numel() + 1, device=DEV, dtype=dtype)[1:].view_as(x).copy_(x)
-    assert shifted.is_contiguous() and shifted.data_ptr() % 16 != 0
+    memory_format = torch.channels_last if layout == "cl" else torch.contiguous_format
+    flat = torch.empty(x.numel() + 1, device=DEV, dtype=dtype)[1:]
+    shifted = torch.as_strided(flat, x.shape, x.stride()).copy_(x)
+    assert shifted.is_contiguous(memory_format=memory_format) and shifted.data_ptr() % 16 != 0
     out = run_op(shifted, *args[1:])
-    assert "depthwise_conv_kernel" in _kernels_run(lambda: run_op(shifted, *args[1:]))
+    name = "depthwise_cl_kernel" if layout == "cl" else "depthwise_conv_kernel"
+    assert name in _kernels_run(lambda: run_op(shifted, *args[1:]))
     assert_close64(out, reference64(*args), policy)
     torch.testing.assert_close(out, run_op(*args), atol=0, rtol=0)
 
