@@ -165,6 +165,7 @@ void set_geometry(ConvParams& p, const at::Tensor& x, const at::Tensor& weight, 
   const int64_t KH = weight.size(2), KW = weight.size(3);
   p.x = x.data_ptr();
   p.M = out.size(0) * out.size(2) * out.size(3);
+  p.Cout = static_cast<int>(weight.size(0));
   p.Cin = static_cast<int>(x.size(1));
   p.H = static_cast<int>(x.size(2));
   p.W = static_cast<int>(x.size(3));
@@ -279,7 +280,6 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   p.wprep = wprep.data_ptr();
   p.table = pp.table;
   p.bias = bias.has_value() && bias->defined() ? bias->data_ptr() : nullptr;
-  p.Cout = static_cast<int>(Cout);
   p.K = static_cast<int>(K);
   p.K_pad = static_cast<int>(K_pad);
   p.tile_h = plan.tile_h;
