@@ -411,42 +411,43 @@ DepthwiseShape depthwise_shape(const at::Tensor& x, const at::Tensor& weight,
 
 // The channels-last depthwise kernel's shape for these arguments; cg_block = 0 where it
 // does not take them: one input and one output channel per group, a compiled size, and
-// 16-byte groups of channels at every pixel (channels innermost, strides in whole groups).
+// groups of 4 channels at every pixel (channels innermost, strides in whole groups).
 DepthwiseClShape depthwise_cl_shape(const at::Tensor& x, const at::Tensor& weight,
                                     const std::vector<int64_t>& stride,
                                     const std::vector<int64_t>& padding,
                                     const std::vector<int64_t>& dilation) {
   DepthwiseClShape d{};
-  const int64_t C = x.size(1), K = weight.size(2), vec = 16 / x.element_size();
+  const int64_t C = x.size(1), K = weight.size(2), G = kDwClGroup;
   const bool sizes = weight.size(0) == C && weight.size(1) == 1 && weight.size(3) == K &&
                      stride[0] == stride[1] && dilation[0] == 1 && dilation[1] == 1 &&
                      depthwise_cl_sizes(K, stride[0]);
-  const bool groups16 = x.stride(1) == 1 && C % vec == 0 && x.stride(0) % vec == 0 &&
-                        x.stride(2) % vec == 0 && x.stride(3) % vec == 0;
-  if (!sizes || !groups16) return d;
+  const bool grouped = x.stride(1) == 1 && C % G == 0 && x.stride(0) % G == 0 &&
+                       x.stride(2) % G == 0 && x.stride(3) % G == 0;
+  if (!sizes || !grouped) return d;
   const int64_t OH = (x.size(2) + 2 * padding[0] - K) / stride[0] + 1;
   const int64_t OW = (x.size(3) + 2 * padding[1] - K) / stride[1] + 1;
-  const int64_t strip = depthwise_cl_strip(static_cast<int>(K), static_cast<int>(stride[0]),
-                                           static_cast<int>(vec));
-  const int64_t strips_w = (OW + strip - 1) / strip;
-  const int64_t strips = x.size(0) * OH * strips_w;
+  const int64_t tile_w = depthwise_cl_tile_w(static_cast<int>(K), static_cast<int>(stride[0]),
+                                             static_cast<int>(x.element_size()));
+  const int64_t tiles_w = (OW + tile_w - 1) / tile_w, tiles_h = (OH + kDwClTileH - 1) / kDwClTileH;
+  const int64_t tiles = x.size(0) * tiles_h * tiles_w;
   // the block's channel groups: as many as its threads and 48 KB of weights take, the
   // chunks of a pixel's groups evened out
-  const int64_t groups = C / vec;
-  const int64_t cg_max = std::min<int64_t>(kDwClThreads, kDwMaxSmem / (K * K * vec * 4));
+  const int64_t groups = C / G;
+  const int64_t cg_max = std::min<int64_t>(kDwClThreads, kDwMaxSmem / (K * K * G * 4));
   const int64_t chunks = (groups + cg_max - 1) / cg_max;
-  if (strips >= (int64_t{1} << 30) || chunks > 65535) return d;
-  d.vec = static_cast<int>(vec);
+  if (tiles >= (int64_t{1} << 30) || chunks > 65535) return d;
   d.cg_block = static_cast<int>((groups + chunks - 1) / chunks);
   d.chunks = static_cast<int>(chunks);
-  d.strips_per_block = kDwClThreads / d.cg_block;
-  d.strips_w = static_cast<int>(strips_w);
-  d.strips = static_cast<int>(strips);
-  // about 8 blocks per SM in all (each walks its share of the strips)
+  d.tiles_per_block = kDwClThreads / d.cg_block;
+  d.tiles_w = static_cast<int>(tiles_w);
+  d.tiles_h = static_cast<int>(tiles_h);
+  d.tiles = static_cast<int>(tiles);
+  // about 8 blocks per SM in all (each walks its share of the tiles)
   int sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.device().index()));
-  const int64_t strip_blocks = (strips + d.strips_per_block - 1) / d.strips_per_block;
-  d.blocks = static_cast<int>(std::max<int64_t>(1, std::min(strip_blocks, (8 * int64_t{sms} + chunks - 1) / chunks)));
+  const int64_t tile_blocks = (tiles + d.tiles_per_block - 1) / d.tiles_per_block;
+  d.blocks = static_cast<int>(
+      std::max<int64_t>(1, std::min(tile_blocks, (8 * int64_t{sms} + chunks - 1) / chunks)));
   return d;
 }
 
@@ -493,12 +494,16 @@ void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight
   if (channels_innermost(x)) {
     const DepthwiseClShape d = depthwise_cl_shape(x, weight, stride, padding, dilation);
     TORCH_CHECK(d.cg_block > 0, kOp, ": the channels-last depthwise kernel does not take these sizes");
-    TORCH_CHECK(out.stride(1) == 1 && out.stride(0) % d.vec == 0 && out.stride(2) % d.vec == 0 &&
-                    out.stride(3) % d.vec == 0 && aligned16(out.data_ptr()),
+    // a group of 4 channels is one vector: 16 bytes fp32, 8 bytes 16-bit
+    auto aligned = [&](const at::Tensor& t) {
+      return reinterpret_cast<uintptr_t>(t.data_ptr()) % (kDwClGroup * t.element_size()) == 0;
+    };
+    TORCH_CHECK(out.stride(1) == 1 && out.stride(0) % kDwClGroup == 0 &&
+                    out.stride(2) % kDwClGroup == 0 && out.stride(3) % kDwClGroup == 0 && aligned(out),
                 kOp, ": the channels-last depthwise kernel expected a channels-last output in "
-                "16-byte groups of channels, got strides ", out.strides());
-    // an input off a 16-byte boundary (a view) is read from an aligned copy
-    const at::Tensor xa = aligned16(x.data_ptr()) ? x : x.clone(at::MemoryFormat::ChannelsLast);
+                "aligned groups of 4 channels, got strides ", out.strides());
+    // an input off a group's alignment (a view) is read from an aligned copy
+    const at::Tensor xa = aligned(x) ? x : x.clone(at::MemoryFormat::ChannelsLast);
     ConvParams p = depthwise_params(xa, weight, bias, other, other_scalar, stride, padding, dilation, out);
     p.wprep = w.data_ptr();
     launch_depthwise_cl(p, d, static_cast<int>(x.element_size()), bf16, stream);

@@ -1,17 +1,17 @@
 // The channels-last depthwise kernel: convolutions with one input and one output channel
 // per group on channels-last input, at the common sizes (3x3 and 5x5 at stride 1 or 2, 7x7
-// at stride 1, no dilation: compiled in). A thread computes a strip of R neighbouring output
-// pixels of a row (depthwise_cl_strip: 4, or 2 where 4 would hold too many registers) for
-// one 16-byte group of channels (4 fp32 or 8 16-bit), the lanes of a warp taking
+// at stride 1, no dilation: compiled in). A thread computes a tile of 4 output rows x 2 (4
+// for 16-bit 3x3: depthwise_cl_tile_w) columns for one group of 4 channels, the lanes of a warp taking
 // neighbouring groups, so that a warp's loads cover whole pixels:
-//   - per kernel row, it loads the strip's input columns once, 16 bytes each, straight from
-//     global memory, and each column feeds every output of the strip it touches (3x3: 18
-//     loads for 4 outputs, where one per tap would be 36);
-//   - the block's weights sit in shared memory as floats, one 16-byte vector per tap and 4
-//     channels, read once per tap for the strip's outputs;
-//   - the epilogue (bias, relu, `other`) runs before the only store, 16 bytes per pixel
+//   - it walks the tile's input rows once, top to bottom, each row's columns loaded once
+//     (16 bytes fp32, 8 bytes 16-bit) straight from global memory, the next row's loads
+//     issued before this row's multiply-adds; each row feeds every output row it touches
+//     (3x3, 4 x 2: 24 loads for 8 outputs, where one per tap would be 72);
+//   - the block's weights sit in shared memory as floats, one 16-byte vector per tap and
+//     group;
+//   - the epilogue (bias, relu, `other`) runs before the only store, one vector per pixel
 //     (the output is channels-last too).
-// Past the weights' barrier, warps walk their strips independently: nothing is staged, so
+// Past the weights' barrier, warps walk their tiles independently: nothing is staged, so
 // no block waits on a window (docs/performance.md, v45; fx_fuse/_cuda.py, _depthwise_pays).
 #include <c10/cuda/CUDAException.h>
 
@@ -21,110 +21,146 @@
 namespace fx_fuse {
 namespace {
 
-// The 16-byte group `v` as floats.
-template <typename T>
-__device__ __forceinline__ void unpack(const uint4& v, float (&f)[16 / sizeof(T)]) {
-  const T* h = reinterpret_cast<const T*>(&v);
-#pragma unroll
-  for (int e = 0; e < static_cast<int>(16 / sizeof(T)); ++e) f[e] = to_float(h[e]);
+// 4 channels of T: one 16-byte (fp32) or 8-byte (16-bit) vector.
+template <typename T> struct Group { using type = uint2; };
+template <> struct Group<float> { using type = uint4; };
+
+__device__ __forceinline__ void unpack(const uint4& v, const float*, float (&f)[4]) {
+  f[0] = __uint_as_float(v.x), f[1] = __uint_as_float(v.y);
+  f[2] = __uint_as_float(v.z), f[3] = __uint_as_float(v.w);
+}
+__device__ __forceinline__ void unpack(const uint2& v, const __half*, float (&f)[4]) {
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&v.x));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&v.y));
+  f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
+}
+__device__ __forceinline__ void unpack(const uint2& v, const __nv_bfloat16*, float (&f)[4]) {
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.y));
+  f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
 }
 
-template <typename T>
-__device__ __forceinline__ uint4 pack(const float (&f)[16 / sizeof(T)]) {
-  uint4 v;
-  T* h = reinterpret_cast<T*>(&v);
+__device__ __forceinline__ void store(float* dst, const float (&f)[4]) {
+  *reinterpret_cast<float4*>(dst) = make_float4(f[0], f[1], f[2], f[3]);
+}
+__device__ __forceinline__ void store(__half* dst, const float (&f)[4]) {
+  const __half2 a = __floats2half2_rn(f[0], f[1]), b = __floats2half2_rn(f[2], f[3]);
+  *reinterpret_cast<uint2*>(dst) =
+      make_uint2(*reinterpret_cast<const uint32_t*>(&a), *reinterpret_cast<const uint32_t*>(&b));
+}
+__device__ __forceinline__ void store(__nv_bfloat16* dst, const float (&f)[4]) {
+  const __nv_bfloat162 a = __floats2bfloat162_rn(f[0], f[1]), b = __floats2bfloat162_rn(f[2], f[3]);
+  *reinterpret_cast<uint2*>(dst) =
+      make_uint2(*reinterpret_cast<const uint32_t*>(&a), *reinterpret_cast<const uint32_t*>(&b));
+}
+
+// Input row iy of the tile's columns (bit j of col_in: column j inside the image), zeros
+// outside the image.
+template <typename T, int COLS>
+__device__ __forceinline__ void load_row(const T* xn, int iy, int ix0, int x_sh, int x_sw, int H,
+                                         uint32_t col_in, typename Group<T>::type (&row)[COLS]) {
+  using G = typename Group<T>::type;
+  const bool row_in = static_cast<unsigned>(iy) < static_cast<unsigned>(H);
+  const T* in = xn + iy * x_sh;
 #pragma unroll
-  for (int e = 0; e < static_cast<int>(16 / sizeof(T)); ++e) h[e] = from_float<T>(f[e]);
-  return v;
+  for (int j = 0; j < COLS; ++j) {
+    row[j] = row_in && (col_in >> j & 1u) ? __ldg(reinterpret_cast<const G*>(in + (ix0 + j) * x_sw)) : G{};
+  }
 }
 
 // A K x K kernel at stride S. Shared memory: the weights of the block's channel groups,
-// float4 [tap][quarter q of the group][group]: a warp's reads of one tap are consecutive.
+// float4 [tap][group]: a warp's reads of one tap are consecutive.
 template <typename T, int K, int S>
 __global__ void __launch_bounds__(kDwClThreads, 2) depthwise_cl_kernel(const ConvParams p,
-                                                                    const DepthwiseClShape d) {
-  constexpr int VEC = 16 / static_cast<int>(sizeof(T));
-  constexpr int Q = VEC / 4;
-  constexpr int R = depthwise_cl_strip(K, S, VEC);
-  constexpr int COLS = (R - 1) * S + K;  // input columns of a strip
+                                                                       const DepthwiseClShape d) {
+  using G = typename Group<T>::type;
+  constexpr int TH = kDwClTileH, TW = depthwise_cl_tile_w(K, S, sizeof(T));
+  constexpr int ROWS = (TH - 1) * S + K, COLS = (TW - 1) * S + K;  // the tile's input window
   extern __shared__ float4 w_s[];
 
   const int cg_local = static_cast<int>(threadIdx.x) % d.cg_block;
-  const int strip_local = static_cast<int>(threadIdx.x) / d.cg_block;
-  const int c0 = blockIdx.y * d.cg_block * VEC;  // the block's first channel
-  const T* w = static_cast<const T*>(p.wprep);   // (C, 1, K, K), contiguous
+  const int tile_local = static_cast<int>(threadIdx.x) / d.cg_block;
+  const int c0 = blockIdx.y * d.cg_block * kDwClGroup;  // the block's first channel
+  const T* w = static_cast<const T*>(p.wprep);          // (C, 1, K, K), contiguous
   float* ws = reinterpret_cast<float*>(w_s);
-  for (int i = threadIdx.x; i < K * K * d.cg_block * VEC; i += kDwClThreads) {
-    const int tap = i / (d.cg_block * VEC), cl = i - tap * (d.cg_block * VEC);
+  for (int i = threadIdx.x; i < K * K * d.cg_block * kDwClGroup; i += kDwClThreads) {
+    const int tap = i / (d.cg_block * kDwClGroup), cl = i - tap * (d.cg_block * kDwClGroup);
     const int c = c0 + cl;
-    ws[((tap * Q + cl % VEC / 4) * d.cg_block + cl / VEC) * 4 + cl % 4] =
-        c < p.Cout ? to_float(w[c * K * K + tap]) : 0.f;
+    ws[tap * d.cg_block * kDwClGroup + cl] = c < p.Cout ? to_float(w[c * K * K + tap]) : 0.f;
   }
   __syncthreads();
-  const int c = c0 + cg_local * VEC;  // the thread's first channel
-  if (strip_local >= d.strips_per_block || c >= p.Cout) return;
+  const int c = c0 + cg_local * kDwClGroup;  // the thread's first channel
+  if (tile_local >= d.tiles_per_block || c >= p.Cout) return;
 
-  // bias, and `other` where it varies by channel only (or is a number)
   const bool chan_other = p.other == nullptr || (p.o_sn == 0 && p.o_sh == 0 && p.o_sw == 0);
-  float bias[VEC], other_c[VEC];
-#pragma unroll
-  for (int e = 0; e < VEC; ++e) {
-    bias[e] = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c + e]) : 0.f;
-    other_c[e] = chan_other ? load_other(p, (c + e) * p.o_sc) : 0.f;
-  }
   const int x_sh = static_cast<int>(p.x_sh), x_sw = static_cast<int>(p.x_sw);  // < 2^31 (the planner)
-  const int step = gridDim.x * d.strips_per_block;
-  for (int s = blockIdx.x * d.strips_per_block + strip_local; s < d.strips; s += step) {
-    const int row = s / d.strips_w, sx = s - row * d.strips_w;  // row: n * OH + oy
-    const int n = row / p.OH, oy = row - n * p.OH;
-    const int ox0 = sx * R;
-    const int iy0 = oy * S - p.pad_h, ix0 = ox0 * S - p.pad_w;
+  const int step = gridDim.x * d.tiles_per_block;
+  for (int t = blockIdx.x * d.tiles_per_block + tile_local; t < d.tiles; t += step) {
+    const int trow = t / d.tiles_w, tx = t - trow * d.tiles_w;  // trow: n * tiles_h + ty
+    const int n = trow / d.tiles_h, ty = trow - n * d.tiles_h;
+    const int oy0 = ty * TH, ox0 = tx * TW;
+    const int iy0 = oy0 * S - p.pad_h, ix0 = ox0 * S - p.pad_w;
     const T* xn = static_cast<const T*>(p.x) + n * p.x_sn + c;
-    float acc[R][VEC] = {};
+    uint32_t col_in = 0;
 #pragma unroll
-    for (int ky = 0; ky < K; ++ky) {
-      const int iy = iy0 + ky;
-      if (static_cast<unsigned>(iy) >= static_cast<unsigned>(p.H)) continue;
-      const T* in = xn + iy * x_sh;
-      uint4 v[COLS];
-#pragma unroll
-      for (int j = 0; j < COLS; ++j) {
-        const int ix = ix0 + j;
-        v[j] = static_cast<unsigned>(ix) < static_cast<unsigned>(p.W)
-                   ? __ldg(reinterpret_cast<const uint4*>(in + ix * x_sw))
-                   : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int kx = 0; kx < K; ++kx) {
-        float wv[VEC];
-#pragma unroll
-        for (int q = 0; q < Q; ++q) {
-          const float4 t = w_s[((ky * K + kx) * Q + q) * d.cg_block + cg_local];
-          wv[4 * q] = t.x, wv[4 * q + 1] = t.y, wv[4 * q + 2] = t.z, wv[4 * q + 3] = t.w;
-        }
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          float xv[VEC];
-          unpack<T>(v[r * S + kx], xv);
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) acc[r][e] = fmaf(xv[e], wv[e], acc[r][e]);
-        }
-      }
+    for (int j = 0; j < COLS; ++j) {
+      col_in |= static_cast<uint32_t>(static_cast<unsigned>(ix0 + j) < static_cast<unsigned>(p.W)) << j;
     }
 
+    float acc[TH][TW][kDwClGroup] = {};
+    G row[COLS], next[COLS];
+    load_row<T, COLS>(xn, iy0, ix0, x_sh, x_sw, p.H, col_in, row);
+    // not unrolled: unrolled, ptxas issues every row's loads up front and spills
+#pragma unroll 1
+    for (int j = 0; j < ROWS; ++j) {
+      if (j + 1 < ROWS) load_row<T, COLS>(xn, iy0 + j + 1, ix0, x_sh, x_sw, p.H, col_in, next);
+      // input row j feeds output rows r with j - r S in [0, K)
+#pragma unroll
+      for (int r = 0; r < TH; ++r) {
+        const int ky = j - r * S;
+        if (ky < 0 || ky >= K) continue;
+#pragma unroll
+        for (int kx = 0; kx < K; ++kx) {
+          const float4 wv = w_s[(ky * K + kx) * d.cg_block + cg_local];
+#pragma unroll
+          for (int q = 0; q < TW; ++q) {
+            float xv[4];
+            unpack(row[q * S + kx], static_cast<const T*>(nullptr), xv);
+            acc[r][q][0] = fmaf(xv[0], wv.x, acc[r][q][0]);
+            acc[r][q][1] = fmaf(xv[1], wv.y, acc[r][q][1]);
+            acc[r][q][2] = fmaf(xv[2], wv.z, acc[r][q][2]);
+            acc[r][q][3] = fmaf(xv[3], wv.w, acc[r][q][3]);
+          }
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < COLS; ++q) row[q] = next[q];
+    }
+
+    // bias, and `other` where it varies by channel only (or is a number): loaded per tile,
+    // where the rows' registers are free
+    float bias[kDwClGroup], other_c[kDwClGroup];
+#pragma unroll
+    for (int e = 0; e < kDwClGroup; ++e) {
+      bias[e] = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c + e]) : 0.f;
+      other_c[e] = chan_other ? load_other(p, (c + e) * p.o_sc) : 0.f;
+    }
     T* out = static_cast<T*>(p.out);
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const int ox = ox0 + r;
-      if (ox >= p.OW) break;
-      float y[VEC];
-      const int64_t o = n * p.o_sn + oy * p.o_sh + ox * p.o_sw;
+    for (int r = 0; r < TH; ++r) {
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        const float other = chan_other ? other_c[e] : load_other(p, o + (c + e) * p.o_sc);
-        y[e] = fused_value(acc[r][e], bias[e], other);
+      for (int q = 0; q < TW; ++q) {
+        const int oy = oy0 + r, ox = ox0 + q;
+        if (oy >= p.OH || ox >= p.OW) continue;
+        const int64_t o = n * p.o_sn + oy * p.o_sh + ox * p.o_sw;
+        float y[kDwClGroup];
+#pragma unroll
+        for (int e = 0; e < kDwClGroup; ++e) {
+          const float other = chan_other ? other_c[e] : load_other(p, o + (c + e) * p.o_sc);
+          y[e] = fused_value(acc[r][q][e], bias[e], other);
+        }
+        store(out + (n * p.y_sn + oy * p.y_sh + ox * p.y_sw + c), y);
       }
-      *reinterpret_cast<uint4*>(out + (n * p.y_sn + oy * p.y_sh + ox * p.y_sw + c)) = pack<T>(y);
     }
   }
 }

@@ -125,35 +125,39 @@ inline int depthwise_smem_bytes(const DepthwiseShape& d, int taps) {
 }
 
 // The channels-last depthwise kernel (depthwise_cl.cu): one input and one output channel
-// per group, the K x K sizes of depthwise_cl_sizes. A block of kDwClThreads threads holds
-// strips_per_block x cg_block of them: cg_block 16-byte groups of channels (the block's
-// chunk of them, blockIdx.y) for strips_per_block strips of depthwise_cl_strip output
-// pixels of a row; its blocks walk the strips (n, oy, column strip) in turn.
+// per group, the K x K sizes of depthwise_cl_sizes, channels in groups of 4 (16 bytes fp32,
+// 8 bytes 16-bit). A thread computes a tile of kDwClTileH x depthwise_cl_tile_w output
+// pixels for one group of channels; a block of kDwClThreads threads holds tiles_per_block x
+// cg_block of them: cg_block groups (the block's chunk of them, blockIdx.y) for
+// tiles_per_block tiles, and its blocks walk the tiles (n, tile row, tile column) in turn.
 constexpr int kDwClThreads = 256;
+constexpr int kDwClGroup = 4;
+constexpr int kDwClTileH = 4;
 
 constexpr bool depthwise_cl_sizes(int64_t k, int64_t stride) {
   return ((k == 3 || k == 5) && (stride == 1 || stride == 2)) || (k == 7 && stride == 1);
 }
 
-// Output pixels per strip: 4, or 2 where a thread's input columns of 4 would pass 64 floats
-// (16-bit 3x3 and 5x5 at stride 2, 7x7: those spill or halve the blocks per SM at 4).
-constexpr int depthwise_cl_strip(int k, int stride, int vec) {
-  return (3 * stride + k) * vec <= 64 ? 4 : 2;
+// A thread tile's columns: 4 where its accumulators and two rows of input columns (this
+// row's and the next's, in flight) take at most 88 registers, else 2: at 4, the others
+// spill at 128 registers (2 blocks per SM). 4 for 16-bit 3x3 at stride 1 only.
+constexpr int depthwise_cl_tile_w(int k, int stride, int elem_bytes) {
+  return kDwClTileH * 4 * kDwClGroup + 2 * (3 * stride + k) * elem_bytes <= 88 ? 4 : 2;
 }
 
 struct DepthwiseClShape {
-  int vec;               // channels per 16-byte group: 4 (fp32) or 8 (16-bit)
-  int cg_block;          // channel groups per block; 0: the kernel does not take the sizes
-  int chunks;            // blocks per strip: ceil(channel groups / cg_block)
-  int strips_per_block;  // kDwClThreads / cg_block
-  int strips_w;          // strips per output row: ceil(OW / depthwise_cl_strip)
-  int strips;            // N x OH x strips_w
-  int blocks;            // the grid's x: blocks walking the strips
+  int cg_block;         // channel groups per block; 0: the kernel does not take the sizes
+  int chunks;           // blocks per tile: ceil(channel groups / cg_block)
+  int tiles_per_block;  // kDwClThreads / cg_block
+  int tiles_w;          // tiles per output row: ceil(OW / depthwise_cl_tile_w)
+  int tiles_h;          // tile rows per image: ceil(OH / kDwClTileH)
+  int tiles;            // N x tiles_h x tiles_w
+  int blocks;           // the grid's x: blocks walking the tiles
 };
 
 // A block's shared memory: its channels' weights as floats.
 inline int depthwise_cl_smem_bytes(const DepthwiseClShape& d, int taps) {
-  return taps * d.cg_block * d.vec * static_cast<int>(sizeof(float));
+  return taps * d.cg_block * kDwClGroup * static_cast<int>(sizeof(float));
 }
 
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,

@@ -91,7 +91,7 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
     case(1, 4, 24, 40, 4, 7, 1, 3, 1, dtype, False, True, "full", groups=4)
     case(2, 32, 20, 24, 32, 3, 1, 1, 1, dtype, False, True, "full", groups=8)
     case(2, 8, 9, 11, 12, 5, 2, 2, 2, dtype, False, True, "chan", groups=2)
-    # the channels-last kernel: 3x3 strips past the row's end, 5x5 stride 2, 7x7 in chunks
+    # the channels-last kernel: 3x3 tiles past the plane's edges, 5x5 stride 2, 7x7 in chunks
     case(2, 24, 9, 13, 24, 3, 1, 1, 1, dtype, True, True, "full", groups=24)
     case(1, 16, 13, 12, 16, 5, 2, 0, 1, dtype, True, True, "scalar", groups=16)
     case(1, 512, 9, 10, 512, 7, 1, 3, 1, dtype, True, True, "chan", groups=512)
