@@ -433,7 +433,7 @@ DepthwiseClShape depthwise_cl_shape(const at::Tensor& x, const at::Tensor& weigh
   // the block's channel groups: as many as its threads and 48 KB of weights take, the
   // chunks of a pixel's groups evened out
   const int64_t groups = C / G;
-  const int64_t cg_max = std::min<int64_t>(kDwClThreads, kDwMaxSmem / (K * K * G * 4));
+  const int64_t cg_max = std::min<int64_t>(kDwClThreads, kDwMaxSmem / ((K * K + 2) * G * 4));
   const int64_t chunks = (groups + cg_max - 1) / cg_max;
   if (tiles >= (int64_t{1} << 30) || chunks > 65535) return d;
   d.cg_block = static_cast<int>((groups + chunks - 1) / chunks);

@@ -69,7 +69,8 @@ __device__ __forceinline__ void load_row(const T* xn, int iy, int ix0, int x_sh,
 }
 
 // A K x K kernel at stride S. Shared memory: the weights of the block's channel groups,
-// float4 [tap][group]: a warp's reads of one tap are consecutive.
+// float4 [tap][group] (a warp's reads of one tap are consecutive), then the bias and the
+// per-channel `other` of its channels.
 template <typename T, int K, int S>
 __global__ void __launch_bounds__(kDwClThreads, 2) depthwise_cl_kernel(const ConvParams p,
                                                                        const DepthwiseClShape d) {
@@ -81,18 +82,29 @@ __global__ void __launch_bounds__(kDwClThreads, 2) depthwise_cl_kernel(const Con
   const int cg_local = static_cast<int>(threadIdx.x) % d.cg_block;
   const int tile_local = static_cast<int>(threadIdx.x) / d.cg_block;
   const int c0 = blockIdx.y * d.cg_block * kDwClGroup;  // the block's first channel
-  const T* w = static_cast<const T*>(p.wprep);          // (C, 1, K, K), contiguous
+  const int block_channels = d.cg_block * kDwClGroup;
+  const T* w = static_cast<const T*>(p.wprep);  // (C, 1, K, K), contiguous
   float* ws = reinterpret_cast<float*>(w_s);
-  for (int i = threadIdx.x; i < K * K * d.cg_block * kDwClGroup; i += kDwClThreads) {
-    const int tap = i / (d.cg_block * kDwClGroup), cl = i - tap * (d.cg_block * kDwClGroup);
+  for (int i = threadIdx.x; i < K * K * block_channels; i += kDwClThreads) {
+    const int tap = i / block_channels, cl = i - tap * block_channels;
     const int c = c0 + cl;
-    ws[tap * d.cg_block * kDwClGroup + cl] = c < p.Cout ? to_float(w[c * K * K + tap]) : 0.f;
+    ws[i] = c < p.Cout ? to_float(w[c * K * K + tap]) : 0.f;
+  }
+  // `other` staged where it varies by channel only (a number: p.other null)
+  const bool chan_other = p.other == nullptr || (p.o_sn == 0 && p.o_sh == 0 && p.o_sw == 0);
+  float* bias_s = ws + K * K * block_channels;
+  float* other_s = bias_s + block_channels;
+  for (int cl = threadIdx.x; cl < block_channels; cl += kDwClThreads) {
+    const int c = c0 + cl;
+    const bool in = c < p.Cout;
+    bias_s[cl] = in && p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
+    other_s[cl] = p.other == nullptr ? p.other_scalar
+                                     : (in && chan_other ? load_other(p, c * p.o_sc) : 0.f);
   }
   __syncthreads();
   const int c = c0 + cg_local * kDwClGroup;  // the thread's first channel
   if (tile_local >= d.tiles_per_block || c >= p.Cout) return;
 
-  const bool chan_other = p.other == nullptr || (p.o_sn == 0 && p.o_sh == 0 && p.o_sw == 0);
   const int x_sh = static_cast<int>(p.x_sh), x_sw = static_cast<int>(p.x_sw);  // < 2^31 (the planner)
   const int step = gridDim.x * d.tiles_per_block;
   for (int t = blockIdx.x * d.tiles_per_block + tile_local; t < d.tiles; t += step) {
@@ -137,14 +149,8 @@ __global__ void __launch_bounds__(kDwClThreads, 2) depthwise_cl_kernel(const Con
       for (int q = 0; q < COLS; ++q) row[q] = next[q];
     }
 
-    // bias, and `other` where it varies by channel only (or is a number): loaded per tile,
-    // where the rows' registers are free
-    float bias[kDwClGroup], other_c[kDwClGroup];
-#pragma unroll
-    for (int e = 0; e < kDwClGroup; ++e) {
-      bias[e] = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c + e]) : 0.f;
-      other_c[e] = chan_other ? load_other(p, (c + e) * p.o_sc) : 0.f;
-    }
+    const float4 bias = reinterpret_cast<const float4*>(bias_s)[cg_local];
+    const float4 other_c = reinterpret_cast<const float4*>(other_s)[cg_local];
     T* out = static_cast<T*>(p.out);
 #pragma unroll
     for (int r = 0; r < TH; ++r) {
@@ -153,12 +159,15 @@ __global__ void __launch_bounds__(kDwClThreads, 2) depthwise_cl_kernel(const Con
         const int oy = oy0 + r, ox = ox0 + q;
         if (oy >= p.OH || ox >= p.OW) continue;
         const int64_t o = n * p.o_sn + oy * p.o_sh + ox * p.o_sw;
-        float y[kDwClGroup];
+        float other[kDwClGroup] = {other_c.x, other_c.y, other_c.z, other_c.w};
+        if (!chan_other) {
 #pragma unroll
-        for (int e = 0; e < kDwClGroup; ++e) {
-          const float other = chan_other ? other_c[e] : load_other(p, o + (c + e) * p.o_sc);
-          y[e] = fused_value(acc[r][q][e], bias[e], other);
+          for (int e = 0; e < kDwClGroup; ++e) other[e] = load_other(p, o + (c + e) * p.o_sc);
         }
+        const float y[kDwClGroup] = {fused_value(acc[r][q][0], bias.x, other[0]),
+                                     fused_value(acc[r][q][1], bias.y, other[1]),
+                                     fused_value(acc[r][q][2], bias.z, other[2]),
+                                     fused_value(acc[r][q][3], bias.w, other[3])};
         store(out + (n * p.y_sn + oy * p.y_sh + ox * p.y_sw + c), y);
       }
     }

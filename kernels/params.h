@@ -155,9 +155,9 @@ struct DepthwiseClShape {
   int blocks;           // the grid's x: blocks walking the tiles
 };
 
-// A block's shared memory: its channels' weights as floats.
+// A block's shared memory: its channels' weights, bias and per-channel `other` as floats.
 inline int depthwise_cl_smem_bytes(const DepthwiseClShape& d, int taps) {
-  return taps * d.cg_block * kDwClGroup * static_cast<int>(sizeof(float));
+  return (taps + 2) * d.cg_block * kDwClGroup * static_cast<int>(sizeof(float));
 }
 
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,
