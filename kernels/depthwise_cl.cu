@@ -68,14 +68,40 @@ __device__ __forceinline__ void load_row(const T* xn, int iy, int ix0, int x_sh,
   }
 }
 
+// acc[r] += input row j's share of output row r (j - r S in [0, K)), for the thread's TW
+// columns; `row`: the row's COLS input columns, converted to floats once.
+template <typename T, int K, int S, int TH, int TW, int COLS>
+__device__ __forceinline__ void accumulate_row(int j, const typename Group<T>::type (&row)[COLS],
+                                               const float4* w_s, int cg_block, int cg_local,
+                                               float (&acc)[TH][TW][kDwClGroup]) {
+  float xv[COLS][kDwClGroup];
+#pragma unroll
+  for (int q = 0; q < COLS; ++q) unpack(row[q], static_cast<const T*>(nullptr), xv[q]);
+#pragma unroll
+  for (int r = 0; r < TH; ++r) {
+    const int ky = j - r * S;
+    if (ky < 0 || ky >= K) continue;
+#pragma unroll
+    for (int kx = 0; kx < K; ++kx) {
+      const float4 wv = w_s[(ky * K + kx) * cg_block + cg_local];
+#pragma unroll
+      for (int q = 0; q < TW; ++q) {
+        acc[r][q][0] = fmaf(xv[q * S + kx][0], wv.x, acc[r][q][0]);
+        acc[r][q][1] = fmaf(xv[q * S + kx][1], wv.y, acc[r][q][1]);
+        acc[r][q][2] = fmaf(xv[q * S + kx][2], wv.z, acc[r][q][2]);
+        acc[r][q][3] = fmaf(xv[q * S + kx][3], wv.w, acc[r][q][3]);
+      }
+    }
+  }
+}
+
 // A K x K kernel at stride S. Shared memory: the weights of the block's channel groups,
 // float4 [tap][group] (a warp's reads of one tap are consecutive), then the bias and the
 // per-channel `other` of its channels.
-template <typename T, int K, int S>
+template <typename T, int K, int S, int TH, int TW, bool UNROLL>
 __global__ void __launch_bounds__(kDwClThreads, 2) depthwise_cl_kernel(const ConvParams p,
                                                                        const DepthwiseClShape d) {
   using G = typename Group<T>::type;
-  constexpr int TH = kDwClTileH, TW = depthwise_cl_tile_w(K, S, sizeof(T));
   constexpr int ROWS = (TH - 1) * S + K, COLS = (TW - 1) * S + K;  // the tile's input window
   extern __shared__ float4 w_s[];
 
@@ -120,33 +146,26 @@ __global__ void __launch_bounds__(kDwClThreads, 2) depthwise_cl_kernel(const Con
     }
 
     float acc[TH][TW][kDwClGroup] = {};
-    G row[COLS], next[COLS];
-    load_row<T, COLS>(xn, iy0, ix0, x_sh, x_sw, p.H, col_in, row);
-    // not unrolled: unrolled, ptxas issues every row's loads up front and spills
-#pragma unroll 1
-    for (int j = 0; j < ROWS; ++j) {
-      if (j + 1 < ROWS) load_row<T, COLS>(xn, iy0 + j + 1, ix0, x_sh, x_sw, p.H, col_in, next);
-      // input row j feeds output rows r with j - r S in [0, K)
+    if constexpr (UNROLL) {
+      // each row loaded where it is used: ptxas issues the tile's loads up front
 #pragma unroll
-      for (int r = 0; r < TH; ++r) {
-        const int ky = j - r * S;
-        if (ky < 0 || ky >= K) continue;
-#pragma unroll
-        for (int kx = 0; kx < K; ++kx) {
-          const float4 wv = w_s[(ky * K + kx) * d.cg_block + cg_local];
-#pragma unroll
-          for (int q = 0; q < TW; ++q) {
-            float xv[4];
-            unpack(row[q * S + kx], static_cast<const T*>(nullptr), xv);
-            acc[r][q][0] = fmaf(xv[0], wv.x, acc[r][q][0]);
-            acc[r][q][1] = fmaf(xv[1], wv.y, acc[r][q][1]);
-            acc[r][q][2] = fmaf(xv[2], wv.z, acc[r][q][2]);
-            acc[r][q][3] = fmaf(xv[3], wv.w, acc[r][q][3]);
-          }
-        }
+      for (int j = 0; j < ROWS; ++j) {
+        G row[COLS];
+        load_row<T, COLS>(xn, iy0 + j, ix0, x_sh, x_sw, p.H, col_in, row);
+        accumulate_row<T, K, S, TH, TW, COLS>(j, row, w_s, d.cg_block, cg_local, acc);
       }
+    } else {
+      // the next row's loads issued before this row's multiply-adds; not unrolled (unrolled,
+      // ptxas issues every row's loads up front and spills)
+      G row[COLS], next[COLS];
+      load_row<T, COLS>(xn, iy0, ix0, x_sh, x_sw, p.H, col_in, row);
+#pragma unroll 1
+      for (int j = 0; j < ROWS; ++j) {
+        if (j + 1 < ROWS) load_row<T, COLS>(xn, iy0 + j + 1, ix0, x_sh, x_sw, p.H, col_in, next);
+        accumulate_row<T, K, S, TH, TW, COLS>(j, row, w_s, d.cg_block, cg_local, acc);
 #pragma unroll
-      for (int q = 0; q < COLS; ++q) row[q] = next[q];
+        for (int q = 0; q < COLS; ++q) row[q] = next[q];
+      }
     }
 
     const float4 bias = reinterpret_cast<const float4*>(bias_s)[cg_local];
@@ -174,21 +193,31 @@ __global__ void __launch_bounds__(kDwClThreads, 2) depthwise_cl_kernel(const Con
   }
 }
 
-template <typename T, int K, int S>
+template <typename T, int K, int S, int TH, int TW, bool UNROLL>
 void launch_cl_t(const ConvParams& p, const DepthwiseClShape& d, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(d.blocks), static_cast<unsigned>(d.chunks));
-  depthwise_cl_kernel<T, K, S><<<grid, kDwClThreads, depthwise_cl_smem_bytes(d, K * K), stream>>>(p, d);
+  depthwise_cl_kernel<T, K, S, TH, TW, UNROLL>
+      <<<grid, kDwClThreads, depthwise_cl_smem_bytes(d, K * K), stream>>>(p, d);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, int K, int S>
+void launch_cl_form(const ConvParams& p, const DepthwiseClShape& d, cudaStream_t stream) {
+  constexpr DwClTile a = depthwise_cl_tile(K, S, sizeof(T), 0), b = depthwise_cl_tile(K, S, sizeof(T), 1),
+                     c = depthwise_cl_tile(K, S, sizeof(T), 2);
+  if (d.form == 0) launch_cl_t<T, K, S, a.h, a.w, a.unroll>(p, d, stream);
+  else if (d.form == 1) launch_cl_t<T, K, S, b.h, b.w, b.unroll>(p, d, stream);
+  else launch_cl_t<T, K, S, c.h, c.w, c.unroll>(p, d, stream);
 }
 
 template <typename T>
 void launch_cl_dtype(const ConvParams& p, const DepthwiseClShape& d, cudaStream_t stream) {
   const int k = p.KW, s = p.stride_w;  // depthwise_cl_sizes: one of the compiled sizes
-  if (k == 3 && s == 1) launch_cl_t<T, 3, 1>(p, d, stream);
-  else if (k == 3 && s == 2) launch_cl_t<T, 3, 2>(p, d, stream);
-  else if (k == 5 && s == 1) launch_cl_t<T, 5, 1>(p, d, stream);
-  else if (k == 5 && s == 2) launch_cl_t<T, 5, 2>(p, d, stream);
-  else launch_cl_t<T, 7, 1>(p, d, stream);
+  if (k == 3 && s == 1) launch_cl_form<T, 3, 1>(p, d, stream);
+  else if (k == 3 && s == 2) launch_cl_form<T, 3, 2>(p, d, stream);
+  else if (k == 5 && s == 1) launch_cl_form<T, 5, 1>(p, d, stream);
+  else if (k == 5 && s == 2) launch_cl_form<T, 5, 2>(p, d, stream);
+  else launch_cl_form<T, 7, 1>(p, d, stream);
 }
 
 }  // namespace

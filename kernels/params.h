@@ -138,14 +138,20 @@ constexpr bool depthwise_cl_sizes(int64_t k, int64_t stride) {
   return ((k == 3 || k == 5) && (stride == 1 || stride == 2)) || (k == 7 && stride == 1);
 }
 
-// A thread tile's columns: 4 where its accumulators and two rows of input columns (this
-// row's and the next's, in flight) take at most 88 registers, else 2: at 4, the others
-// spill at 128 registers (2 blocks per SM). 4 for 16-bit 3x3 at stride 1 only.
-constexpr int depthwise_cl_tile_w(int k, int stride, int elem_bytes) {
-  return kDwClTileH * 4 * kDwClGroup + 2 * (3 * stride + k) * elem_bytes <= 88 ? 4 : 2;
+// A thread's tile, by form (measured choice pending): 0, 4 rows walked with the next row in
+// flight; 1, 2 rows unrolled (the tile's loads issued at once); 2, 1 row unrolled, 4 columns.
+struct DwClTile {
+  int h, w;
+  bool unroll;
+};
+constexpr DwClTile depthwise_cl_tile(int k, int stride, int elem_bytes, int form) {
+  return form == 0   ? DwClTile{4, kDwClTileH * 4 * kDwClGroup + 2 * (3 * stride + k) * elem_bytes <= 88 ? 4 : 2, false}
+         : form == 1 ? DwClTile{2, elem_bytes == 2 && k == 3 && stride == 1 ? 4 : 2, true}
+                     : DwClTile{1, 4, true};
 }
 
 struct DepthwiseClShape {
+  int form;             // the thread tile's form (depthwise_cl_tile)
   int cg_block;         // channel groups per block; 0: the kernel does not take the sizes
   int chunks;           // blocks per tile: ceil(channel groups / cg_block)
   int tiles_per_block;  // kDwClThreads / cg_block
