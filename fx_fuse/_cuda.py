@@ -193,11 +193,14 @@ def _depthwise_pays(out_shape, taps: int, cpg: int, channels_last: bool) -> bool
     7x7 at 56 px 112 / 469. Groups of 4 at 56 px 93 / 159, of 2 88 / 296, of 8 at 28 px 94 /
     79; groups of 4 at stride 2 to 28 px 72 / 72.
 
-    Channels-last input (the channels-last kernel takes one channel per group): every size
-    it takes."""
-    if channels_last:
-        return True
+    Channels-last input (its kernel takes one channel per group): output planes of at least
+    784 pixels, where the kernel's per-tile costs are spread over enough tiles. Measured, GPU
+    us, kernel / cuDNN's path (v45): fp16 3x3 at 56 px (32 x 144 channels) 35 / 48, fp32 45
+    / 70; fp16 3x3 at 28 px 15 / 18, at 14 px 22 / 16, at 7 px 10 / 9; fp16 5x5 at 14 px 24
+    / 22; fp16 7x7 at 56 px 79 / 83, fp32 76-89 / 203, fp16 7x7 at 14 px 33 / 28."""
     pixels = out_shape[2] * out_shape[3]
+    if channels_last:
+        return pixels >= 784
     if cpg > 1:
         return cpg <= 4 and pixels >= 784
     return pixels >= 784 or (pixels >= 196 and taps >= 25)

@@ -426,10 +426,8 @@ DepthwiseClShape depthwise_cl_shape(const at::Tensor& x, const at::Tensor& weigh
   if (!sizes || !grouped) return d;
   const int64_t OH = (x.size(2) + 2 * padding[0] - K) / stride[0] + 1;
   const int64_t OW = (x.size(3) + 2 * padding[1] - K) / stride[1] + 1;
-  const char* form_env = std::getenv("FX_FUSE_DWCL_FORM");
-  d.form = form_env != nullptr ? std::atoi(form_env) : 0;
   const DwClTile tile = depthwise_cl_tile(static_cast<int>(K), static_cast<int>(stride[0]),
-                                          static_cast<int>(x.element_size()), d.form);
+                                          static_cast<int>(x.element_size()));
   const int64_t tiles_w = (OW + tile.w - 1) / tile.w, tiles_h = (OH + tile.h - 1) / tile.h;
   const int64_t tiles = x.size(0) * tiles_h * tiles_w;
   // the block's channel groups: as many as its threads and 48 KB of weights take, the

@@ -1,18 +1,21 @@
 // The channels-last depthwise kernel: convolutions with one input and one output channel
 // per group on channels-last input, at the common sizes (3x3 and 5x5 at stride 1 or 2, 7x7
-// at stride 1, no dilation: compiled in). A thread computes a tile of 4 output rows x 2 (4
-// for 16-bit 3x3: depthwise_cl_tile_w) columns for one group of 4 channels, the lanes of a warp taking
-// neighbouring groups, so that a warp's loads cover whole pixels:
+// at stride 1, no dilation: compiled in). A thread computes a tile of output pixels
+// (depthwise_cl_tile: 2 x 2 to 4 x 2, 2 x 4 for 16-bit 3x3) for one group of 4 channels,
+// the lanes of a warp taking neighbouring groups, so that a warp's loads cover whole pixels:
 //   - it walks the tile's input rows once, top to bottom, each row's columns loaded once
-//     (16 bytes fp32, 8 bytes 16-bit) straight from global memory, the next row's loads
-//     issued before this row's multiply-adds; each row feeds every output row it touches
-//     (3x3, 4 x 2: 24 loads for 8 outputs, where one per tap would be 72);
+//     (16 bytes fp32, 8 bytes 16-bit) straight from global memory and converted to floats
+//     once; each row feeds every output row it touches (3x3 on 2 x 4: 24 loads for 8
+//     outputs, where one per tap would be 72). For 3x3 the walk is unrolled, so the tile's
+//     loads are issued at once; larger kernels walk their rows in a loop, the next row's
+//     loads issued before this row's multiply-adds;
 //   - the block's weights sit in shared memory as floats, one 16-byte vector per tap and
-//     group;
+//     group, beside its bias and per-channel `other`;
 //   - the epilogue (bias, relu, `other`) runs before the only store, one vector per pixel
 //     (the output is channels-last too).
-// Past the weights' barrier, warps walk their tiles independently: nothing is staged, so
-// no block waits on a window (docs/performance.md, v45; fx_fuse/_cuda.py, _depthwise_pays).
+// Past the staging barrier, warps walk their tiles independently: nothing else is staged,
+// so no block waits on a window (docs/performance.md, v45; fx_fuse/_cuda.py,
+// _depthwise_pays).
 #include <c10/cuda/CUDAException.h>
 
 #include "api.h"
@@ -95,7 +98,8 @@ __device__ __forceinline__ void accumulate_row(int j, const typename Group<T>::t
   }
 }
 
-// A K x K kernel at stride S. Shared memory: the weights of the block's channel groups,
+// A K x K kernel at stride S on tiles of TH x TW pixels, rows unrolled or not
+// (depthwise_cl_tile). Shared memory: the weights of the block's channel groups,
 // float4 [tap][group] (a warp's reads of one tap are consecutive), then the bias and the
 // per-channel `other` of its channels.
 template <typename T, int K, int S, int TH, int TW, bool UNROLL>
@@ -202,22 +206,19 @@ void launch_cl_t(const ConvParams& p, const DepthwiseClShape& d, cudaStream_t st
 }
 
 template <typename T, int K, int S>
-void launch_cl_form(const ConvParams& p, const DepthwiseClShape& d, cudaStream_t stream) {
-  constexpr DwClTile a = depthwise_cl_tile(K, S, sizeof(T), 0), b = depthwise_cl_tile(K, S, sizeof(T), 1),
-                     c = depthwise_cl_tile(K, S, sizeof(T), 2);
-  if (d.form == 0) launch_cl_t<T, K, S, a.h, a.w, a.unroll>(p, d, stream);
-  else if (d.form == 1) launch_cl_t<T, K, S, b.h, b.w, b.unroll>(p, d, stream);
-  else launch_cl_t<T, K, S, c.h, c.w, c.unroll>(p, d, stream);
+void launch_cl_sized(const ConvParams& p, const DepthwiseClShape& d, cudaStream_t stream) {
+  constexpr DwClTile tile = depthwise_cl_tile(K, S, sizeof(T));
+  launch_cl_t<T, K, S, tile.h, tile.w, tile.unroll>(p, d, stream);
 }
 
 template <typename T>
 void launch_cl_dtype(const ConvParams& p, const DepthwiseClShape& d, cudaStream_t stream) {
   const int k = p.KW, s = p.stride_w;  // depthwise_cl_sizes: one of the compiled sizes
-  if (k == 3 && s == 1) launch_cl_form<T, 3, 1>(p, d, stream);
-  else if (k == 3 && s == 2) launch_cl_form<T, 3, 2>(p, d, stream);
-  else if (k == 5 && s == 1) launch_cl_form<T, 5, 1>(p, d, stream);
-  else if (k == 5 && s == 2) launch_cl_form<T, 5, 2>(p, d, stream);
-  else launch_cl_form<T, 7, 1>(p, d, stream);
+  if (k == 3 && s == 1) launch_cl_sized<T, 3, 1>(p, d, stream);
+  else if (k == 3 && s == 2) launch_cl_sized<T, 3, 2>(p, d, stream);
+  else if (k == 5 && s == 1) launch_cl_sized<T, 5, 1>(p, d, stream);
+  else if (k == 5 && s == 2) launch_cl_sized<T, 5, 2>(p, d, stream);
+  else launch_cl_sized<T, 7, 1>(p, d, stream);
 }
 
 }  // namespace

@@ -126,37 +126,38 @@ inline int depthwise_smem_bytes(const DepthwiseShape& d, int taps) {
 
 // The channels-last depthwise kernel (depthwise_cl.cu): one input and one output channel
 // per group, the K x K sizes of depthwise_cl_sizes, channels in groups of 4 (16 bytes fp32,
-// 8 bytes 16-bit). A thread computes a tile of kDwClTileH x depthwise_cl_tile_w output
-// pixels for one group of channels; a block of kDwClThreads threads holds tiles_per_block x
-// cg_block of them: cg_block groups (the block's chunk of them, blockIdx.y) for
-// tiles_per_block tiles, and its blocks walk the tiles (n, tile row, tile column) in turn.
+// 8 bytes 16-bit). A thread computes a tile of output pixels (depthwise_cl_tile) for one
+// group of channels; a block of kDwClThreads threads holds tiles_per_block x cg_block of
+// them: cg_block groups (the block's chunk of them, blockIdx.y) for tiles_per_block tiles,
+// and its blocks walk the tiles (n, tile row, tile column) in turn.
 constexpr int kDwClThreads = 256;
 constexpr int kDwClGroup = 4;
-constexpr int kDwClTileH = 4;
 
 constexpr bool depthwise_cl_sizes(int64_t k, int64_t stride) {
   return ((k == 3 || k == 5) && (stride == 1 || stride == 2)) || (k == 7 && stride == 1);
 }
 
-// A thread's tile, by form (measured choice pending): 0, 4 rows walked with the next row in
-// flight; 1, 2 rows unrolled (the tile's loads issued at once); 2, 1 row unrolled, 4 columns.
+// A thread's tile: h x w output pixels, its input rows walked top to bottom either unrolled
+// (the tile's loads issued at once) or in a loop with the next row's loads in flight.
+// Measured (docs/performance.md, v45): 3x3 fastest at 2 rows unrolled (4 columns for
+// 16-bit at stride 1, else 2); larger kernels at 4 x 2 in the loop, 2 x 2 for fp32 at
+// stride 2 and 7x7 (at 4 x 2 they spill at 128 registers; unrolled, every larger kernel's
+// loads issued at once spill).
 struct DwClTile {
   int h, w;
   bool unroll;
 };
-constexpr DwClTile depthwise_cl_tile(int k, int stride, int elem_bytes, int form) {
-  return form == 0   ? DwClTile{4, kDwClTileH * 4 * kDwClGroup + 2 * (3 * stride + k) * elem_bytes <= 88 ? 4 : 2, false}
-         : form == 1 ? DwClTile{2, elem_bytes == 2 && k == 3 && stride == 1 ? 4 : 2, true}
-                     : DwClTile{1, 4, true};
+constexpr DwClTile depthwise_cl_tile(int k, int stride, int elem_bytes) {
+  if (k == 3) return {2, elem_bytes == 2 && stride == 1 ? 4 : 2, true};
+  return {elem_bytes == 4 && (stride == 2 || k == 7) ? 2 : 4, 2, false};
 }
 
 struct DepthwiseClShape {
-  int form;             // the thread tile's form (depthwise_cl_tile)
   int cg_block;         // channel groups per block; 0: the kernel does not take the sizes
   int chunks;           // blocks per tile: ceil(channel groups / cg_block)
   int tiles_per_block;  // kDwClThreads / cg_block
-  int tiles_w;          // tiles per output row: ceil(OW / depthwise_cl_tile_w)
-  int tiles_h;          // tile rows per image: ceil(OH / kDwClTileH)
+  int tiles_w;          // tiles per output row: ceil(OW / tile width)
+  int tiles_h;          // tile rows per image: ceil(OH / tile height)
   int tiles;            // N x tiles_h x tiles_w
   int blocks;           // the grid's x: blocks walking the tiles
 };
