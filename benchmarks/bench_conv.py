@@ -80,6 +80,8 @@ MORE_CASES = [
     Case("depthwise 5x5 s2 28px", (32, 240, 28, 28), 240, 5, stride=2, padding=2, groups=240),
     Case("depthwise 3x3 56px fp16 channels_last", (32, 144, 56, 56), 144, 3, padding=1,
          groups=144, dtype=torch.float16, channels_last=True),
+    Case("depthwise 7x7 56px channels_last", (32, 96, 56, 56), 96, 7, padding=3, groups=96,
+         channels_last=True),  # ConvNeXt's first stage
     Case("grouped 3x3 g32 56px", (32, 128, 56, 56), 128, 3, padding=1, groups=32),
     Case("batch 1 256 channels 64px", (1, 256, 64, 64), 256, 3, padding=1),
     Case("non-square 32x128", (32, 64, 32, 128), 64, 3, padding=1),
