@@ -442,12 +442,13 @@ DepthwiseClShape depthwise_cl_shape(const at::Tensor& x, const at::Tensor& weigh
   d.tiles_w = static_cast<int>(tiles_w);
   d.tiles_h = static_cast<int>(tiles_h);
   d.tiles = static_cast<int>(tiles);
-  // about 8 blocks per SM in all (each walks its share of the tiles)
+  // one wave: the blocks resident at once (2 per SM), each walking its share of the tiles,
+  // so that each block stages its weights once
   int sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.device().index()));
   const int64_t tile_blocks = (tiles + d.tiles_per_block - 1) / d.tiles_per_block;
-  d.blocks = static_cast<int>(
-      std::max<int64_t>(1, std::min(tile_blocks, (8 * int64_t{sms} + chunks - 1) / chunks)));
+  d.blocks = static_cast<int>(std::max<int64_t>(
+      1, std::min(tile_blocks, (kDwClBlocksPerSm * int64_t{sms} + chunks - 1) / chunks)));
   return d;
 }
 

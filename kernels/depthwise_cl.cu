@@ -103,7 +103,7 @@ __device__ __forceinline__ void accumulate_row(int j, const typename Group<T>::t
 // float4 [tap][group] (a warp's reads of one tap are consecutive), then the bias and the
 // per-channel `other` of its channels.
 template <typename T, int K, int S, int TH, int TW, bool UNROLL>
-__global__ void __launch_bounds__(kDwClThreads, 2) depthwise_cl_kernel(const ConvParams p,
+__global__ void __launch_bounds__(kDwClThreads, kDwClBlocksPerSm) depthwise_cl_kernel(const ConvParams p,
                                                                        const DepthwiseClShape d) {
   using G = typename Group<T>::type;
   constexpr int ROWS = (TH - 1) * S + K, COLS = (TW - 1) * S + K;  // the tile's input window

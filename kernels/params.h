@@ -131,6 +131,7 @@ inline int depthwise_smem_bytes(const DepthwiseShape& d, int taps) {
 // them: cg_block groups (the block's chunk of them, blockIdx.y) for tiles_per_block tiles,
 // and its blocks walk the tiles (n, tile row, tile column) in turn.
 constexpr int kDwClThreads = 256;
+constexpr int kDwClBlocksPerSm = 2;  // its __launch_bounds__: at most 128 registers
 constexpr int kDwClGroup = 4;
 
 constexpr bool depthwise_cl_sizes(int64_t k, int64_t stride) {
