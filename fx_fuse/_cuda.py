@@ -194,10 +194,11 @@ def _depthwise_pays(out_shape, taps: int, cpg: int, channels_last: bool) -> bool
     79; groups of 4 at stride 2 to 28 px 72 / 72.
 
     Channels-last input (its kernel takes one channel per group): output planes of at least
-    784 pixels, where the kernel's per-tile costs are spread over enough tiles. Measured, GPU
-    us, kernel / cuDNN's path (v45): fp16 3x3 at 56 px (32 x 144 channels) 35 / 48, fp32 45
-    / 70; fp16 3x3 at 28 px 15 / 18, at 14 px 22 / 16, at 7 px 10 / 9; fp16 5x5 at 14 px 24
-    / 22; fp16 7x7 at 56 px 79 / 83, fp32 76-89 / 203, fp16 7x7 at 14 px 33 / 28."""
+    784 pixels (28 x 28). Measured, GPU us, kernel / cuDNN's path (v45b): fp16 3x3 at 56 px
+    (32 x 144 channels) 31 / 49, fp32 42 / 72; fp16 3x3 at 112 px 26 / 43; fp16 7x7 at 56 px
+    72 / 83, fp32 91 / 201. Below: fp16 3x3 at 14 px 15.9 / 15.7 and at 7 px 9.7 / 9.2, fp16
+    7x7 at 14 px 33 / 28 (v45's 5x5 at 14 px: 24 / 22); 5x5 at stride 2 to 14 px wins
+    (15 / 18), the only stride-2 plane measured under 784 pixels."""
     pixels = out_shape[2] * out_shape[3]
     if channels_last:
         return pixels >= 784
