@@ -31,8 +31,9 @@ void launch_epilogue(const ConvParams& p, int elem_bytes, bool bf16, bool channe
 void launch_depthwise(const ConvParams& p, const DepthwiseShape& d, int elem_bytes, bool bf16,
                       cudaStream_t stream);
 
-// The channels-last depthwise kernel (depthwise_cl.cu): the same on channels-last input
-// (the weights (C, 1, K, K) contiguous, C a multiple of 16 bytes, 16-byte aligned pixels).
+// The channels-last depthwise kernel (depthwise_cl.cu): the same on channels-last input and
+// output, one channel per group (the weights (C, 1, K, K) contiguous), in groups of 4
+// channels: C and the strides multiples of 4, the data aligned to a group's bytes.
 void launch_depthwise_cl(const ConvParams& p, const DepthwiseClShape& d, int elem_bytes, bool bf16,
                          cudaStream_t stream);
 

@@ -28,21 +28,28 @@ namespace {
 template <typename T> struct Group { using type = uint2; };
 template <> struct Group<float> { using type = uint4; };
 
-__device__ __forceinline__ void unpack(const uint4& v, const float*, float (&f)[4]) {
+// The group's 4 channels as floats.
+template <typename T>
+__device__ __forceinline__ void unpack(const typename Group<T>::type& v, float (&f)[4]);
+template <>
+__device__ __forceinline__ void unpack<float>(const uint4& v, float (&f)[4]) {
   f[0] = __uint_as_float(v.x), f[1] = __uint_as_float(v.y);
   f[2] = __uint_as_float(v.z), f[3] = __uint_as_float(v.w);
 }
-__device__ __forceinline__ void unpack(const uint2& v, const __half*, float (&f)[4]) {
+template <>
+__device__ __forceinline__ void unpack<__half>(const uint2& v, float (&f)[4]) {
   const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&v.x));
   const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&v.y));
   f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
 }
-__device__ __forceinline__ void unpack(const uint2& v, const __nv_bfloat16*, float (&f)[4]) {
+template <>
+__device__ __forceinline__ void unpack<__nv_bfloat16>(const uint2& v, float (&f)[4]) {
   const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.x));
   const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.y));
   f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
 }
 
+// The 4 channels stored as T, rounded once.
 __device__ __forceinline__ void store(float* dst, const float (&f)[4]) {
   *reinterpret_cast<float4*>(dst) = make_float4(f[0], f[1], f[2], f[3]);
 }
@@ -79,7 +86,7 @@ __device__ __forceinline__ void accumulate_row(int j, const typename Group<T>::t
                                                float (&acc)[TH][TW][kDwClGroup]) {
   float xv[COLS][kDwClGroup];
 #pragma unroll
-  for (int q = 0; q < COLS; ++q) unpack(row[q], static_cast<const T*>(nullptr), xv[q]);
+  for (int q = 0; q < COLS; ++q) unpack<T>(row[q], xv[q]);
 #pragma unroll
   for (int r = 0; r < TH; ++r) {
     const int ky = j - r * S;
@@ -103,8 +110,8 @@ __device__ __forceinline__ void accumulate_row(int j, const typename Group<T>::t
 // float4 [tap][group] (a warp's reads of one tap are consecutive), then the bias and the
 // per-channel `other` of its channels.
 template <typename T, int K, int S, int TH, int TW, bool UNROLL>
-__global__ void __launch_bounds__(kDwClThreads, kDwClBlocksPerSm) depthwise_cl_kernel(const ConvParams p,
-                                                                       const DepthwiseClShape d) {
+__global__ void __launch_bounds__(kDwClThreads, kDwClBlocksPerSm)
+    depthwise_cl_kernel(const ConvParams p, const DepthwiseClShape d) {
   using G = typename Group<T>::type;
   constexpr int ROWS = (TH - 1) * S + K, COLS = (TW - 1) * S + K;  // the tile's input window
   extern __shared__ float4 w_s[];
