@@ -674,7 +674,7 @@ GROUPED_CONFIGS = [
     ((2, 40, 11, 7, 40, 40, 5, 1, 2, 1), "full_noncontig"),  # 5x5, 11 x 7 outputs
     ((1, 16, 13, 12, 16, 16, 5, 2, 0, 1), "0dim_cpu_f64"),  # 5x5 stride 2, no padding
     ((1, 512, 9, 10, 512, 512, 7, 1, 3, 1), "c11"),  # 7x7: three chunks of channels a pixel
-    ((2, 256, 64, 64, 256, 256, 3, 1, 1, 1), "1c11"),  # more tiles than a wave of blocks holds
+    ((2, 256, 64, 64, 256, 256, 3, 1, 1, 1), "1c11"),  # fp32: more tiles than one wave holds
 ]
 
 
