@@ -21,6 +21,14 @@ constexpr const char* kOp = "fx_fuse::conv2d_relu_add";
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// Whether x is read channels-last: channels innermost (as fx_fuse/_cuda.py decides).
+bool channels_innermost(const at::Tensor& x) { return x.size(1) > 1 && x.stride(1) == 1; }
+
+// An output extent: input extent `in`, padding on both sides, the dilated kernel's span.
+int64_t output_extent(int64_t in, int64_t padding, int64_t span, int64_t stride) {
+  return (in + 2 * padding - span) / stride + 1;
+}
+
 int other_kind(at::ScalarType t) {
   switch (t) {
     case at::kFloat: return kOtherF32;
@@ -110,8 +118,7 @@ Plan make_plan(const at::Tensor& x, const at::Tensor& weight, int64_t OW,
   const int elem = static_cast<int>(x.element_size());
   const int vec = 16 / elem;
   Plan plan{};
-  // channels innermost: channels-last input
-  const bool cin_inner = C > 1 && x.stride(1) == 1;
+  const bool cin_inner = channels_innermost(x);  // channels-last input
   // channels-last output goes through the copy engine: rows of Cout channels (of the dense
   // output the op allocates) in 16-byte multiples
   const bool out_ok = !cin_inner || Cout * elem % 16 == 0;
@@ -361,8 +368,8 @@ DepthwiseShape depthwise_shape(const at::Tensor& x, const at::Tensor& weight,
   const int64_t cpg = weight.size(1), groups = x.size(1) / cpg;
   const int64_t KH = weight.size(2), KW = weight.size(3), mult = weight.size(0) / groups;
   const int64_t span_h = dilation[0] * (KH - 1) + 1, span_w = dilation[1] * (KW - 1) + 1;
-  const int64_t OH = (x.size(2) + 2 * padding[0] - span_h) / stride[0] + 1;
-  const int64_t OW = (x.size(3) + 2 * padding[1] - span_w) / stride[1] + 1;
+  const int64_t OH = output_extent(x.size(2), padding[0], span_h, stride[0]);
+  const int64_t OW = output_extent(x.size(3), padding[1], span_w, stride[1]);
   // Rows go by 16-byte loads where every row and chunk is 16-byte aligned and a chunk lies
   // wholly inside or outside the image.
   const int64_t vec = 16 / x.element_size();
@@ -424,8 +431,8 @@ DepthwiseClShape depthwise_cl_shape(const at::Tensor& x, const at::Tensor& weigh
   const bool grouped = x.stride(1) == 1 && C % G == 0 && x.stride(0) % G == 0 &&
                        x.stride(2) % G == 0 && x.stride(3) % G == 0;
   if (!sizes || !grouped) return d;
-  const int64_t OH = (x.size(2) + 2 * padding[0] - K) / stride[0] + 1;
-  const int64_t OW = (x.size(3) + 2 * padding[1] - K) / stride[1] + 1;
+  const int64_t OH = output_extent(x.size(2), padding[0], K, stride[0]);
+  const int64_t OW = output_extent(x.size(3), padding[1], K, stride[1]);
   const DwClTile tile = depthwise_cl_tile(static_cast<int>(K), static_cast<int>(stride[0]),
                                           static_cast<int>(x.element_size()));
   const int64_t tiles_w = (OW + tile.w - 1) / tile.w, tiles_h = (OH + tile.h - 1) / tile.h;
@@ -433,7 +440,7 @@ DepthwiseClShape depthwise_cl_shape(const at::Tensor& x, const at::Tensor& weigh
   // the block's channel groups: as many as its threads and 48 KB of weights take, the
   // chunks of a pixel's groups evened out
   const int64_t groups = C / G;
-  const int64_t cg_max = std::min<int64_t>(kDwClThreads, kDwMaxSmem / ((K * K + 2) * G * 4));
+  const int64_t cg_max = std::min<int64_t>(kDwClThreads, kDwMaxSmem / depthwise_cl_smem_bytes(1, K * K));
   const int64_t chunks = (groups + cg_max - 1) / cg_max;
   if (tiles >= (int64_t{1} << 30) || chunks > 65535) return d;
   d.cg_block = static_cast<int>((groups + chunks - 1) / chunks);
@@ -451,8 +458,6 @@ DepthwiseClShape depthwise_cl_shape(const at::Tensor& x, const at::Tensor& weigh
       1, std::min(tile_blocks, (kDwClBlocksPerSm * int64_t{sms} + chunks - 1) / chunks)));
   return d;
 }
-
-bool channels_innermost(const at::Tensor& x) { return x.size(1) > 1 && x.stride(1) == 1; }
 
 // The depthwise kernels' parameters.
 ConvParams depthwise_params(const at::Tensor& x, const at::Tensor& weight,
@@ -536,7 +541,7 @@ std::string kernel_name(const at::Tensor& x, const at::Tensor& weight, std::vect
               ": expected a 4-D CUDA input and a 4-D weight");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t span_w = dilation[1] * (weight.size(3) - 1) + 1;
-  const int64_t OW = (x.size(3) + 2 * padding[1] - span_w) / stride[1] + 1;
+  const int64_t OW = output_extent(x.size(3), padding[1], span_w, stride[1]);
   const Math math = math_of(x.scalar_type(), allow_tf32);
   const Plan plan = make_plan(x, weight, OW, stride, dilation, math, hopper, patch);
   switch (plan.tile) {

@@ -164,8 +164,11 @@ struct DepthwiseClShape {
 };
 
 // A block's shared memory: its channels' weights, bias and per-channel `other` as floats.
+constexpr int64_t depthwise_cl_smem_bytes(int64_t cg_block, int64_t taps) {
+  return (taps + 2) * cg_block * kDwClGroup * static_cast<int64_t>(sizeof(float));
+}
 inline int depthwise_cl_smem_bytes(const DepthwiseClShape& d, int taps) {
-  return (taps + 2) * d.cg_block * kDwClGroup * static_cast<int>(sizeof(float));
+  return static_cast<int>(depthwise_cl_smem_bytes(d.cg_block, taps));
 }
 
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,
