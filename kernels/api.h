@@ -13,9 +13,10 @@ void launch_conv_f16(const ConvParams& p, bool avec, int tile, cudaStream_t stre
 void launch_conv_bf16(const ConvParams& p, bool avec, int tile, cudaStream_t stream);
 // The patch kernel (Hopper): whether its sm_90a code is loaded for this GPU, and its launch
 // (TF32, 3xTF32, fp16 or bf16; NCHW or channels-last input; tiles of bn = kPatchBN or kPatchBNSmall
-// output channels).
+// output channels; stage_rows: 16-bit NCHW output staged for the copy engine).
 bool patch_kernel_ready(Math math);
-void launch_patch(const ConvParams& p, Math math, bool channels_last, int bn, cudaStream_t stream);
+void launch_patch(const ConvParams& p, Math math, bool channels_last, int bn, bool stage_rows,
+                  cudaStream_t stream);
 // elem_bytes: 4 (fp32), 2 (fp16 / bf16: the same bits are copied)
 void launch_prep(const PrepParams& p, int elem_bytes, cudaStream_t stream);
 // The cuDNN path's epilogue: p.out = relu(p.x + bias) + other over a convolution output

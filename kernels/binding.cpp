@@ -202,6 +202,17 @@ void set_output(ConvParams& p, const at::Tensor& out) {
   p.y_sw = out.stride(3);
 }
 
+// Whether the 16-bit NCHW patch kernel stages its output for the copy engine (its ROWS
+// instantiation, patch_conv.cuh): where its 128-channel tiles span whole, dense output rows
+// (a channel's share of a tile is one contiguous run: one bulk copy) and one channel block
+// feeds a tile (the producer then has a whole tile's mainloop to have a staged tile
+// written out before the slot's next copy). With 64-channel tiles or several channel
+// blocks it measured slower than direct stores (docs/performance.md, v46e).
+bool stage_rows_pays(const Plan& plan, const ConvParams& p, int elem) {
+  return plan.tile == kTilePatch && !plan.patch_cl && elem == 2 && plan.patch_bn == kPatchBN &&
+         p.tiles_w == 1 && p.y_sw == 1 && p.y_sh == p.OW && p.cblocks == 1;
+}
+
 }  // namespace
 
 // The fused kernels (host.h): picks the kernel (make_plan), prepares the weights, launches.
@@ -304,7 +315,7 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   set_output(p, out);
 
   if (plan.tile == kTilePatch) {
-    launch_patch(p, math, plan.patch_cl, plan.patch_bn, stream);
+    launch_patch(p, math, plan.patch_cl, plan.patch_bn, stage_rows_pays(plan, p, elem), stream);
     return;
   }
   switch (math) {

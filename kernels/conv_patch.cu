@@ -1,11 +1,13 @@
 // Instantiation of the patch kernel (Hopper) for TF32, 3xTF32, fp16 and bf16, NCHW and
-// channels-last, with 128-channel tiles (conv_patch_small.cu: 64-channel tiles).
+// channels-last, with 128-channel tiles (conv_patch_small.cu: 64-channel tiles;
+// conv_patch_rows.cu: 16-bit NCHW output staged for the copy engine).
 #include "api.h"
 #include "launch.cuh"
 
 namespace fx_fuse {
 
 void launch_patch_small(const ConvParams& p, Math math, bool channels_last, cudaStream_t stream);
+void launch_patch_rows(const ConvParams& p, Math math, cudaStream_t stream);
 
 bool patch_kernel_ready(Math math) {
   switch (math) {
@@ -17,8 +19,11 @@ bool patch_kernel_ready(Math math) {
   return false;
 }
 
-void launch_patch(const ConvParams& p, Math math, bool channels_last, int bn, cudaStream_t stream) {
-  if (bn == kPatchBNSmall) {
+void launch_patch(const ConvParams& p, Math math, bool channels_last, int bn, bool stage_rows,
+                  cudaStream_t stream) {
+  if (stage_rows) {
+    launch_patch_rows(p, math, stream);
+  } else if (bn == kPatchBNSmall) {
     launch_patch_small(p, math, channels_last, stream);
   } else if (channels_last) {
     launch_patch_layout<true, kPatchBN>(p, math, stream);

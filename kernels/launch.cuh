@@ -83,14 +83,15 @@ void launch_conv(const ConvParams& p, bool avec, int tile, cudaStream_t stream) 
 template <Math MATH>
 bool patch_compiled() {
   return sm90a_code_loaded(
-      reinterpret_cast<const void*>(conv_relu_add_patch_kernel<MATH, false, kPatchBN>));
+      reinterpret_cast<const void*>(conv_relu_add_patch_kernel<MATH, false, kPatchBN, false>));
 }
 
-// One persistent CTA per SM (or per tile, when there are fewer tiles); tiles of BN channels.
-template <Math MATH, bool CL, int BN>
+// One persistent CTA per SM (or per tile, when there are fewer tiles); tiles of BN channels;
+// ROWS: the output staged for the copy engine (patch_conv.cuh, kStageRowBytes).
+template <Math MATH, bool CL, int BN, bool ROWS>
 void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   constexpr int smem = patch_smem_bytes<BN>();
-  auto kernel = conv_relu_add_patch_kernel<MATH, CL, BN>;
+  auto kernel = conv_relu_add_patch_kernel<MATH, CL, BN, ROWS>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   int device = 0, sms = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
@@ -110,10 +111,10 @@ void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
 template <bool CL, int BN>
 void launch_patch_layout(const ConvParams& p, Math math, cudaStream_t stream) {
   switch (math) {
-    case Math::kTF32: launch_patch_t<Math::kTF32, CL, BN>(p, stream); break;
-    case Math::kF16: launch_patch_t<Math::kF16, CL, BN>(p, stream); break;
-    case Math::kBF16: launch_patch_t<Math::kBF16, CL, BN>(p, stream); break;
-    case Math::kF32x3: launch_patch_t<Math::kF32x3, CL, BN>(p, stream); break;
+    case Math::kTF32: launch_patch_t<Math::kTF32, CL, BN, false>(p, stream); break;
+    case Math::kF16: launch_patch_t<Math::kF16, CL, BN, false>(p, stream); break;
+    case Math::kBF16: launch_patch_t<Math::kBF16, CL, BN, false>(p, stream); break;
+    case Math::kF32x3: launch_patch_t<Math::kF32x3, CL, BN, false>(p, stream); break;
   }
 }
 

@@ -25,7 +25,8 @@
 //     ring slot). After a tile's last slice each consumer runs its epilogue (bias, relu,
 //     other, one store) from its accumulators: NCHW output straight to memory,
 //     channels-last output staged in the patch slot the tile has finished with and written
-//     by the copy engine while the next tile runs.
+//     by the copy engine while the next tile runs; so is 16-bit NCHW output in the ROWS
+//     kernel, for tiles of whole output rows (kStageRowBytes).
 // The warpgroups meet only at mbarriers: a slot is "full" once its copy landed and
 // "empty" once every consumer thread is past it, so one consumer's epilogue can run beside
 // the other's wgmmas, and the copies beside both.
@@ -127,6 +128,12 @@ __device__ __forceinline__ void tensor_copy_4d(uint32_t dst, const CUtensorMap* 
       "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
       : "memory");
 }
+// `bytes` (a multiple of 16) from shared memory to global memory by the copy engine, both
+// addresses 16-byte aligned; one bulk group per commit.
+__device__ __forceinline__ void bulk_store(void* dst, uint32_t src, uint32_t bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes)
+               : "memory");
+}
 // The box at coordinates (c0, c1, c2, c3) of a 4-D tensor map, written from shared memory
 // by the copy engine (elements outside the tensor are skipped); one bulk group per commit.
 __device__ __forceinline__ void tensor_store_4d(const CUtensorMap* map, uint32_t src, int c0, int c1,
@@ -151,6 +158,14 @@ __device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
   return v;
+}
+__device__ __forceinline__ uint16_t ld_shared_u16(uint32_t addr) {
+  uint16_t v;
+  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_shared_u16(uint32_t addr, uint16_t x) {
+  asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(x) : "memory");
 }
 __device__ __forceinline__ void st_shared_v2(uint32_t addr, uint32_t x, uint32_t y) {
   asm volatile("st.shared.v2.u32 [%0], {%1, %2};\n" ::"r"(addr), "r"(x), "r"(y) : "memory");
@@ -177,7 +192,29 @@ constexpr int kBarPatchWarps = 3;
 constexpr int kBarConsumers = 4;
 
 // How the epilogue writes a lane's values (patch_consume's store_rows).
-enum StoreLayout : int { kStoreSingle, kStorePixelPairs, kStageChannelPairs };
+enum StoreLayout : int { kStoreSingle, kStorePixelPairs, kStageChannelRows, kStageChannelPairs };
+
+// The ROWS kernel (16-bit NCHW output of 128-channel tiles that span whole, dense output
+// rows; the host's rule: binding.cpp, stage_rows_pays) stages its output in the patch slot
+// its tile's last unit was read from, and it leaves through the copy engine while the
+// consumers multiply the next tile. A
+// channel's tile rows are then one contiguous run of the output (tile_h x OW pixels), staged
+// in a row of its own, kStageRowBytes apart (4 words modulo 32: a warp's 16-bit stores, 8
+// pixels x 4 channel pairs, fall on distinct banks): pixel j at byte shift + 2 j, `shift`
+// the run's output address modulo 16. The run's 16-byte aligned interior goes out as one
+// bulk copy; the producer's patch warps store the pixels before and after it (at most 7
+// each).
+constexpr int kStageRowBytes = 2 * kPatchBM + 16;
+static_assert(kPatchBN * kStageRowBytes <= kPatchSlotBytes, "a 16-bit tile fits a patch slot");
+// The interior of a run of `len` pixels whose first byte lies `shift` bytes past a
+// 16-byte boundary: pixels [lo, hi), hi - lo a multiple of 8 (maybe none).
+struct Interior {
+  int lo, hi;
+};
+__device__ __forceinline__ Interior run_interior(int shift, int len) {
+  const int lo = ((16 - shift) & 15) / 2;
+  return {lo, lo + max(0, len - lo) / 8 * 8};
+}
 
 // Two 16-bit values in one word, the first in the low half (its lower address).
 template <typename T> __device__ __forceinline__ uint32_t pack_pair(float v0, float v1) {
@@ -188,6 +225,13 @@ template <typename T> __device__ __forceinline__ uint32_t pack_pair(float v0, fl
     const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
     return reinterpret_cast<const uint32_t&>(h);
   }
+}
+
+// The bits of a 16-bit value.
+template <typename T> __device__ __forceinline__ uint16_t bits_of(T v);
+template <> __device__ __forceinline__ uint16_t bits_of<__half>(__half v) { return __half_as_ushort(v); }
+template <> __device__ __forceinline__ uint16_t bits_of<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat16_as_ushort(v);
 }
 
 // The 32 fp32 accumulator registers of an m64n64 wgmma: the asm operand list (%0-%31) and
@@ -344,7 +388,7 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
 // copy. Once it has landed, a TF32 patch is rounded in place (once per element, not once
 // per tap that reads it) and a 16-bit NCHW one gets its channel pairs interleaved; then
 // the consumers may read it.
-template <Math MATH, bool CL, int BN>
+template <Math MATH, bool CL, int BN, bool ROWS>
 __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const PatchCta& k) {
 #ifdef FX_FUSE_WGMMA
   using T = typename MathTraits<MATH>::T;
@@ -469,15 +513,45 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
   };
 
+  // ROWS: write out tile i's output, staged in `slot`. Thread t issues
+  // the bulk copies of channels t, t + kPatchCopyThreads, ... and stores the pixels around
+  // each; then the copy engine's reads of the slot are awaited and the patch warps meet,
+  // so that no copy overwrites the slot before every run is read.
+  static_assert(!ROWS || (!CL && ELEM == 2 && BN == kPatchBN), "staged rows: 16-bit NCHW, 128-channel tiles");
+  auto write_rows = [&](int i, int slot) {
+    const PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(i), k.n_tiles);
+    const int chans = min(BN, p.Cout - pt.n0);
+    const int len = min(p.tile_h, p.OH - pt.oh0) * p.OW;  // the run: the tile's rows
+    const uint32_t base = k.slots + static_cast<uint32_t>(slot * kPatchSlotBytes);
+    uint16_t* y0 = static_cast<uint16_t*>(p.out) + (pt.n * p.y_sn + pt.oh0 * p.y_sh + pt.n0 * p.y_sc);
+    for (int c = tid; c < chans; c += kPatchCopyThreads) {
+      uint16_t* y = y0 + c * p.y_sc;
+      const int shift = static_cast<int>(reinterpret_cast<uintptr_t>(y) & 15);
+      const Interior in = run_interior(shift, len);
+      const uint32_t src = base + static_cast<uint32_t>(c * kStageRowBytes + shift);
+      if (in.hi > in.lo) bulk_store(y + in.lo, src + 2 * in.lo, static_cast<uint32_t>(2 * (in.hi - in.lo)));
+      // the pixels before and after the interior (at most 7 each; all where it is empty)
+      for (int e = in.lo == 0 ? in.hi : 0; e < len; e = e + 1 == in.lo ? in.hi : e + 1)
+        y[e] = ld_shared_u16(src + 2 * e);
+    }
+    bulk_commit();
+    bulk_wait_read();
+    named_sync(kBarPatchWarps, kPatchCopyThreads);
+  };
+
   // A 32-bit tile count (launch_patch_t checks it fits) leaves the 40-register producer
   // room for its loop without spilling.
   const int my_tiles = static_cast<int>(k.my_tiles);
+  // ROWS: unit u's slot last held unit u - 2; where that ended tile i - back (cb ==
+  // first_staged), the tile's output is staged there.
+  const int back = p.cblocks == 1 ? 2 : 1, first_staged = p.cblocks == 1 ? 0 : 1;
   int64_t u = 0;  // units so far: unit u goes into slot u % 2
   for (int i = 0; i < my_tiles; ++i) {
     for (int cb = 0; cb < p.cblocks; ++cb, ++u) {
       const int slot = static_cast<int>(u & 1);
       const uint32_t parity = static_cast<uint32_t>(u >> 1) & 1u;
       mbar_wait(k.bar(kBarPEmpty + slot), parity ^ 1u);
+      if (ROWS && cb == first_staged && i >= back) write_rows(i - back, slot);
       issue_patch(i, cb, slot);
       mbar_wait(k.bar(kBarPLanded + slot), parity);
       if constexpr (MATH == Math::kTF32) round_patch(slot);
@@ -487,11 +561,22 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
       mbar_arrive(k.bar(kBarPFull + slot));
     }
   }
+  // The last tiles' staged outputs (of the units in flight at the end: the last tile's,
+  // and the one before where a tile is one unit), once the consumers have staged them.
+  if constexpr (ROWS) {
+    for (int i = max(0, my_tiles - back); i < my_tiles; ++i) {
+      const int64_t last = (static_cast<int64_t>(i) + 1) * p.cblocks - 1;  // the tile's last unit
+      const int slot = static_cast<int>(last & 1);
+      mbar_wait(k.bar(kBarPEmpty + slot), static_cast<uint32_t>(last >> 1) & 1u);
+      write_rows(i, slot);
+    }
+    bulk_wait();  // the copy engine's writes are done
+  }
 #endif
 }
 
 // Warpgroup 1 + c (c = 0, 1): tile rows 128 c .. 128 c + 127 of every tile of the CTA.
-template <Math MATH, bool CL, int BN>
+template <Math MATH, bool CL, int BN, bool ROWS>
 __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCta& k, int c) {
 #ifdef FX_FUSE_WGMMA
   using T = typename MathTraits<MATH>::T;
@@ -509,6 +594,10 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // channel pairs the producer interleaved (pair planes of CP words; positions within a
   // plane count words there, as they count elements in an fp32 plane).
   constexpr bool WORDS = ELEM == 4 || !CL;
+  // The tile's output leaves through the slot of its last unit (staged by the epilogue,
+  // written by the copy engine): channels-last output, and ROWS; the slot is released
+  // after the epilogue.
+  constexpr bool kStaged = CL || ROWS;
   // 3xTF32 runs its three products on TF32 wgmmas
   constexpr Math WGMMA_MATH = MATH == Math::kF32x3 ? Math::kTF32 : MATH;
   // Channels-last output is staged (stage_tile): boxes of kBoxCh channels (128 bytes) x 64
@@ -630,6 +719,9 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   //     pair's first channel at both pixels and the lane of the odd row its second: one
   //     4-byte store of neighbouring pixels (tile_w and OW are even: a pair never crosses
   //     a row);
+  //   kStageChannelRows (ROWS): each value one 16-bit shared store into its channel's
+  //     staged run at stage.base (kStageRowBytes); the producer's patch warps have the
+  //     runs written out;
   //   kStageChannelPairs (channels-last output): a lane's two channels of a pixel, one
   //     shared store into the staged boxes of m-halves [stage.h0, stage.h1) (stage_tile);
   //     the copy engine writes them to the output.
@@ -656,6 +748,15 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
         const int c0 = 2 * tq + odd;
         T* __restrict__ y = out + (pt.n * p.y_sn + oh * p.y_sh + ow * p.y_sw + (pt.n0 + c0) * p.y_sc);
         int64_t o = pt.n * p.o_sn + oh * p.o_sh + ow * p.o_sw + (pt.n0 + c0) * p.o_sc;
+        // kStageChannelRows: the pixel's place in its channel's run, where channel c0's
+        // value of it is staged (before the shift), and the shifts of channels c0 and
+        // c0 + 1 (the same at every nt: 8 channels are 16 y_sc bytes apart)
+        const int at_run = (r >> tw_shift) * p.OW + (r & (p.tile_w - 1));
+        const uint32_t row_at = stage.base + static_cast<uint32_t>(c0 * kStageRowBytes + 2 * at_run);
+        auto shift_of = [&](const T* pixel) {
+          return static_cast<uint32_t>((reinterpret_cast<uintptr_t>(pixel) - 2 * at_run) & 15);
+        };
+        const uint32_t shift0 = shift_of(y), shift1 = shift_of(y + p.y_sc);
 #pragma unroll
         for (int nt = 0; nt < BN / 8; ++nt) {
           const int cc = nt * 8 + c0;
@@ -688,6 +789,15 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
                 if constexpr (ELEM == 4) st_shared_v2(at, __float_as_uint(v0), __float_as_uint(v1));
                 else st_shared_u32(at, pack_pair<T>(v0, v1));
               }
+            } else if constexpr (LAYOUT == kStageChannelRows) {
+              // channels past Cout are staged too where that reads nothing outside `other`
+              // (write_rows skips them)
+              const uint32_t at = row_at + static_cast<uint32_t>(nt * 8 * kStageRowBytes);
+              if (kAnyChannel || full_n || pt.n0 + cc < p.Cout)
+                st_shared_u16(at + shift0, bits_of(from_float<T>(fused_value(a[0], b.x, other_at(o, cc)))));
+              if (kAnyChannel || full_n || pt.n0 + cc + 1 < p.Cout)
+                st_shared_u16(at + kStageRowBytes + shift1,
+                              bits_of(from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1)))));
             } else if constexpr (kAnyChannel) {
               const float v0 = fused_value(a[0], b.x, other_at(o, cc));
               const float v1 = fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1));
@@ -707,18 +817,18 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   };
   // One copy of the unrolled stores per kind of `other`, so that no element waits on a
   // branch before its load (and, per channel, one with paired stores). Channels-last
-  // output is staged (stage_tile).
+  // output is staged in boxes (stage_tile); ROWS output in channel runs at stage.base.
   auto store_tile = [&](const PatchTile& pt, int buf, auto stage) {
     const float* chan = chan_of(buf);
     auto strided = [&](auto tag) {
       const auto* o = static_cast<const decltype(tag)*>(p.other);
       return [=](int64_t off, int) { return static_cast<float>(to_float(__ldg(o + off))); };
     };
-    // 16-bit NCHW output: pairs of neighbouring pixels of a channel, one store each, where
-    // the width stride is 1, the width even, the other strides even and the output
-    // aligned to a pair (a pair is inside the output or outside it). fp32 NCHW output
-    // keeps single stores: pixel pairs measured slower there (v22).
-    constexpr bool kPairs = !CL && ELEM == 2;
+    // 16-bit NCHW output written directly: pairs of neighbouring pixels of a channel, one
+    // store each, where the width stride is 1, the width even, the other strides even and
+    // the output aligned to a pair (a pair is inside the output or outside it). fp32 NCHW
+    // output keeps single stores: pixel pairs measured slower there (v22).
+    constexpr bool kPairs = !CL && ELEM == 2 && !ROWS;
     const bool pixel_pairs = kPairs && p.y_sw == 1 && p.y_sc % 2 == 0 && p.y_sh % 2 == 0 &&
                              p.y_sn % 2 == 0 && reinterpret_cast<uintptr_t>(p.out) % (2 * ELEM) == 0 &&
                              p.OW % 2 == 0;
@@ -726,6 +836,8 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     auto rows = [&](auto other_at, auto layout, auto any_channel) {
       if constexpr (CL) {
         store_rows(pt, chan, other_at, any_channel, std::integral_constant<int, kStageChannelPairs>{}, stage);
+      } else if constexpr (ROWS) {
+        store_rows(pt, chan, other_at, any_channel, std::integral_constant<int, kStageChannelRows>{}, stage);
       } else {
         store_rows(pt, chan, other_at, any_channel, layout, stage);
       }
@@ -814,7 +926,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     if (s > 0) release(kBarWEmpty + ring.previous_slot());
     if (s == 0 && staged) release_staged(cur);
     if (nxt.tap == 0) {  // this slice ends its unit, whose last fragments were built before
-      if (!(CL && s + 1 == k.S)) release(kBarPEmpty + cur.slot);  // CL: after the epilogue
+      if (!(kStaged && s + 1 == k.S)) release(kBarPEmpty + cur.slot);  // staged: after the epilogue
       ++u;
     }
     if (s + 1 < k.S) {
@@ -873,7 +985,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
         load_kstep(cur, pt.shift, st + 1, raw);
       } else {
         if (nxt.tap == 0) {  // this slice ends its unit, whose fragments are all loaded
-          if (!(CL && s + 1 == k.S)) release(kBarPEmpty + cur.slot);  // CL: after the epilogue
+          if (!(kStaged && s + 1 == k.S)) release(kBarPEmpty + cur.slot);  // staged: after the epilogue
           ++u;
         }
         if (s + 1 < k.S) {
@@ -927,13 +1039,20 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       wgmma_wait<0>();
       release(kBarWEmpty + ring.previous_slot());
     }
-    if constexpr (CL) {
+    if constexpr (kStaged) {
       // Both consumers are past the slot of the tile's last unit (cur walked past it), and
       // each one's bias and `other` are written.
       const int slot = cur.slot ^ 1;
       named_sync(kBarConsumers, 256);
-      stage_tile(pt, static_cast<int>(i & 1), slot);
-      if (ct != 0) release(kBarPEmpty + slot);
+      if constexpr (CL) {
+        stage_tile(pt, static_cast<int>(i & 1), slot);
+        if (ct != 0) release(kBarPEmpty + slot);
+      } else {  // the producer's patch warps write the runs out
+        const uint32_t base = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
+        store_tile(pt, static_cast<int>(i & 1), Stage<0, 2>{base});
+        fence_proxy_async();  // the copy engine reads what these shared stores wrote
+        release(kBarPEmpty + slot);
+      }
     } else {
       named_sync(kBarConsumer + c, 128);  // this consumer's bias and `other` are written
       store_tile(pt, static_cast<int>(i & 1), Stage<0, 2>{0});
@@ -952,7 +1071,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
 #endif
 }
 
-template <Math MATH, bool CL, int BN>
+template <Math MATH, bool CL, int BN, bool ROWS>
 __global__ void __launch_bounds__(kPatchThreads, 1)
     conv_relu_add_patch_kernel(const ConvParams p, const __grid_constant__ CUtensorMap x_map,
                                const __grid_constant__ CUtensorMap y_map) {
@@ -995,10 +1114,10 @@ __global__ void __launch_bounds__(kPatchThreads, 1)
   if (threadIdx.x < kPatchProducerThreads) {
     setmaxnreg_dec<kPatchProducerRegs>();
     if (threadIdx.x == 0) patch_produce_weights<MATH, BN>(p, k);
-    else if (threadIdx.x >= 32) patch_produce_patches<MATH, CL, BN>(p, k);
+    else if (threadIdx.x >= 32) patch_produce_patches<MATH, CL, BN, ROWS>(p, k);
   } else {
     setmaxnreg_inc<kPatchConsumerRegs>();
-    patch_consume<MATH, CL, BN>(p, k, (threadIdx.x - kPatchProducerThreads) / 128);
+    patch_consume<MATH, CL, BN, ROWS>(p, k, (threadIdx.x - kPatchProducerThreads) / 128);
   }
 #else
   __trap();  // never launched: the host picks this kernel only where sm_90a code exists

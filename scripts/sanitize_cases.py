@@ -49,13 +49,15 @@ for dtype, tf32 in ((torch.float32, True), (torch.float32, False), (torch.float1
     # the patch kernel (Hopper; below its size rule, which is bypassed here), NCHW and
     # channels-last: two column tiles, a partial channel block, two channel tiles
     # (channels-last: 136, whose output rows the copy engine can write); tiles of 32
-    # columns; then 64-channel tiles (at most 64 output channels)
+    # columns; NCHW tiles of whole rows, three per CTA on 132 SMs (16-bit: their output
+    # leaves through the copy engine); then 64-channel tiles (at most 64 output channels)
     pays = _cuda._patch_pays
     _cuda._patch_pays = lambda *args: True
     _cuda.forget_plans()
     case(2, 80, 5, 136, 130, 3, 1, 1, 1, dtype, False, tf32, "full")
     case(2, 80, 5, 136, 136, 3, 1, 1, 1, dtype, True, tf32, "chan")
     case(2, 40, 9, 20, 136, 3, 1, 1, 1, dtype, True, tf32, "full")
+    case(16, 40, 66, 30, 130, 3, 1, 1, 1, dtype, False, tf32, "full")
     case(2, 80, 5, 136, 40, 3, 1, 1, 1, dtype, False, tf32, "chan")
     case(2, 80, 5, 136, 40, 3, 1, 1, 1, dtype, True, tf32, "full")
     if dtype == torch.float32 and not tf32:  # 3xTF32 with a third weight set

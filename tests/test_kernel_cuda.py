@@ -187,6 +187,9 @@ PATCH_CONFIGS = [
     ((1, 32, 8, 32, 40, 5, 5, 1, 2, 1), True, True, True),  # 25 taps
     ((16, 32, 66, 64, 128, 3, 3, 1, 0, 1), True, True, True),  # more tiles than SMs
     ((16, 32, 66, 64, 48, 3, 3, 1, 0, 1), True, True, True),  # the same on 64-channel tiles
+    # three or more tiles per CTA (132 SMs), each of whole output rows (16-bit: its output
+    # leaves through the copy engine, written out while the next tile multiplies)
+    ((16, 32, 132, 64, 128, 3, 3, 1, 1, 1), True, True, True),
     ((2, 32, 12, 16, 128, 3, 4, 1, 1, 1), True, True, True),  # odd output width (15)
     ((2, 64, 11, 16, 64, 3, 3, 2, 1, 1), False, False, False),  # strided: the patch does not fit
     # 128-column tiles: 104 columns (a second 64-column half of 40), 75 channels (a channel
