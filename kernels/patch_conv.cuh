@@ -196,14 +196,13 @@ enum StoreLayout : int { kStoreSingle, kStorePixelPairs, kStageChannelRows, kSta
 
 // The ROWS kernel (16-bit NCHW output of 128-channel tiles that span whole, dense output
 // rows; the host's rule: binding.cpp, stage_rows_pays) stages its output in the patch slot
-// its tile's last unit was read from, and it leaves through the copy engine while the
-// consumers multiply the next tile. A
-// channel's tile rows are then one contiguous run of the output (tile_h x OW pixels), staged
-// in a row of its own, kStageRowBytes apart (4 words modulo 32: a warp's 16-bit stores, 8
-// pixels x 4 channel pairs, fall on distinct banks): pixel j at byte shift + 2 j, `shift`
-// the run's output address modulo 16. The run's 16-byte aligned interior goes out as one
-// bulk copy; the producer's patch warps store the pixels before and after it (at most 7
-// each).
+// its tile's last unit was read from, and the copy engine writes it out while the
+// consumers multiply the next tile. A channel's tile rows are one contiguous run of the
+// output (tile_h x OW pixels), staged in a row of its own, kStageRowBytes apart (4 words
+// modulo 32: a warp's 16-bit stores, 8 pixels x 4 channel pairs, fall on distinct banks):
+// pixel j at byte shift + 2 j, `shift` the run's output address modulo 16. The run's
+// 16-byte aligned interior goes out as one bulk copy; the producer's patch warps store the
+// pixels before and after it (at most 7 each).
 constexpr int kStageRowBytes = 2 * kPatchBM + 16;
 static_assert(kPatchBN * kStageRowBytes <= kPatchSlotBytes, "a 16-bit tile fits a patch slot");
 // The interior of a run of `len` pixels whose first byte lies `shift` bytes past a
@@ -513,10 +512,10 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
   };
 
-  // ROWS: write out tile i's output, staged in `slot`. Thread t issues
-  // the bulk copies of channels t, t + kPatchCopyThreads, ... and stores the pixels around
-  // each; then the copy engine's reads of the slot are awaited and the patch warps meet,
-  // so that no copy overwrites the slot before every run is read.
+  // ROWS: write out tile i's output, staged in `slot`. Thread t issues the bulk copies of
+  // channels t, t + kPatchCopyThreads, ... and stores the pixels around each; then the copy
+  // engine's reads of the slot are awaited and the patch warps meet, so that no copy
+  // overwrites the slot before every run is read.
   static_assert(!ROWS || (!CL && ELEM == 2 && BN == kPatchBN), "staged rows: 16-bit NCHW, 128-channel tiles");
   auto write_rows = [&](int i, int slot) {
     const PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(i), k.n_tiles);
