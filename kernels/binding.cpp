@@ -24,11 +24,6 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 // Whether x is read channels-last: channels innermost (as fx_fuse/_cuda.py decides).
 bool channels_innermost(const at::Tensor& x) { return x.size(1) > 1 && x.stride(1) == 1; }
 
-// An output extent: input extent `in`, padding on both sides, the dilated kernel's span.
-int64_t output_extent(int64_t in, int64_t padding, int64_t span, int64_t stride) {
-  return (in + 2 * padding - span) / stride + 1;
-}
-
 int other_kind(at::ScalarType t) {
   switch (t) {
     case at::kFloat: return kOtherF32;
@@ -202,6 +197,21 @@ void set_output(ConvParams& p, const at::Tensor& out) {
   p.y_sw = out.stride(3);
 }
 
+// The parameters every convolution kernel reads: geometry, bias, `other` and output; the
+// caller adds its kernel's own (weights, tiles).
+ConvParams conv_params(const at::Tensor& x, const at::Tensor& weight,
+                       const c10::optional<at::Tensor>& bias,
+                       const c10::optional<at::Tensor>& other, double other_scalar,
+                       const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                       const std::vector<int64_t>& dilation, const at::Tensor& out) {
+  ConvParams p{};
+  set_geometry(p, x, weight, out, stride, padding, dilation);
+  p.bias = bias.has_value() && bias->defined() ? bias->data_ptr() : nullptr;
+  set_other(p, other, other_scalar, out);
+  set_output(p, out);
+  return p;
+}
+
 // Whether the 16-bit NCHW patch kernel stages its output for the copy engine (its ROWS
 // instantiation, patch_conv.cuh): where its 128-channel tiles span whole, dense output rows
 // (a channel's share of a tile is one contiguous run: one bulk copy) and one channel block
@@ -293,11 +303,9 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   pp.nonfinite = tf32_split ? nonfinite.data_ptr<int32_t>() : nullptr;
   launch_prep(pp, elem, stream);
 
-  ConvParams p{};
-  set_geometry(p, x, weight, out, stride, padding, dilation);
+  ConvParams p = conv_params(x, weight, bias, other, other_scalar, stride, padding, dilation, out);
   p.wprep = wprep.data_ptr();
   p.table = pp.table;
-  p.bias = bias.has_value() && bias->defined() ? bias->data_ptr() : nullptr;
   p.K = static_cast<int>(K);
   p.K_pad = static_cast<int>(K_pad);
   p.tile_h = plan.tile_h;
@@ -311,8 +319,6 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   p.patch_pitch = plan.patch_cols;
   p.cblocks = static_cast<int>(cblocks);
   p.w_nonfinite = pp.nonfinite;
-  set_other(p, other, other_scalar, out);
-  set_output(p, out);
 
   if (plan.tile == kTilePatch) {
     launch_patch(p, math, plan.patch_cl, plan.patch_bn, stage_rows_pays(plan, p, elem), stream);
@@ -470,20 +476,6 @@ DepthwiseClShape depthwise_cl_shape(const at::Tensor& x, const at::Tensor& weigh
   return d;
 }
 
-// The depthwise kernels' parameters.
-ConvParams depthwise_params(const at::Tensor& x, const at::Tensor& weight,
-                            const c10::optional<at::Tensor>& bias,
-                            const c10::optional<at::Tensor>& other, double other_scalar,
-                            const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
-                            const std::vector<int64_t>& dilation, const at::Tensor& out) {
-  ConvParams p{};
-  set_geometry(p, x, weight, out, stride, padding, dilation);
-  p.bias = bias.has_value() && bias->defined() ? bias->data_ptr() : nullptr;
-  set_other(p, other, other_scalar, out);
-  set_output(p, out);
-  return p;
-}
-
 }  // namespace
 
 // The depthwise kernels (host.h): channels-last input on its own kernel.
@@ -521,14 +513,14 @@ void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight
                 "aligned groups of 4 channels, got strides ", out.strides());
     // an input off a group's alignment (a view) is read from an aligned copy
     const at::Tensor xa = aligned(x) ? x : x.clone(at::MemoryFormat::ChannelsLast);
-    ConvParams p = depthwise_params(xa, weight, bias, other, other_scalar, stride, padding, dilation, out);
+    ConvParams p = conv_params(xa, weight, bias, other, other_scalar, stride, padding, dilation, out);
     p.wprep = w.data_ptr();
     launch_depthwise_cl(p, d, static_cast<int>(x.element_size()), bf16, stream);
     return;
   }
   const DepthwiseShape d = depthwise_shape(x, weight, stride, padding, dilation);
   TORCH_CHECK(d.tiles > 0, kOp, ": the depthwise kernel does not take these sizes");
-  ConvParams p = depthwise_params(x, weight, bias, other, other_scalar, stride, padding, dilation, out);
+  ConvParams p = conv_params(x, weight, bias, other, other_scalar, stride, padding, dilation, out);
   p.wprep = w.data_ptr();
   launch_depthwise(p, d, static_cast<int>(x.element_size()), bf16, stream);
 }

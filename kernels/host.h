@@ -8,6 +8,12 @@
 
 namespace fx_fuse {
 
+// A convolution's output extent: input extent `in`, padding on both sides, the dilated
+// kernel's span (dilation * (k - 1) + 1).
+inline int64_t output_extent(int64_t in, int64_t padding, int64_t span, int64_t stride) {
+  return (in + 2 * padding - span) / stride + 1;
+}
+
 // Fills `out` (N, Cout, OH, OW), any strides, with relu(conv2d(x, weight) + bias) + other
 // on the fused kernels. `other` is a tensor already expanded to out's shape (0 strides
 // where it broadcasts) or absent, and then `other_scalar` is added. `hopper`: the wgmma

@@ -96,8 +96,7 @@ void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   int device = 0, sms = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);
-  const int64_t tiles = images * p.tiles_h * p.tiles_w * ((p.Cout + BN - 1) / BN);
+  const int64_t tiles = images(p) * p.tiles_h * p.tiles_w * ((p.Cout + BN - 1) / BN);
   const int64_t grid = tiles < sms ? tiles : sms;
   TORCH_CHECK(grid > 0 && (tiles + grid - 1) / grid <= std::numeric_limits<int32_t>::max(),
               "fx_fuse::conv2d_relu_add: internal error: ", tiles, " patch tiles on ", grid, " CTAs");

@@ -174,7 +174,7 @@ at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weig
   std::vector<int64_t> out_shape{x.size(0), weight.size(0), 0, 0};
   for (int i = 0; i < 2; ++i) {
     const int64_t span = dilation[i] * (weight.size(2 + i) - 1) + 1;
-    out_shape[2 + i] = (x.size(2 + i) + 2 * padding[i] - span) / stride[i] + 1;
+    out_shape[2 + i] = output_extent(x.size(2 + i), padding[i], span, stride[i]);
   }
   // `other` as the kernels read it: expanded to the output's shape, or a 0-dim CPU tensor
   // (a Python number) read on the host without a device sync.

@@ -79,6 +79,9 @@ struct ConvParams {
   const int* w_nonfinite;
 };
 
+// The images p covers (M = N * OH * OW), for host code.
+inline int64_t images(const ConvParams& p) { return p.M / (static_cast<int64_t>(p.OH) * p.OW); }
+
 // The depthwise kernel (depthwise.cu): grouped convolutions of cpg input channels per group
 // (1: depthwise) and `mult` output channels per group. A block of kDwTileW x kDwThreadRows
 // threads computes tiles of kDwTileW columns of up to depthwise_co(mult) output channels,

@@ -42,16 +42,12 @@ CUtensorMap encode_4d(void* data, int elem_bytes, const cuuint64_t (&dims)[4], c
   return map;
 }
 
-cuuint64_t images(const ConvParams& p) {
-  return static_cast<cuuint64_t>(p.M / (static_cast<int64_t>(p.OH) * p.OW));
-}
-
 }  // namespace
 
 CUtensorMap channels_last_patch_map(const ConvParams& p, int elem_bytes) {
   const auto e = static_cast<cuuint64_t>(elem_bytes);
   const cuuint64_t dims[4] = {static_cast<cuuint64_t>(p.Cin), static_cast<cuuint64_t>(p.W),
-                              static_cast<cuuint64_t>(p.H), images(p)};
+                              static_cast<cuuint64_t>(p.H), static_cast<cuuint64_t>(images(p))};
   // bytes between pixels, rows and images (the channels are dense)
   const cuuint64_t strides[3] = {p.x_sw * e, p.x_sh * e, p.x_sn * e};
   const cuuint32_t box[4] = {static_cast<cuuint32_t>(kPatchPixelBytes / elem_bytes),
@@ -64,7 +60,7 @@ CUtensorMap channels_last_patch_map(const ConvParams& p, int elem_bytes) {
 CUtensorMap channels_last_output_map(const ConvParams& p, int elem_bytes) {
   const auto e = static_cast<cuuint64_t>(elem_bytes);
   const cuuint64_t dims[4] = {static_cast<cuuint64_t>(p.Cout), static_cast<cuuint64_t>(p.OW),
-                              static_cast<cuuint64_t>(p.OH), images(p)};
+                              static_cast<cuuint64_t>(p.OH), static_cast<cuuint64_t>(images(p))};
   const cuuint64_t strides[3] = {static_cast<cuuint64_t>(p.y_sw) * e, static_cast<cuuint64_t>(p.y_sh) * e,
                                  static_cast<cuuint64_t>(p.y_sn) * e};
   // the 64 pixels of an m-half: part of one tile row, or 64 / tile_w whole rows
