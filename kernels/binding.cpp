@@ -212,15 +212,36 @@ ConvParams conv_params(const at::Tensor& x, const at::Tensor& weight,
   return p;
 }
 
-// Whether the 16-bit NCHW patch kernel stages its output for the copy engine (its ROWS
-// instantiation, patch_conv.cuh): where its 128-channel tiles span whole, dense output rows
-// (a channel's share of a tile is one contiguous run: one bulk copy) and one channel block
-// feeds a tile (the producer then has a whole tile's mainloop to have a staged tile
-// written out before the slot's next copy). With 64-channel tiles or several channel
-// blocks it measured slower than direct stores (docs/performance.md, v46e).
-bool stage_rows_pays(const Plan& plan, const ConvParams& p, int elem) {
-  return plan.tile == kTilePatch && !plan.patch_cl && elem == 2 && plan.patch_bn == kPatchBN &&
-         p.tiles_w == 1 && p.y_sw == 1 && p.y_sh == p.OW && p.cblocks == 1;
+// The device's SM count (the persistent kernels run one wave of blocks).
+int multiprocessors(c10::DeviceIndex device) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
+// Whether the NCHW patch kernel stages its output for the copy engine (its ROWS
+// instantiation, patch_conv.cuh; docs/performance.md, v46e-v46f and v48): where its
+// 128-channel tiles span whole, dense output rows (a channel's share of a tile is one
+// contiguous run: one bulk copy) and every CTA walks two tiles or more (a staged tile is
+// written out beside the next one; the last is written out after the loop, beside
+// nothing). 16-bit: where one channel block feeds a tile (the producer then has a whole
+// tile's mainloop to have a staged tile written out before the slot's next copy; with
+// several it measured slower than direct stores). TF32 (its first 64 channels staged): where
+// the output rows are not whole 32-byte sectors, whose direct stores then cost two
+// sectors a warp; on whole sectors staging measured slower. 3xTF32 stores directly.
+bool stage_rows_pays(const Plan& plan, const ConvParams& p, Math math, c10::DeviceIndex device) {
+  if (plan.tile != kTilePatch || plan.patch_cl || plan.patch_bn != kPatchBN || p.tiles_w != 1 ||
+      p.y_sw != 1 || p.y_sh != p.OW)
+    return false;
+  const int64_t tiles = images(p) * p.tiles_h * ((p.Cout + kPatchBN - 1) / kPatchBN);
+  if (tiles < 2 * int64_t{multiprocessors(device)}) return false;
+  switch (math) {
+    case Math::kF16:
+    case Math::kBF16: return p.cblocks == 1;
+    case Math::kTF32: return p.OW % 8 != 0;
+    case Math::kF32x3: return false;
+  }
+  return false;
 }
 
 }  // namespace
@@ -321,7 +342,7 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   p.w_nonfinite = pp.nonfinite;
 
   if (plan.tile == kTilePatch) {
-    launch_patch(p, math, plan.patch_cl, plan.patch_bn, stage_rows_pays(plan, p, elem), stream);
+    launch_patch(p, math, plan.patch_cl, plan.patch_bn, stage_rows_pays(plan, p, math, x.device().index()), stream);
     return;
   }
   switch (math) {
@@ -468,8 +489,7 @@ DepthwiseClShape depthwise_cl_shape(const at::Tensor& x, const at::Tensor& weigh
   d.tiles = static_cast<int>(tiles);
   // one wave: the blocks resident at once (2 per SM), each walking its share of the tiles,
   // so that each block stages its weights once
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.device().index()));
+  const int sms = multiprocessors(x.device().index());
   const int64_t tile_blocks = (tiles + d.tiles_per_block - 1) / d.tiles_per_block;
   d.blocks = static_cast<int>(std::max<int64_t>(
       1, std::min(tile_blocks, (kDwClBlocksPerSm * int64_t{sms} + chunks - 1) / chunks)));

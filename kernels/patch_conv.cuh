@@ -25,8 +25,9 @@
 //     ring slot). After a tile's last slice each consumer runs its epilogue (bias, relu,
 //     other, one store) from its accumulators: NCHW output straight to memory,
 //     channels-last output staged in the patch slot the tile has finished with and written
-//     by the copy engine while the next tile runs; so is 16-bit NCHW output in the ROWS
-//     kernel, for tiles of whole output rows (kStageRowBytes).
+//     by the copy engine while the next tile runs; so is NCHW output in the ROWS kernel,
+//     for tiles of whole output rows (stage_row_bytes): all of a 16-bit tile, the first
+//     64 channels of a TF32 one.
 // The warpgroups meet only at mbarriers: a slot is "full" once its copy landed and
 // "empty" once every consumer thread is past it, so one consumer's epilogue can run beside
 // the other's wgmmas, and the copies beside both.
@@ -164,6 +165,11 @@ __device__ __forceinline__ uint16_t ld_shared_u16(uint32_t addr) {
   asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(addr) : "memory");
   return v;
 }
+__device__ __forceinline__ uint32_t ld_shared_u32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
 __device__ __forceinline__ void st_shared_u16(uint32_t addr, uint16_t x) {
   asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(x) : "memory");
 }
@@ -194,25 +200,31 @@ constexpr int kBarConsumers = 4;
 // How the epilogue writes a lane's values (patch_consume's store_rows).
 enum StoreLayout : int { kStoreSingle, kStorePixelPairs, kStageChannelRows, kStageChannelPairs };
 
-// The ROWS kernel (16-bit NCHW output of 128-channel tiles that span whole, dense output
-// rows; the host's rule: binding.cpp, stage_rows_pays) stages its output in the patch slot
-// its tile's last unit was read from, and the copy engine writes it out while the
-// consumers multiply the next tile. A channel's tile rows are one contiguous run of the
-// output (tile_h x OW pixels), staged in a row of its own, kStageRowBytes apart (4 words
-// modulo 32: a warp's 16-bit stores, 8 pixels x 4 channel pairs, fall on distinct banks):
-// pixel j at byte shift + 2 j, `shift` the run's output address modulo 16. The run's
-// 16-byte aligned interior goes out as one bulk copy; the producer's patch warps store the
-// pixels before and after it (at most 7 each).
-constexpr int kStageRowBytes = 2 * kPatchBM + 16;
-static_assert(kPatchBN * kStageRowBytes <= kPatchSlotBytes, "a 16-bit tile fits a patch slot");
-// The interior of a run of `len` pixels whose first byte lies `shift` bytes past a
-// 16-byte boundary: pixels [lo, hi), hi - lo a multiple of 8 (maybe none).
+// The ROWS kernel (NCHW output of 128-channel tiles that span whole, dense output rows;
+// the host's rule: binding.cpp, stage_rows_pays) stages its output in the patch slot its
+// tile's last unit was read from, and the copy engine writes it out while the consumers
+// multiply the next tile; fp32 stages the first 64 channels only (a whole 128 KB tile
+// would not fit the slot), and the consumers store the others directly. A channel's tile
+// rows are one contiguous run of the output (tile_h x OW pixels), staged in a row of its
+// own, stage_row_bytes apart (4 words modulo 32: a warp's stores, 8 pixels x 4 channels
+// of one parity, fall on distinct banks): pixel j at byte shift + ELEM j, `shift` the
+// run's output address modulo 16. The run's 16-byte aligned interior goes out as one bulk
+// copy; the producer's patch warps store the pixels before and after it (fewer than a
+// 16-byte chunk's each).
+constexpr int staged_channels(int elem) { return elem == 2 ? kPatchBN : kPatchBN / 2; }
+constexpr int stage_row_bytes(int elem) { return elem * kPatchBM + 16; }
+static_assert(staged_channels(2) * stage_row_bytes(2) <= kPatchSlotBytes &&
+                  staged_channels(4) * stage_row_bytes(4) <= kPatchSlotBytes,
+              "the staged runs fit a patch slot");
+// The interior of a run of `len` pixels of ELEM bytes whose first byte lies `shift` bytes
+// past a 16-byte boundary: pixels [lo, hi), hi - lo a multiple of 16 / ELEM (maybe none).
 struct Interior {
   int lo, hi;
 };
-__device__ __forceinline__ Interior run_interior(int shift, int len) {
-  const int lo = ((16 - shift) & 15) / 2;
-  return {lo, lo + max(0, len - lo) / 8 * 8};
+template <int ELEM> __device__ __forceinline__ Interior run_interior(int shift, int len) {
+  constexpr int VEC = 16 / ELEM;
+  const int lo = ((16 - shift) & 15) / ELEM;
+  return {lo, lo + max(0, len - lo) / VEC * VEC};
 }
 
 // Two 16-bit values in one word, the first in the low half (its lower address).
@@ -232,6 +244,7 @@ template <> __device__ __forceinline__ uint16_t bits_of<__half>(__half v) { retu
 template <> __device__ __forceinline__ uint16_t bits_of<__nv_bfloat16>(__nv_bfloat16 v) {
   return __bfloat16_as_ushort(v);
 }
+
 
 // The 32 fp32 accumulator registers of an m64n64 wgmma: the asm operand list (%0-%31) and
 // its constraints.
@@ -308,9 +321,10 @@ struct PatchTile {
 
 // Where the epilogue's values go: m-halves [H0, H1) of the consumer's rows, into staged
 // boxes at shared address `base` (stage_tile), or straight to the output (base 0, both
-// m-halves).
-template <int H0, int H1> struct Stage {
+// m-halves); RUNS (the ROWS kernel): into staged channel runs at `base`.
+template <int H0, int H1, bool RUNS = false> struct Stage {
   static constexpr int h0 = H0, h1 = H1;
+  static constexpr bool runs = RUNS;
   uint32_t base;
 };
 
@@ -512,26 +526,32 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
   };
 
-  // ROWS: write out tile i's output, staged in `slot`. Thread t issues the bulk copies of
-  // channels t, t + kPatchCopyThreads, ... and stores the pixels around each; then the copy
-  // engine's reads of the slot are awaited and the patch warps meet, so that no copy
-  // overwrites the slot before every run is read.
-  static_assert(!ROWS || (!CL && ELEM == 2 && BN == kPatchBN), "staged rows: 16-bit NCHW, 128-channel tiles");
+  // ROWS: write out tile i's staged channels, staged in `slot`. Thread t issues the bulk
+  // copies of channels t, t + kPatchCopyThreads, ... and stores the pixels around each;
+  // then the copy engine's reads of the slot are awaited and the patch warps meet, so that
+  // no copy overwrites the slot before every run is read.
+  static_assert(!ROWS || (!CL && MATH != Math::kF32x3 && BN == kPatchBN),
+                "staged rows: TF32 or 16-bit NCHW, 128-channel tiles");
+  using Bits = std::conditional_t<ELEM == 2, uint16_t, uint32_t>;
   auto write_rows = [&](int i, int slot) {
+    constexpr int kRowBytes = stage_row_bytes(ELEM);
     const PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(i), k.n_tiles);
-    const int chans = min(BN, p.Cout - pt.n0);
+    const int chans = min(staged_channels(ELEM), p.Cout - pt.n0);
     const int len = min(p.tile_h, p.OH - pt.oh0) * p.OW;  // the run: the tile's rows
     const uint32_t base = k.slots + static_cast<uint32_t>(slot * kPatchSlotBytes);
-    uint16_t* y0 = static_cast<uint16_t*>(p.out) + (pt.n * p.y_sn + pt.oh0 * p.y_sh + pt.n0 * p.y_sc);
+    Bits* y0 = static_cast<Bits*>(p.out) + (pt.n * p.y_sn + pt.oh0 * p.y_sh + pt.n0 * p.y_sc);
     for (int c = tid; c < chans; c += kPatchCopyThreads) {
-      uint16_t* y = y0 + c * p.y_sc;
+      Bits* y = y0 + c * p.y_sc;
       const int shift = static_cast<int>(reinterpret_cast<uintptr_t>(y) & 15);
-      const Interior in = run_interior(shift, len);
-      const uint32_t src = base + static_cast<uint32_t>(c * kStageRowBytes + shift);
-      if (in.hi > in.lo) bulk_store(y + in.lo, src + 2 * in.lo, static_cast<uint32_t>(2 * (in.hi - in.lo)));
-      // the pixels before and after the interior (at most 7 each; all where it is empty)
-      for (int e = in.lo == 0 ? in.hi : 0; e < len; e = e + 1 == in.lo ? in.hi : e + 1)
-        y[e] = ld_shared_u16(src + 2 * e);
+      const Interior in = run_interior<ELEM>(shift, len);
+      const uint32_t src = base + static_cast<uint32_t>(c * kRowBytes + shift);
+      if (in.hi > in.lo)
+        bulk_store(y + in.lo, src + ELEM * in.lo, static_cast<uint32_t>(ELEM * (in.hi - in.lo)));
+      // the pixels before and after the interior (fewer than VEC each; all where it is empty)
+      for (int e = in.lo == 0 ? in.hi : 0; e < len; e = e + 1 == in.lo ? in.hi : e + 1) {
+        if constexpr (ELEM == 2) y[e] = ld_shared_u16(src + 2 * e);
+        else y[e] = ld_shared_u32(src + 4 * e);
+      }
     }
     bulk_commit();
     bulk_wait_read();
@@ -718,9 +738,9 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   //     pair's first channel at both pixels and the lane of the odd row its second: one
   //     4-byte store of neighbouring pixels (tile_w and OW are even: a pair never crosses
   //     a row);
-  //   kStageChannelRows (ROWS): each value one 16-bit shared store into its channel's
-  //     staged run at stage.base (kStageRowBytes); the producer's patch warps have the
-  //     runs written out;
+  //   kStageChannelRows (ROWS): each value one shared store into its channel's staged run
+  //     at stage.base (stage_row_bytes; the producer's patch warps have the runs written
+  //     out); fp32: the first 64 channels, the others as kStoreSingle;
   //   kStageChannelPairs (channels-last output): a lane's two channels of a pixel, one
   //     shared store into the staged boxes of m-halves [stage.h0, stage.h1) (stage_tile);
   //     the copy engine writes them to the output.
@@ -729,6 +749,14 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     constexpr int LAYOUT = decltype(layout)::value;
     constexpr bool kPixelPairs = LAYOUT == kStorePixelPairs;
     constexpr bool kAnyChannel = decltype(any_channel)::value;
+    constexpr int kRowBytes = stage_row_bytes(ELEM), kStagedNT = staged_channels(ELEM) / 8;
+    // kStageChannelRows: a value into its staged run at shared address `addr`. fp32 by a
+    // plain store, which the compiler may order freely with the other channels' global
+    // stores (an asm store orders them, and ptxas then spills).
+    auto stage_value = [&](uint32_t addr, float v) {
+      if constexpr (ELEM == 4) *reinterpret_cast<float*>(k.patch + (addr - k.slots)) = v;
+      else st_shared_u16(addr, bits_of(from_float<T>(v)));
+    };
     const int tw_shift = __ffs(p.tile_w) - 1;  // tile_w is a power of two
     T* __restrict__ out = static_cast<T*>(p.out);
     const bool full_n = pt.n0 + BN <= p.Cout;
@@ -747,13 +775,13 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
         const int c0 = 2 * tq + odd;
         T* __restrict__ y = out + (pt.n * p.y_sn + oh * p.y_sh + ow * p.y_sw + (pt.n0 + c0) * p.y_sc);
         int64_t o = pt.n * p.o_sn + oh * p.o_sh + ow * p.o_sw + (pt.n0 + c0) * p.o_sc;
-        // kStageChannelRows: the pixel's place in its channel's run, where channel c0's
-        // value of it is staged (before the shift), and the shifts of channels c0 and
-        // c0 + 1 (the same at every nt: 8 channels are 16 y_sc bytes apart)
+        // kStageChannelRows: the pixel's place in its channel's run, where tile channel
+        // c0's value of it is staged (before the shift), and the shifts of the lane's two
+        // channels (the same at every nt: 8 channels are a multiple of 16 bytes apart)
         const int at_run = (r >> tw_shift) * p.OW + (r & (p.tile_w - 1));
-        const uint32_t row_at = stage.base + static_cast<uint32_t>(c0 * kStageRowBytes + 2 * at_run);
+        const uint32_t row_at = stage.base + static_cast<uint32_t>(c0 * kRowBytes + ELEM * at_run);
         auto shift_of = [&](const T* pixel) {
-          return static_cast<uint32_t>((reinterpret_cast<uintptr_t>(pixel) - 2 * at_run) & 15);
+          return static_cast<uint32_t>((reinterpret_cast<uintptr_t>(pixel) - ELEM * at_run) & 15);
         };
         const uint32_t shift0 = shift_of(y), shift1 = shift_of(y + p.y_sc);
 #pragma unroll
@@ -791,12 +819,17 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
             } else if constexpr (LAYOUT == kStageChannelRows) {
               // channels past Cout are staged too where that reads nothing outside `other`
               // (write_rows skips them)
-              const uint32_t at = row_at + static_cast<uint32_t>(nt * 8 * kStageRowBytes);
-              if (kAnyChannel || full_n || pt.n0 + cc < p.Cout)
-                st_shared_u16(at + shift0, bits_of(from_float<T>(fused_value(a[0], b.x, other_at(o, cc)))));
-              if (kAnyChannel || full_n || pt.n0 + cc + 1 < p.Cout)
-                st_shared_u16(at + kStageRowBytes + shift1,
-                              bits_of(from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1)))));
+              const uint32_t at = row_at + static_cast<uint32_t>(nt * 8 * kRowBytes);
+              if (nt < kStagedNT) {
+                if (kAnyChannel || full_n || pt.n0 + cc < p.Cout)
+                  stage_value(at + shift0, fused_value(a[0], b.x, other_at(o, cc)));
+                if (kAnyChannel || full_n || pt.n0 + cc + 1 < p.Cout)
+                  stage_value(at + kRowBytes + shift1, fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1)));
+              } else {  // fp32: the channels after the staged ones straight to the output
+                if (full_n || pt.n0 + cc < p.Cout) y[0] = from_float<T>(fused_value(a[0], b.x, other_at(o, cc)));
+                if (full_n || pt.n0 + cc + 1 < p.Cout)
+                  y[p.y_sc] = from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1)));
+              }
             } else if constexpr (kAnyChannel) {
               const float v0 = fused_value(a[0], b.x, other_at(o, cc));
               const float v1 = fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1));
@@ -816,7 +849,8 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   };
   // One copy of the unrolled stores per kind of `other`, so that no element waits on a
   // branch before its load (and, per channel, one with paired stores). Channels-last
-  // output is staged in boxes (stage_tile); ROWS output in channel runs at stage.base.
+  // output is staged in boxes (stage_tile); ROWS output in channel runs at stage.base
+  // (stage.runs).
   auto store_tile = [&](const PatchTile& pt, int buf, auto stage) {
     const float* chan = chan_of(buf);
     auto strided = [&](auto tag) {
@@ -835,7 +869,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     auto rows = [&](auto other_at, auto layout, auto any_channel) {
       if constexpr (CL) {
         store_rows(pt, chan, other_at, any_channel, std::integral_constant<int, kStageChannelPairs>{}, stage);
-      } else if constexpr (ROWS) {
+      } else if constexpr (decltype(stage)::runs) {
         store_rows(pt, chan, other_at, any_channel, std::integral_constant<int, kStageChannelRows>{}, stage);
       } else {
         store_rows(pt, chan, other_at, any_channel, layout, stage);
@@ -1046,9 +1080,9 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       if constexpr (CL) {
         stage_tile(pt, static_cast<int>(i & 1), slot);
         if (ct != 0) release(kBarPEmpty + slot);
-      } else {  // the producer's patch warps write the runs out
+      } else {  // the producer's patch warps write the staged runs out
         const uint32_t base = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
-        store_tile(pt, static_cast<int>(i & 1), Stage<0, 2>{base});
+        store_tile(pt, static_cast<int>(i & 1), Stage<0, 2, true>{base});
         fence_proxy_async();  // the copy engine reads what these shared stores wrote
         release(kBarPEmpty + slot);
       }

@@ -8,6 +8,7 @@ kernel does not write shows up. Skipped without CUDA.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -191,6 +192,9 @@ PATCH_CONFIGS = [
     # leaves through the copy engine, written out while the next tile multiplies)
     ((16, 32, 132, 64, 128, 3, 3, 1, 1, 1), True, True, True),
     ((2, 32, 12, 16, 128, 3, 4, 1, 1, 1), True, True, True),  # odd output width (15)
+    # the same, two or more whole-row tiles per CTA (the copy engine writes the runs, fp32
+    # its first 64 channels): 31 columns, a second channel tile of 8 channels
+    ((16, 32, 66, 32, 136, 3, 4, 1, 1, 1), True, True, True),
     ((2, 64, 11, 16, 64, 3, 3, 2, 1, 1), False, False, False),  # strided: the patch does not fit
     # 128-column tiles: 104 columns (a second 64-column half of 40), 75 channels (a channel
     # pair across Cout), 7 rows (a tile's second row outside the output)
@@ -397,6 +401,41 @@ def test_cudnn_path_runs_where_its_rule_says(monkeypatch):
     assert_close64(run_op(x, w, b, other, stride, padding, dilation), ref, "tf32")
     kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, padding, dilation))
     assert "conv_epilogue" not in kernels and "conv_relu_add" in kernels, kernels
+
+
+@pytest.mark.parametrize(
+    "policy,cin,padding,many,staged",
+    [
+        ("bf16", 64, 0, True, True),  # one channel block
+        ("fp16", 64, 0, True, True),
+        ("bf16", 128, 0, True, False),  # two channel blocks: stored directly
+        ("bf16", 64, 0, False, False),  # fewer than two tiles per CTA
+        ("tf32", 64, 0, True, True),  # 30-pixel rows (not whole 32-byte sectors), 2 blocks
+        ("tf32", 128, 0, True, True),
+        ("tf32", 64, 1, True, False),  # 32-pixel rows: stored directly
+        ("tf32", 64, 0, False, False),
+        ("fp32", 64, 0, True, False),  # 3xTF32: stored directly
+    ],
+)
+def test_staged_rows_kernel_runs_where_its_rule_says(policy, cin, padding, many, staged, monkeypatch):
+    """NCHW tiles of 128 channels that span whole output rows leave through the copy engine
+    (the patch kernel's ROWS instantiation, last template argument ``true``) where the
+    rule (binding.cpp, stage_rows_pays) says so, and the result is right either way."""
+    monkeypatch.setattr(_cuda, "_patch_pays", lambda *args: True)
+    dtype = set_policy(policy)
+    sms = torch.cuda.get_device_properties(DEV).multi_processor_count
+    # 8 tiles (of 8 rows of 32 columns) per image: 4 per SM, or 16 in all
+    n = sms // 2 if many else 2
+    x, w, b, stride, pad, dilation = make((n, cin, 66, 32, 128, 3, 3, 1, padding, 1), dtype)
+    if not (_cuda._use_wgmma(x.device) and _cuda._patch_enabled()):
+        pytest.skip("needs the patch kernel (Hopper)")
+    other = torch.randn(128, 1, 1, device=DEV, dtype=dtype)
+    kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, pad, dilation))
+    patch = re.findall(r"conv_relu_add_patch_kernel<([^>]*)>", kernels)
+    assert len(patch) == 1, kernels
+    assert patch[0].split(",")[-1].strip() == ("true" if staged else "false"), patch[0]
+    out = run_op(x, w, b, other, stride, pad, dilation)
+    assert_close64(out, reference64(x, w, b, other, stride, pad, dilation), policy)
 
 
 def test_cudnn_path_follows_the_cudnn_switches(monkeypatch):
