@@ -96,7 +96,7 @@ def _patch_pays(
     copy: short ones cost more than they bring), from 32 output channels and half a tile
     per SM.
     Channels-last input, where cuDNN's sm90 kernels are stronger still: more than 64 output
-    channels, 4 tiles per SM and K below 1024.
+    channels (fp32: 64 or more), 4 tiles per SM and K below 1024.
     Measured on the H200 (GPU ms, patch / K-table / cuDNN path; docs/performance.md
     v24-v30): the headline 1.298 / 1.943 / 2.578 (bf16 0.856 / 1.861 / 2.303), with 64
     output channels 0.811 / 1.728 / 1.461 (bf16 0.556 / 1.175 / 1.469); K = 2304, 32 px,
@@ -107,7 +107,9 @@ def _patch_pays(
     channels at 28 px, batch 32 (0.74 tiles per SM) 0.048 / 0.084 / 0.052; 32 output
     channels 0.129 / 0.477 / 0.199 (bf16 0.126 / 0.330 / 0.140). Channels-last: the
     headline 1.374 / 2.324 / 1.507, with 64 output channels 1.127 / 1.878 / 0.890, 56 px,
-    batch 32 0.070 / 0.104 / 0.050. Exact fp32: the headline 2.805 / 10.851 / 7.601
+    batch 32 0.070 / 0.104 / 0.050; since the staged channels-last output (v35-v36), with
+    64 output channels 0.730 / 1.879 / 0.888 (bf16 0.465 / 1.009 / 0.447), 56 px, batch 128
+    0.165 / 0.385 / 0.186, batch 32 0.055 / 0.104 / 0.050 (v48 notes). Exact fp32: the headline 2.805 / 10.851 / 7.601
     (channels-last 2.818 / 9.249 / 8.477), 64 output channels 1.951 / 5.451 / 3.836
     (channels-last 1.959 / 4.647 / 4.435), ResNet 56 px batch 32 channels-last 0.133 /
     0.244 / 0.334, batch 4 (0.37 tiles per SM) 0.038 / 0.057 / 0.047, K = 4608 with
@@ -118,7 +120,7 @@ def _patch_pays(
     if exact_fp32:
         return k >= 288 and cout >= 16 and 4 * tiles >= sms
     if channels_last:
-        return cout > 64 and tiles >= 4 * sms and k < 1024
+        return (cout >= 64 if elem == 4 else cout > 64) and tiles >= 4 * sms and k < 1024
     return k <= 2304 and width * elem > 64 and cout >= 32 and 2 * tiles >= sms
 
 

@@ -41,10 +41,13 @@ def test_patch_kernel_size_rule_channels_last():
         return _cuda._patch_pays(pixels, cout, k, sms, True, 4, 128, False)
 
     assert pays(128 * 126 * 126, 128, 576)
-    # 4 tiles per SM, more than 64 output channels, K below 1024
+    # 4 tiles per SM, 64 output channels or more (16-bit: more than 64), K below 1024
     assert pays(4 * sms * 256, 128, 576)
     assert not pays((4 * sms - 1) * 256, 128, 576)
-    assert not pays(128 * 126 * 126, 64, 576)
+    assert pays(128 * 126 * 126, 64, 576)
+    assert not pays(128 * 126 * 126, 48, 576)
+    assert not _cuda._patch_pays(128 * 126 * 126, 64, 576, sms, True, 2, 128, False)
+    assert _cuda._patch_pays(128 * 126 * 126, 72, 576, sms, True, 2, 128, False)
     assert pays(256 * 28 * 28, 128, 1023)
     assert not pays(256 * 28 * 28, 128, 1024)
 
@@ -149,7 +152,8 @@ H100_SMS = 132
         # channels-last input: the patch kernel where it pays, else cuDNN
         ((128, 64, 128, 128), 128, 3, torch.float32, True, "cl", True, "patch", "patch"),
         ((128, 64, 128, 128), 128, 3, torch.bfloat16, True, "cl", True, "patch", "patch"),
-        ((128, 64, 128, 128), 64, 3, torch.float32, True, "cl", True, "cudnn", "fused"),
+        ((128, 64, 128, 128), 64, 3, torch.float32, True, "cl", True, "patch", "patch"),
+        ((128, 64, 128, 128), 64, 3, torch.bfloat16, True, "cl", True, "cudnn", "fused"),
         ((32, 64, 56, 56), 64, 3, torch.float32, True, "cl", True, "cudnn", "fused"),
         ((32, 8, 64, 64), 32, 3, torch.float32, True, "cl", True, "fused", "fused"),  # 8 channels
     ],
