@@ -109,13 +109,13 @@ def _patch_pays(
     headline 1.374 / 2.324 / 1.507, with 64 output channels 1.127 / 1.878 / 0.890, 56 px,
     batch 32 0.070 / 0.104 / 0.050; since the staged channels-last output (v35-v36), with
     64 output channels 0.730 / 1.879 / 0.888 (bf16 0.465 / 1.009 / 0.447), 56 px, batch 128
-    0.165 / 0.385 / 0.186, batch 32 0.055 / 0.104 / 0.050 (v48 notes). Exact fp32: the headline 2.805 / 10.851 / 7.601
-    (channels-last 2.818 / 9.249 / 8.477), 64 output channels 1.951 / 5.451 / 3.836
-    (channels-last 1.959 / 4.647 / 4.435), ResNet 56 px batch 32 channels-last 0.133 /
-    0.244 / 0.334, batch 4 (0.37 tiles per SM) 0.038 / 0.057 / 0.047, K = 4608 with
-    64-byte rows 2.546 / 14.251 / 6.465, 32 output channels 0.279 / 0.933 / 0.384, 16
-    output channels 0.273 / 0.917 / 0.365; 16 input channels at 64 px (K = 144) 0.075 /
-    0.136 / 0.057."""
+    0.165 / 0.385 / 0.186, batch 32 0.055 / 0.104 / 0.050 (v48b). Exact fp32: the headline
+    2.805 / 10.851 / 7.601 (channels-last 2.818 / 9.249 / 8.477), 64 output channels
+    1.951 / 5.451 / 3.836 (channels-last 1.959 / 4.647 / 4.435), ResNet 56 px batch 32
+    channels-last 0.133 / 0.244 / 0.334, batch 4 (0.37 tiles per SM) 0.038 / 0.057 /
+    0.047, K = 4608 with 64-byte rows 2.546 / 14.251 / 6.465, 32 output channels 0.279 /
+    0.933 / 0.384, 16 output channels 0.273 / 0.917 / 0.365; 16 input channels at 64 px
+    (K = 144) 0.075 / 0.136 / 0.057."""
     tiles = -(-pixels // 256) * -(-cout // 128)
     if exact_fp32:
         return k >= 288 and cout >= 16 and 4 * tiles >= sms

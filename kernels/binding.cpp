@@ -226,8 +226,8 @@ int multiprocessors(c10::DeviceIndex device) {
 // written out beside the next one; the last is written out after the loop, beside
 // nothing). 16-bit: where one channel block feeds a tile (the producer then has a whole
 // tile's mainloop to have a staged tile written out before the slot's next copy; with
-// several it measured slower than direct stores). TF32 (its first 64 channels staged): where
-// the output rows are not whole 32-byte sectors, whose direct stores then cost two
+// several it measured slower than direct stores). TF32 (its first 64 channels staged):
+// where the output rows are not whole 32-byte sectors, whose direct stores then cost two
 // sectors a warp; on whole sectors staging measured slower. 3xTF32 stores directly.
 bool stage_rows_pays(const Plan& plan, const ConvParams& p, Math math, c10::DeviceIndex device) {
   if (plan.tile != kTilePatch || plan.patch_cl || plan.patch_bn != kPatchBN || p.tiles_w != 1 ||
@@ -342,7 +342,8 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   p.w_nonfinite = pp.nonfinite;
 
   if (plan.tile == kTilePatch) {
-    launch_patch(p, math, plan.patch_cl, plan.patch_bn, stage_rows_pays(plan, p, math, x.device().index()), stream);
+    const bool stage_rows = stage_rows_pays(plan, p, math, x.device().index());
+    launch_patch(p, math, plan.patch_cl, plan.patch_bn, stage_rows, stream);
     return;
   }
   switch (math) {

@@ -245,7 +245,6 @@ template <> __device__ __forceinline__ uint16_t bits_of<__nv_bfloat16>(__nv_bflo
   return __bfloat16_as_ushort(v);
 }
 
-
 // The 32 fp32 accumulator registers of an m64n64 wgmma: the asm operand list (%0-%31) and
 // its constraints.
 #define FX_FUSE_D32_LIST                                                                        \
@@ -321,10 +320,9 @@ struct PatchTile {
 
 // Where the epilogue's values go: m-halves [H0, H1) of the consumer's rows, into staged
 // boxes at shared address `base` (stage_tile), or straight to the output (base 0, both
-// m-halves); RUNS (the ROWS kernel): into staged channel runs at `base`.
-template <int H0, int H1, bool RUNS = false> struct Stage {
+// m-halves).
+template <int H0, int H1> struct Stage {
   static constexpr int h0 = H0, h1 = H1;
-  static constexpr bool runs = RUNS;
   uint32_t base;
 };
 
@@ -849,8 +847,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   };
   // One copy of the unrolled stores per kind of `other`, so that no element waits on a
   // branch before its load (and, per channel, one with paired stores). Channels-last
-  // output is staged in boxes (stage_tile); ROWS output in channel runs at stage.base
-  // (stage.runs).
+  // output is staged in boxes (stage_tile); ROWS output in channel runs at stage.base.
   auto store_tile = [&](const PatchTile& pt, int buf, auto stage) {
     const float* chan = chan_of(buf);
     auto strided = [&](auto tag) {
@@ -869,7 +866,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     auto rows = [&](auto other_at, auto layout, auto any_channel) {
       if constexpr (CL) {
         store_rows(pt, chan, other_at, any_channel, std::integral_constant<int, kStageChannelPairs>{}, stage);
-      } else if constexpr (decltype(stage)::runs) {
+      } else if constexpr (ROWS) {
         store_rows(pt, chan, other_at, any_channel, std::integral_constant<int, kStageChannelRows>{}, stage);
       } else {
         store_rows(pt, chan, other_at, any_channel, layout, stage);
@@ -1082,7 +1079,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
         if (ct != 0) release(kBarPEmpty + slot);
       } else {  // the producer's patch warps write the staged runs out
         const uint32_t base = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
-        store_tile(pt, static_cast<int>(i & 1), Stage<0, 2, true>{base});
+        store_tile(pt, static_cast<int>(i & 1), Stage<0, 2>{base});
         fence_proxy_async();  // the copy engine reads what these shared stores wrote
         release(kBarPEmpty + slot);
       }

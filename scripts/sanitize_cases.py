@@ -50,8 +50,8 @@ for dtype, tf32 in ((torch.float32, True), (torch.float32, False), (torch.float1
     # channels-last: two column tiles, a partial channel block, two channel tiles
     # (channels-last: 136, whose output rows the copy engine can write); tiles of 32
     # columns; NCHW tiles of whole 30-pixel rows, two per CTA on 132 SMs (their output,
-    # TF32: its first 64 channels, leaves through the copy engine; the second channel tile has
-    # 2); then 64-channel tiles (at most 64 output channels)
+    # TF32: its first 64 channels, leaves through the copy engine; the second channel
+    # tile has 2); then 64-channel tiles (at most 64 output channels)
     pays = _cuda._patch_pays
     _cuda._patch_pays = lambda *args: True
     _cuda.forget_plans()

@@ -417,7 +417,9 @@ def test_cudnn_path_runs_where_its_rule_says(monkeypatch):
         ("fp32", 64, 0, True, False),  # 3xTF32: stored directly
     ],
 )
-def test_staged_rows_kernel_runs_where_its_rule_says(policy, cin, padding, many, staged, monkeypatch):
+def test_staged_rows_kernel_runs_where_its_rule_says(
+    policy, cin, padding, many, staged, monkeypatch
+):
     """NCHW tiles of 128 channels that span whole output rows leave through the copy engine
     (the patch kernel's ROWS instantiation, last template argument ``true``) where the
     rule (binding.cpp, stage_rows_pays) says so, and the result is right either way."""
