@@ -13,7 +13,8 @@ void launch_conv_f16(const ConvParams& p, bool avec, int tile, cudaStream_t stre
 void launch_conv_bf16(const ConvParams& p, bool avec, int tile, cudaStream_t stream);
 // The patch kernel (Hopper): whether its sm_90a code is loaded for this GPU, and its launch
 // (TF32, 3xTF32, fp16 or bf16; NCHW or channels-last input; tiles of bn = kPatchBN or kPatchBNSmall
-// output channels; stage_rows: 16-bit NCHW output staged for the copy engine).
+// output channels; stage_rows: NCHW output staged for the copy engine, binding.cpp
+// stage_rows_pays).
 bool patch_kernel_ready(Math math);
 void launch_patch(const ConvParams& p, Math math, bool channels_last, int bn, bool stage_rows,
                   cudaStream_t stream);

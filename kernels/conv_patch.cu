@@ -1,6 +1,6 @@
 // Instantiation of the patch kernel (Hopper) for TF32, 3xTF32, fp16 and bf16, NCHW and
 // channels-last, with 128-channel tiles (conv_patch_small.cu: 64-channel tiles;
-// conv_patch_rows.cu: 16-bit NCHW output staged for the copy engine).
+// conv_patch_rows.cu: NCHW output staged for the copy engine).
 #include "api.h"
 #include "launch.cuh"
 

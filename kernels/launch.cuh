@@ -87,7 +87,7 @@ bool patch_compiled() {
 }
 
 // One persistent CTA per SM (or per tile, when there are fewer tiles); tiles of BN channels;
-// ROWS: the output staged for the copy engine (patch_conv.cuh, kStageRowBytes).
+// ROWS: the output staged for the copy engine (patch_conv.cuh, stage_row_bytes).
 template <Math MATH, bool CL, int BN, bool ROWS>
 void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   constexpr int smem = patch_smem_bytes<BN>();
