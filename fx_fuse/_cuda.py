@@ -209,6 +209,20 @@ def _depthwise_pays(out_shape, taps: int, cpg: int, channels_last: bool) -> bool
     return pixels >= 784 or (pixels >= 196 and taps >= 25)
 
 
+def _direct_pays(macs: int) -> bool:
+    """The size rule for the direct kernel (one launch on the CUDA cores, no weight
+    preparation): convolutions of at most 2^22 multiply-adds, where launches and latency
+    are the time and the tensor-core paths' extra kernel costs more than their multiplies
+    save."""
+    return macs <= 1 << 22
+
+
+def _direct_runs(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
+    """Whether the binding takes these sizes on the direct kernel (a block's window and
+    weights in shared memory)."""
+    return _extension().direct_kernel_fits(x, weight, stride, padding, dilation)
+
+
 def _grouped_path(x: Tensor, weight: Tensor, out_shape, stride, padding, dilation) -> str:
     """Which implementation runs a grouped convolution (``x`` dense in its layout):
     "depthwise" (the depthwise kernel of ``x``'s layout) where its size rule says it pays and
@@ -291,7 +305,10 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
         _warn_once(reason)
         return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
     hopper = _use_wgmma(x.device)
-    if groups > 1:
+    macs = math.prod(out_shape) * math.prod(weight.shape[1:])
+    if _direct_pays(macs) and _direct_runs(x, weight, stride, padding, dilation):
+        path = "direct"
+    elif groups > 1:
         path = _grouped_path(x, weight, out_shape, stride, padding, dilation)
     else:
         sms = _device_properties(x.device).multi_processor_count

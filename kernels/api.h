@@ -39,4 +39,10 @@ void launch_depthwise(const ConvParams& p, const DepthwiseShape& d, int elem_byt
 void launch_depthwise_cl(const ConvParams& p, const DepthwiseClShape& d, int elem_bytes, bool bf16,
                          cudaStream_t stream);
 
+// The direct kernel (direct.cu): p.out = relu(grouped conv2d(p.x, p.wprep) + bias) + other
+// for small convolutions, any strides, the weights (Cout, d.cpg, KH, KW) contiguous;
+// elem_bytes and bf16 as above.
+void launch_direct(const ConvParams& p, const DirectShape& d, int elem_bytes, bool bf16,
+                   cudaStream_t stream);
+
 }  // namespace fx_fuse

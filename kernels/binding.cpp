@@ -226,7 +226,7 @@ int multiprocessors(c10::DeviceIndex device) {
 // written out beside the next one; the last is written out after the loop, beside
 // nothing). 16-bit: where one channel block feeds a tile (the producer then has a whole
 // tile's mainloop to have a staged tile written out before the slot's next copy; with
-// several it measured slower than direct stores). TF32 (its first 64 channels staged):
+// several it measured slower than direct stores). TF32 (its first 72 channels staged):
 // where the output rows are not whole 32-byte sectors, whose direct stores then cost two
 // sectors a warp; on whole sectors staging measured slower. 3xTF32 stores directly.
 bool stage_rows_pays(const Plan& plan, const ConvParams& p, Math math, c10::DeviceIndex device) {
@@ -548,6 +548,89 @@ void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight
 
 namespace {
 
+// The direct kernel's shape for these arguments; co_block = 0 where it does not take them
+// (one channel's weights and one row's windows past shared memory, or the grid past its
+// limits). Small blocks finish sooner on a GPU that small work leaves mostly idle: a block
+// takes up to one output per thread, as many channels of a group as a row has room for
+// (up to 64, fewer where their weights do not fit), then more rows, then more lanes per
+// output where a row of one channel is still fewer outputs than threads.
+DirectShape direct_shape(const at::Tensor& x, const at::Tensor& weight, const std::vector<int64_t>& stride,
+                         const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation) {
+  const int64_t cpg = weight.size(1), groups = x.size(1) / cpg, cout_pg = weight.size(0) / groups;
+  const int64_t KH = weight.size(2), KW = weight.size(3);
+  const int64_t span_h = dilation[0] * (KH - 1) + 1, span_w = dilation[1] * (KW - 1) + 1;
+  const int64_t OH = output_extent(x.size(2), padding[0], span_h, stride[0]);
+  const int64_t OW = output_extent(x.size(3), padding[1], span_w, stride[1]);
+  const int64_t cols_in = (OW - 1) * stride[1] + span_w;
+  auto rows_in = [&](int64_t rows) { return (rows - 1) * stride[0] + span_h; };
+  auto smem = [&](int64_t rows, int64_t co_block) {
+    return direct_smem_bytes(cpg, direct_window_pitch(rows_in(rows), cols_in), co_block, KH * KW);
+  };
+  DirectShape d{};
+  if (OH <= 0 || OW <= 0) return d;
+  int64_t co_block = std::min<int64_t>({cout_pg, 64, std::max<int64_t>(1, kDirectThreads / OW)});
+  while (co_block > 1 && smem(1, co_block) > kDirectMaxSmem) co_block = (co_block + 1) / 2;
+  if (smem(1, co_block) > kDirectMaxSmem) return d;
+  int64_t rows = 1, split = 1;
+  while (rows < OH && 2 * rows * co_block * OW <= kDirectThreads && smem(2 * rows, co_block) <= kDirectMaxSmem) {
+    rows *= 2;
+  }
+  while (2 * split <= std::min<int64_t>(cpg, 32) && 2 * split * rows * co_block * OW <= kDirectThreads) {
+    split *= 2;
+  }
+  const int64_t bands = (OH + rows - 1) / rows;
+  const int64_t co_blocks = groups * ((cout_pg + co_block - 1) / co_block);
+  if (x.size(0) * bands > std::numeric_limits<int32_t>::max() || co_blocks > 65535) return d;
+  d.cpg = static_cast<int>(cpg);
+  d.co_block = static_cast<int>(co_block);
+  d.co_blocks = static_cast<int>(co_blocks);
+  d.rows = static_cast<int>(rows);
+  d.bands = static_cast<int>(bands);
+  d.split = static_cast<int>(split);
+  d.rows_in = static_cast<int>(rows_in(rows));
+  d.cols_in = static_cast<int>(cols_in);
+  d.window_pitch = static_cast<int>(direct_window_pitch(d.rows_in, cols_in));
+  return d;
+}
+
+}  // namespace
+
+// The direct kernel (host.h).
+void direct_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
+                                const c10::optional<at::Tensor>& bias,
+                                const c10::optional<at::Tensor>& other, double other_scalar,
+                                std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                std::vector<int64_t> dilation, at::Tensor out) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 4, kOp, ": expected a 4-D CUDA input, got ", x.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.device() == x.device() &&
+                  weight.scalar_type() == x.scalar_type() && weight.size(1) > 0 &&
+                  x.size(1) % weight.size(1) == 0 &&
+                  weight.size(0) % (x.size(1) / weight.size(1)) == 0,
+              kOp, ": expected a grouped weight (groups x multiplier, C_in / groups, kH, kW) of the "
+              "input's dtype and device, got ", weight.sizes(), " for ", x.size(1), " input channels");
+  TORCH_CHECK(out.dim() == 4 && out.device() == x.device() &&
+                  out.scalar_type() == x.scalar_type() && out.size(0) == x.size(0) &&
+                  out.size(1) == weight.size(0),
+              kOp, ": expected a 4-D output of the input's dtype and device");
+  if (out.numel() == 0) return;
+  const DirectShape d = direct_shape(x, weight, stride, padding, dilation);
+  TORCH_CHECK(d.co_block > 0, kOp, ": the direct kernel does not take these sizes");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto w = weight.contiguous();
+  ConvParams p = conv_params(x, weight, bias, other, other_scalar, stride, padding, dilation, out);
+  p.wprep = w.data_ptr();
+  launch_direct(p, d, static_cast<int>(x.element_size()), x.scalar_type() == at::kBFloat16,
+                c10::cuda::getCurrentCUDAStream());
+}
+
+namespace {
+
+// Whether the direct kernel takes these sizes (its shared memory and grid).
+bool direct_kernel_fits(const at::Tensor& x, const at::Tensor& weight, std::vector<int64_t> stride,
+                        std::vector<int64_t> padding, std::vector<int64_t> dilation) {
+  return direct_shape(x, weight, stride, padding, dilation).co_block > 0;
+}
+
 // Whether the depthwise kernel of the input's layout takes these sizes (NCHW: its shared
 // memory and grid; channels-last: depthwise_cl_shape).
 bool depthwise_kernel_fits(const at::Tensor& x, const at::Tensor& weight,
@@ -603,6 +686,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether the depthwise kernel takes these sizes", pybind11::arg("x"),
         pybind11::arg("weight"), pybind11::arg("stride"), pybind11::arg("padding"),
         pybind11::arg("dilation"));
+  m.def("direct_kernel_fits", &fx_fuse::direct_kernel_fits,
+        "whether the direct kernel takes these sizes", pybind11::arg("x"), pybind11::arg("weight"),
+        pybind11::arg("stride"), pybind11::arg("padding"), pybind11::arg("dilation"));
   m.def("kernel_name", &fx_fuse::kernel_name, "which kernel runs these arguments",
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("stride"), pybind11::arg("padding"),
         pybind11::arg("dilation"), pybind11::arg("allow_tf32"), pybind11::arg("hopper"),

@@ -1,6 +1,6 @@
 // Instantiation of the patch kernel (Hopper) whose NCHW output leaves through the copy
 // engine (ROWS: 128-channel tiles of whole output rows; binding.cpp, stage_rows_pays):
-// fp16 and bf16 (the whole tile), TF32 (its first 64 channels).
+// fp16 and bf16 (the whole tile), TF32 (its first 72 channels).
 #include "api.h"
 #include "launch.cuh"
 

@@ -40,6 +40,14 @@ void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight
                                    std::vector<int64_t> stride, std::vector<int64_t> padding,
                                    std::vector<int64_t> dilation, at::Tensor out);
 
+// The direct kernel, for small convolutions: the same as depthwise_conv2d_relu_add_out for
+// any groups and layout.
+void direct_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
+                                const c10::optional<at::Tensor>& bias,
+                                const c10::optional<at::Tensor>& other, double other_scalar,
+                                std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                std::vector<int64_t> dilation, at::Tensor out);
+
 // The op's CUDA kernel (op.cpp): what the dispatcher runs for CUDA tensors once
 // register_op has been called.
 at::Tensor conv2d_relu_add(const at::Tensor& input, const at::Tensor& weight,

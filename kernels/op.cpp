@@ -26,7 +26,7 @@ namespace {
 
 constexpr const char* kOp = "fx_fuse::conv2d_relu_add";
 
-enum class Path { kPatch, kFused, kCudnn, kDepthwise };
+enum class Path { kPatch, kFused, kCudnn, kDepthwise, kDirect };
 
 struct Plan {
   Path path;
@@ -120,6 +120,8 @@ Plan plan_from(const pybind11::tuple& answer) {
     plan.path = Path::kCudnn;
   } else if (path == "depthwise") {
     plan.path = Path::kDepthwise;
+  } else if (path == "direct") {
+    plan.path = Path::kDirect;
   } else {
     TORCH_CHECK(false, kOp, ": the planner returned an unknown path '", path, "'");
   }
@@ -204,6 +206,9 @@ at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weig
   } else if (plan.path == Path::kDepthwise) {
     out = at::empty(out_shape, x.options().memory_format(format));
     depthwise_conv2d_relu_add_out(x, weight, b, other_t, scalar, stride, padding, dilation, out);
+  } else if (plan.path == Path::kDirect) {
+    out = at::empty(out_shape, x.options().memory_format(format));
+    direct_conv2d_relu_add_out(x, weight, b, other_t, scalar, stride, padding, dilation, out);
   } else {
     out = at::empty(out_shape, x.options().memory_format(format));
     if (out.numel() > 0) {

@@ -174,6 +174,36 @@ inline int depthwise_cl_smem_bytes(const DepthwiseClShape& d, int taps) {
   return static_cast<int>(depthwise_cl_smem_bytes(d.cg_block, taps));
 }
 
+// The direct kernel (direct.cu): small convolutions, any groups, layout, stride and
+// dilation, in one launch on the CUDA cores. A block of kDirectThreads threads computes
+// `rows` output rows of one image for `co_block` output channels of one group from the
+// rows' input window (the group's cpg channels, window_pitch floats each: rows_in x
+// cols_in, zero in the padding) and the channels' weights, staged in shared memory as
+// floats (at most kDirectMaxSmem bytes); `split` neighbouring lanes share an output, each
+// summing every split-th input channel.
+constexpr int kDirectThreads = 256;
+constexpr int kDirectMaxSmem = 48 * 1024;
+
+struct DirectShape {
+  int cpg;           // input channels per group
+  int co_block;      // output channels per block (of one group); 0: the kernel does not take the sizes
+  int co_blocks;     // blocks per image and band: groups x ceil(output channels per group / co_block)
+  int rows;          // output rows per block
+  int bands;         // blocks per image and channel block: ceil(OH / rows)
+  int split;         // lanes per output: a power of two up to 32
+  int rows_in;       // window rows: (rows - 1) * stride_h + span_h
+  int cols_in;       // window columns: (OW - 1) * stride_w + span_w
+  int window_pitch;  // floats per channel's window: rows_in x cols_in, made odd (a split's lanes
+                     // read distinct banks)
+};
+
+constexpr int64_t direct_window_pitch(int64_t rows_in, int64_t cols_in) { return rows_in * cols_in | 1; }
+
+// A block's shared memory: the windows, then the weights.
+constexpr int64_t direct_smem_bytes(int64_t cpg, int64_t window_pitch, int64_t co_block, int64_t taps) {
+  return cpg * (window_pitch + co_block * taps) * static_cast<int64_t>(sizeof(float));
+}
+
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,
 // (kh, kw, c) for channels-last (so a 16-byte chunk of K is 16 bytes of one pixel),
 // (channel block, kh, kw, c) for the patch kernel (one K slice = one tap of one block).

@@ -27,7 +27,7 @@
 //     channels-last output staged in the patch slot the tile has finished with and written
 //     by the copy engine while the next tile runs; so is NCHW output in the ROWS kernel,
 //     for tiles of whole output rows (stage_row_bytes): all of a 16-bit tile, the first
-//     64 channels of a TF32 one.
+//     72 channels of a TF32 one.
 // The warpgroups meet only at mbarriers: a slot is "full" once its copy landed and
 // "empty" once every consumer thread is past it, so one consumer's epilogue can run beside
 // the other's wgmmas, and the copies beside both.
@@ -203,16 +203,18 @@ enum StoreLayout : int { kStoreSingle, kStorePixelPairs, kStageChannelRows, kSta
 // The ROWS kernel (NCHW output of 128-channel tiles that span whole, dense output rows;
 // the host's rule: binding.cpp, stage_rows_pays) stages its output in the patch slot its
 // tile's last unit was read from, and the copy engine writes it out while the consumers
-// multiply the next tile; fp32 stages the first 64 channels only (a whole 128 KB tile
-// would not fit the slot), and the consumers store the others directly. A channel's tile
+// multiply the next tile; fp32 stages the first 72 channels only (as many runs as fit the
+// slot: a whole 128 KB tile would not), and the consumers store the others directly. A channel's tile
 // rows are one contiguous run of the output (tile_h x OW pixels), staged in a row of its
 // own, stage_row_bytes apart (4 words modulo 32: a warp's stores, 8 pixels x 4 channels
 // of one parity, fall on distinct banks): pixel j at byte shift + ELEM j, `shift` the
 // run's output address modulo 16. The run's 16-byte aligned interior goes out as one bulk
 // copy; the producer's patch warps store the pixels before and after it (fewer than a
 // 16-byte chunk's each).
-constexpr int staged_channels(int elem) { return elem == 2 ? kPatchBN : kPatchBN / 2; }
 constexpr int stage_row_bytes(int elem) { return elem * kPatchBM + 16; }
+constexpr int staged_channels(int elem) {
+  return elem == 2 ? kPatchBN : kPatchSlotBytes / stage_row_bytes(elem);  // fp32: 72, all that fit
+}
 static_assert(staged_channels(2) * stage_row_bytes(2) <= kPatchSlotBytes &&
                   staged_channels(4) * stage_row_bytes(4) <= kPatchSlotBytes,
               "the staged runs fit a patch slot");
@@ -738,7 +740,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   //     a row);
   //   kStageChannelRows (ROWS): each value one shared store into its channel's staged run
   //     at stage.base (stage_row_bytes; the producer's patch warps have the runs written
-  //     out); fp32: the first 64 channels, the others as kStoreSingle;
+  //     out); fp32: the first 72 channels, the others as kStoreSingle;
   //   kStageChannelPairs (channels-last output): a lane's two channels of a pixel, one
   //     shared store into the staged boxes of m-halves [stage.h0, stage.h1) (stage_tile);
   //     the copy engine writes them to the output.
@@ -814,20 +816,15 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
                 if constexpr (ELEM == 4) st_shared_v2(at, __float_as_uint(v0), __float_as_uint(v1));
                 else st_shared_u32(at, pack_pair<T>(v0, v1));
               }
-            } else if constexpr (LAYOUT == kStageChannelRows) {
+            } else if (LAYOUT == kStageChannelRows && nt < kStagedNT) {
               // channels past Cout are staged too where that reads nothing outside `other`
-              // (write_rows skips them)
+              // (write_rows skips them); fp32's channels after the staged ones go straight
+              // to the output below
               const uint32_t at = row_at + static_cast<uint32_t>(nt * 8 * kRowBytes);
-              if (nt < kStagedNT) {
-                if (kAnyChannel || full_n || pt.n0 + cc < p.Cout)
-                  stage_value(at + shift0, fused_value(a[0], b.x, other_at(o, cc)));
-                if (kAnyChannel || full_n || pt.n0 + cc + 1 < p.Cout)
-                  stage_value(at + kRowBytes + shift1, fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1)));
-              } else {  // fp32: the channels after the staged ones straight to the output
-                if (full_n || pt.n0 + cc < p.Cout) y[0] = from_float<T>(fused_value(a[0], b.x, other_at(o, cc)));
-                if (full_n || pt.n0 + cc + 1 < p.Cout)
-                  y[p.y_sc] = from_float<T>(fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1)));
-              }
+              if (kAnyChannel || full_n || pt.n0 + cc < p.Cout)
+                stage_value(at + shift0, fused_value(a[0], b.x, other_at(o, cc)));
+              if (kAnyChannel || full_n || pt.n0 + cc + 1 < p.Cout)
+                stage_value(at + kRowBytes + shift1, fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1)));
             } else if constexpr (kAnyChannel) {
               const float v0 = fused_value(a[0], b.x, other_at(o, cc));
               const float v1 = fused_value(a[1], b.y, other_at(o + p.o_sc, cc + 1));

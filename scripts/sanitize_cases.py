@@ -39,6 +39,7 @@ def case(n, c, h, w, cout, k, stride, pad, dil, dtype, cl, tf32, other_kind, inf
 
 
 torch.manual_seed(0)
+_cuda._direct_pays = lambda *args: False  # the direct kernel last; it would take these sizes
 os.environ["FX_FUSE_DISABLE_CUDNN"] = "1"  # the fused kernels first
 for dtype, tf32 in ((torch.float32, True), (torch.float32, False), (torch.float16, True),
                     (torch.bfloat16, True)):
@@ -50,7 +51,7 @@ for dtype, tf32 in ((torch.float32, True), (torch.float32, False), (torch.float1
     # channels-last: two column tiles, a partial channel block, two channel tiles
     # (channels-last: 136, whose output rows the copy engine can write); tiles of 32
     # columns; NCHW tiles of whole 30-pixel rows, two per CTA on 132 SMs (their output,
-    # TF32: its first 64 channels, leaves through the copy engine; the second channel
+    # TF32: its first 72 channels, leaves through the copy engine; the second channel
     # tile has 2); then 64-channel tiles (at most 64 output channels)
     pays = _cuda._patch_pays
     _cuda._patch_pays = lambda *args: True
@@ -98,5 +99,15 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
     case(2, 24, 9, 13, 24, 3, 1, 1, 1, dtype, True, True, "full", groups=24)
     case(1, 16, 13, 12, 16, 5, 2, 0, 1, dtype, True, True, "scalar", groups=16)
     case(1, 512, 9, 10, 512, 7, 1, 3, 1, dtype, True, True, "chan", groups=512)
+# the direct kernel: dense and grouped, both layouts, padding past the kernel, stride and
+# dilation, several rows per block, several lanes per output (64 channels of 4 x 4 pixels)
+_cuda._direct_pays = lambda *args: True
+_cuda.forget_plans()
+for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    for cl in (False, True):
+        case(2, 5, 7, 9, 6, 3, 1, 2, 1, dtype, cl, True, "full")
+        case(1, 8, 13, 11, 12, 5, 2, 1, 2, dtype, cl, True, "chan", groups=2)
+        case(3, 64, 4, 4, 16, 3, 1, 0, 1, dtype, cl, True, "scalar")
+        case(2, 16, 16, 16, 16, 3, 1, 1, 1, dtype, cl, True, "full", groups=16)
 torch.cuda.synchronize()
 print("sanitize cases done")

@@ -53,16 +53,18 @@ CONFIGS = [
 ]
 
 
-@pytest.fixture(autouse=True, params=["wgmma", "ktable", "mma_sync", "cudnn"])
+@pytest.fixture(autouse=True, params=["wgmma", "ktable", "mma_sync", "cudnn", "direct"])
 def kernel_path(request, monkeypatch):
     """Every test runs on each implementation: on Hopper the patch kernel where it applies
     and the K-table wgmma kernel elsewhere; the K-table wgmma kernel everywhere; the
     portable mma.sync kernel; the cuDNN path (cuDNN's convolution and the epilogue pass)
-    wherever the patch kernel does not run. The size rules would send most of these small
-    shapes to the cuDNN path: the first three turn it off."""
+    wherever the patch kernel does not run; the direct kernel wherever it takes the sizes.
+    The size rules would send most of these small shapes to the direct kernel or the cuDNN
+    path: the first four turn the direct kernel off, the first three the cuDNN path."""
     monkeypatch.delenv("FX_FUSE_DISABLE_WGMMA", raising=False)
     monkeypatch.delenv("FX_FUSE_DISABLE_PATCH", raising=False)
     monkeypatch.setenv("FX_FUSE_DISABLE_CUDNN", "1")
+    monkeypatch.setattr(_cuda, "_direct_pays", lambda *args: request.param == "direct")
     if request.param == "ktable":
         monkeypatch.setenv("FX_FUSE_DISABLE_PATCH", "1")
     elif request.param == "mma_sync":
@@ -388,6 +390,7 @@ def test_cudnn_path_runs_where_its_rule_says(monkeypatch):
     """The cuDNN path (cuDNN's convolution, then the epilogue pass) is what runs when its
     rule picks it (the kernel tests above rely on that), the fused kernel when
     FX_FUSE_DISABLE_CUDNN=1; both give the same result."""
+    monkeypatch.setattr(_cuda, "_direct_pays", lambda *args: False)  # it takes these sizes
     set_policy("tf32")
     monkeypatch.setattr(_cuda, "_cudnn_pays", lambda *args: True)
     x, w, b, stride, padding, dilation = make((2, 16, 12, 12, 24, 3, 3, 1, 1, 1), torch.float32)
@@ -423,6 +426,7 @@ def test_staged_rows_kernel_runs_where_its_rule_says(
     """NCHW tiles of 128 channels that span whole output rows leave through the copy engine
     (the patch kernel's ROWS instantiation, last template argument ``true``) where the
     rule (binding.cpp, stage_rows_pays) says so, and the result is right either way."""
+    monkeypatch.setattr(_cuda, "_direct_pays", lambda *args: False)  # it takes these sizes
     monkeypatch.setattr(_cuda, "_patch_pays", lambda *args: True)
     dtype = set_policy(policy)
     sms = torch.cuda.get_device_properties(DEV).multi_processor_count
@@ -444,6 +448,7 @@ def test_cudnn_path_follows_the_cudnn_switches(monkeypatch):
     """The cuDNN path calls cuDNN's convolution below at::conv2d, so it reads
     torch.backends.cudnn itself: with cuDNN disabled the convolution is ATen's own (im2col
     and a GEMM, no cuDNN), and deterministic and benchmark modes give the same result."""
+    monkeypatch.setattr(_cuda, "_direct_pays", lambda *args: False)  # it takes these sizes
     set_policy("tf32")
     monkeypatch.setattr(_cuda, "_cudnn_pays", lambda *args: True)
     monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN", raising=False)
@@ -467,6 +472,7 @@ def test_patch_rule_falls_back_where_the_binding_does_not_take_the_input(monkeyp
     """Where the patch kernel's size rule pays but the binding does not take the input (a
     bf16 NCHW row of 18 pixels is not whole 16-byte chunks), the planner asks the binding
     first, and the cuDNN path runs if its rule says so (not the K-table kernel)."""
+    monkeypatch.setattr(_cuda, "_direct_pays", lambda *args: False)  # it takes these sizes
     bf16 = set_policy("bf16")
     monkeypatch.setattr(_cuda, "_patch_pays", lambda *args: True)
     monkeypatch.setattr(_cuda, "_cudnn_pays", lambda *args: True)
@@ -486,6 +492,33 @@ def test_patch_rule_falls_back_where_the_binding_does_not_take_the_input(monkeyp
         _cuda.forget_plans()
     assert "conv_epilogue" in kernels and "conv_relu_add" not in kernels, kernels
     assert_close64(out, reference64(x, w, b, other, stride, padding, dilation), "bf16")
+
+
+@pytest.mark.parametrize(
+    "cfg,direct",
+    [
+        ((1, 16, 16, 16, 16, 3, 3, 1, 1, 1), True),  # 0.6 M multiply-adds
+        ((4, 64, 32, 32, 64, 3, 3, 1, 1, 1), False),  # 151 M
+        # 0.5 M, but one output row's window of 4,096 channels is past shared memory
+        ((1, 4096, 3, 3, 1, 3, 3, 1, 1, 1), False),
+    ],
+)
+def test_direct_kernel_runs_where_its_rule_says(cfg, direct, monkeypatch):
+    """Under the size rules as they are, small convolutions run the direct kernel, larger
+    ones and those whose window it cannot hold do not, without a fallback warning; the
+    result is right either way."""
+    monkeypatch.undo()  # the rules as they are (every kernel path)
+    _cuda.forget_plans()
+    set_policy("tf32")
+    x, w, b, stride, padding, dilation = make(cfg, torch.float32)
+    other = torch.randn(w.shape[0], 1, 1, device=DEV)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, padding, dilation))
+    assert ("direct_conv_kernel" in kernels) == direct, kernels
+    out = run_op(x, w, b, other, stride, padding, dilation)
+    assert_close64(out, reference64(x, w, b, other, stride, padding, dilation), "tf32",
+                   rounding_scale64(x, w, stride, padding, dilation))
 
 
 def test_plans_are_remembered_per_signature(monkeypatch):
@@ -735,17 +768,19 @@ def grouped_args(cfg, other_kind, dtype, layout):
     return x, wt, b, other, stride, padding, dilation, groups
 
 
-@pytest.mark.parametrize("path", ["depthwise", "cudnn"])
+@pytest.mark.parametrize("path", ["depthwise", "cudnn", "direct"])
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("policy", list(POLICIES))
 @pytest.mark.parametrize("cfg,other_kind", GROUPED_CONFIGS,
                          ids=lambda c: "x".join(map(str, c[:6])) if isinstance(c, tuple) else c)
 def test_grouped_convolutions(cfg, other_kind, policy, layout, path, monkeypatch):
-    """Grouped convolutions run the depthwise kernel of the input's layout (where its rule
-    picks it, here always, and it takes the sizes: NCHW, where its shared memory holds a
-    group's windows; channels-last, one channel per group at a compiled size) or cuDNN's
-    grouped convolution and the epilogue pass, whatever the switches, without a fallback
-    warning."""
+    """Grouped convolutions run the direct kernel (where its rule picks it, here for the
+    "direct" path, and it takes the sizes), else the depthwise kernel of the input's layout
+    (where its rule picks it, here for the "depthwise" path, and it takes the sizes: NCHW,
+    where its shared memory holds a group's windows; channels-last, one channel per group
+    at a compiled size), else cuDNN's grouped convolution and the epilogue pass, whatever
+    the switches, without a fallback warning."""
+    monkeypatch.setattr(_cuda, "_direct_pays", lambda *args: path == "direct")
     monkeypatch.setattr(_cuda, "_depthwise_pays", lambda *args: path == "depthwise")
     _cuda.forget_plans()
     dtype = set_policy(policy)
@@ -757,11 +792,14 @@ def test_grouped_convolutions(cfg, other_kind, policy, layout, path, monkeypatch
     assert out.is_contiguous(memory_format=expected_format(x, wt))
     assert_close64(out, reference64(*args), policy)
     kernels = _kernels_run(lambda: run_op(*args))
-    fits = _build.load().depthwise_kernel_fits(x, wt, *args[4:7])
+    ext = _build.load()
+    fits = ext.depthwise_kernel_fits(x, wt, *args[4:7])
+    direct = path == "direct" and ext.direct_kernel_fits(x, wt, *args[4:7])
     depthwise = path == "depthwise" and fits
     name = "depthwise_cl_kernel" if layout == "cl" else "depthwise_conv_kernel"
+    assert ("direct_conv_kernel" in kernels) == direct, kernels
     assert (name in kernels) == depthwise, kernels
-    assert ("conv_epilogue" in kernels) == (not depthwise), kernels
+    assert ("conv_epilogue" in kernels) == (not (depthwise or direct)), kernels
     if layout == "cl" and path == "depthwise":
         _, cin, _, _, cout, groups, k, stride, _, dilation = cfg
         compiled = (k, stride) in ((3, 1), (3, 2), (5, 1), (5, 2), (7, 1)) and dilation == 1
@@ -774,6 +812,7 @@ def test_depthwise_input_off_16_byte_alignment(policy, layout, monkeypatch):
     """An input that starts one element past a 16-byte boundary: the NCHW depthwise kernel
     stages its rows element by element instead of by 16-byte loads, the channels-last one
     reads an aligned copy (its loads are groups of 4 channels), with the same result."""
+    monkeypatch.setattr(_cuda, "_direct_pays", lambda *args: False)  # it takes these sizes
     monkeypatch.setattr(_cuda, "_depthwise_pays", lambda *args: True)
     _cuda.forget_plans()
     dtype = set_policy(policy)

@@ -1,0 +1,124 @@
+// The direct kernel: small convolutions in one launch, on the CUDA cores. Where the whole
+// convolution is a few microseconds of work, what it costs is launches and latency: the
+// cuDNN path queues two kernels after cuDNN's host time, the K-table kernel two (the
+// weights' preparation, then the tiles). This one reads the weights as they are and does
+// everything in one kernel (docs/performance.md, v49; fx_fuse/_cuda.py, _direct_pays).
+// A block (DirectShape) computes `rows` output rows of one image for `co_block` output
+// channels of one group:
+//   - it stages the rows' input window of every input channel of the group in shared
+//     memory as floats (zero in the padding), and the channels' weights: all its loads at
+//     once, one round trip to memory;
+//   - each thread then computes one output at a time, a warp neighbouring pixels of one
+//     channel (the window's columns at the stride, the weights broadcast), accumulating
+//     in fp32 (no TF32 rounding);
+//   - the epilogue (bias, relu, `other`) runs before the only store.
+#include <c10/cuda/CUDAException.h>
+
+#include <type_traits>
+
+#include "api.h"
+#include "conv_relu_add.cuh"
+
+namespace fx_fuse {
+namespace {
+
+// The element at `ptr` as a float, 0 where `in` is false: a predicated load, no branch
+// (so that the unrolled stage's loads are all in flight at once).
+template <typename T>
+__device__ __forceinline__ float load_or_zero(const T* ptr, bool in) {
+  const uint32_t bits = ldg_pred<sizeof(T)>(ptr, in);
+  if constexpr (std::is_same_v<T, float>) return __uint_as_float(bits);
+  else if constexpr (std::is_same_v<T, __half>) return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
+  else return __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(bits)));
+}
+
+// K > 0: a K x K kernel, its taps unrolled; K == 0: sizes read at run time.
+template <typename T, int K>
+__global__ void __launch_bounds__(kDirectThreads) direct_conv_kernel(const ConvParams p, const DirectShape d) {
+  extern __shared__ float smem[];
+  const int tid = threadIdx.x;
+  const int taps = p.taps, wk = d.cpg * taps, window_floats = d.rows_in * d.cols_in;
+  float* window = smem;                           // [cpg][window_pitch]: [rows_in][cols_in]
+  float* w_s = smem + d.cpg * d.window_pitch;     // [co_block][cpg][taps]
+
+  // blockIdx.x: image n, band; blockIdx.y: group g, its channel block cb
+  const int band = static_cast<int>(blockIdx.x % static_cast<uint32_t>(d.bands));
+  const int64_t n = blockIdx.x / static_cast<uint32_t>(d.bands);
+  const int groups = p.Cin / d.cpg, cout_pg = p.Cout / groups;
+  const int blocks_pg = d.co_blocks / groups;
+  const int g = static_cast<int>(blockIdx.y) / blocks_pg, cb = static_cast<int>(blockIdx.y) - g * blocks_pg;
+  const int co0 = g * cout_pg + cb * d.co_block, n_co = min(d.co_block, cout_pg - cb * d.co_block);
+  const int oy0 = band * d.rows, iy0 = oy0 * p.stride_h - p.pad_h;
+
+  // Every load of the stage issued before the first lands (unrolled: the loads do not wait
+  // on the shared stores between them).
+  const T* x = static_cast<const T*>(p.x) + n * p.x_sn + static_cast<int64_t>(g) * d.cpg * p.x_sc;
+#pragma unroll 8
+  for (int i = tid; i < d.cpg * window_floats; i += kDirectThreads) {
+    const int c = i / window_floats, rc = i - c * window_floats;
+    const int r = rc / d.cols_in, iy = iy0 + r, ix = rc - r * d.cols_in - p.pad_w;
+    const bool in = static_cast<unsigned>(iy) < static_cast<unsigned>(p.H) &&
+                    static_cast<unsigned>(ix) < static_cast<unsigned>(p.W);
+    window[c * d.window_pitch + rc] = load_or_zero(x + (c * p.x_sc + iy * p.x_sh + ix * p.x_sw), in);
+  }
+  const T* w = static_cast<const T*>(p.wprep) + static_cast<int64_t>(co0) * wk;  // (Cout, cpg, KH, KW)
+#pragma unroll 8
+  for (int i = tid; i < n_co * wk; i += kDirectThreads) w_s[i] = to_float(__ldg(w + i));
+  __syncthreads();
+
+  // Output q = base + tid / split of the block's n_co x pixels, channel-major; lane `part`
+  // of its split sums input channels part, part + split, ... Every thread walks the same
+  // bases (the shuffles need the whole warp).
+  const int KH = K > 0 ? K : taps / p.KW, KW = K > 0 ? K : p.KW;
+  const int row_step = p.dil_h * d.cols_in;
+  const int pixels = min(d.rows, p.OH - oy0) * p.OW, outputs = n_co * pixels;
+  const int part = tid & (d.split - 1), per_pass = kDirectThreads / d.split;
+  T* out = static_cast<T*>(p.out);
+  for (int base = 0; base < outputs; base += per_pass) {
+    const int q = base + tid / d.split;
+    const bool live = q < outputs;
+    const int co = live ? q / pixels : 0, pix = live ? q - co * pixels : 0;
+    const int r = pix / p.OW, ow = pix - r * p.OW;
+    float acc = 0.f;
+    if (live) {
+      const float* in = window + part * d.window_pitch + r * p.stride_h * d.cols_in + ow * p.stride_w;
+      const float* wc = w_s + co * wk + part * taps;
+      for (int c = part; c < d.cpg; c += d.split, in += d.split * d.window_pitch, wc += d.split * taps) {
+#pragma unroll
+        for (int ky = 0; ky < KH; ++ky)
+#pragma unroll
+          for (int kx = 0; kx < KW; ++kx) acc = fmaf(in[ky * row_step + kx * p.dil_w], wc[ky * KW + kx], acc);
+      }
+    }
+    for (int lanes = d.split / 2; lanes > 0; lanes /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, lanes);
+    if (live && part == 0) {
+      const int c = co0 + co, oy = oy0 + r;
+      const float b = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
+      const float other = load_other(p, n * p.o_sn + c * p.o_sc + oy * p.o_sh + ow * p.o_sw);
+      out[n * p.y_sn + c * p.y_sc + oy * p.y_sh + ow * p.y_sw] = from_float<T>(fused_value(acc, b, other));
+    }
+  }
+}
+
+template <typename T>
+void launch_direct_t(const ConvParams& p, const DirectShape& d, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(images(p) * d.bands), static_cast<unsigned>(d.co_blocks));
+  const int smem = static_cast<int>(direct_smem_bytes(d.cpg, d.window_pitch, d.co_block, p.taps));
+  if (p.taps == 9 && p.KW == 3) {
+    direct_conv_kernel<T, 3><<<grid, kDirectThreads, smem, stream>>>(p, d);
+  } else {
+    direct_conv_kernel<T, 0><<<grid, kDirectThreads, smem, stream>>>(p, d);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void launch_direct(const ConvParams& p, const DirectShape& d, int elem_bytes, bool bf16,
+                   cudaStream_t stream) {
+  if (elem_bytes == 4) launch_direct_t<float>(p, d, stream);
+  else if (bf16) launch_direct_t<__nv_bfloat16>(p, d, stream);
+  else launch_direct_t<__half>(p, d, stream);
+}
+
+}  // namespace fx_fuse
