@@ -209,12 +209,22 @@ def _depthwise_pays(out_shape, taps: int, cpg: int, channels_last: bool) -> bool
     return pixels >= 784 or (pixels >= 196 and taps >= 25)
 
 
-def _direct_pays(macs: int) -> bool:
-    """The size rule for the direct kernel (one launch on the CUDA cores, no weight
-    preparation): convolutions of at most 2^22 multiply-adds, where launches and latency
-    are the time and the tensor-core paths' extra kernel costs more than their multiplies
-    save."""
-    return macs <= 1 << 22
+def _direct_pays(macs: int, outputs: int, groups: int) -> bool:
+    """The size rule for the direct kernel (one launch on the CUDA cores, the weights read
+    as they are): dense convolutions of at most 2^23 multiply-adds and 2^17 output
+    elements. There a call is a few microseconds of GPU time, and the other paths' second
+    kernel (the cuDNN path's epilogue pass, the K-table kernel's weight preparation) and
+    cuDNN's host time cost more than the direct kernel's multiplies on the CUDA cores.
+    Measured on the H200 (docs/performance.md, v49): GPU us, direct kernel / the path the
+    other rules pick (the cuDNN path, or the K-table kernel for 3 input channels): one
+    16 x 16 image of 16 channels 5.1 / 7.1 (bf16 5.1 / 10.5), of 32 channels 8.8 / 10.5;
+    eight of 16 channels 5.5 / 7.1; one 32 x 32 image of 16 channels 6.6 / 7.3; a 3-channel
+    stride-2 stem to 32 x 32 x 32 (4 images, 2^17 outputs) 6.2 / 6.6. Beyond: 64 channels
+    at 16 px (9.4 M multiply-adds) 13.1 / 11.1, 128 channels at 14 px 22.4 / 14.8, 3
+    channels at 30 px output, batch 16 (230 K outputs) 8.5 / 6.3. Grouped convolutions keep
+    their kernels: the direct kernel lost to cuDNN's grouped convolution on the one small
+    depthwise layer measured (256 channels at 7 px, batch 8: 10.0 / 4.2)."""
+    return groups == 1 and macs <= 1 << 23 and outputs <= 1 << 17
 
 
 def _direct_runs(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
@@ -279,8 +289,9 @@ def _planner(input, weight, bias, other, stride, padding, dilation, groups):
 
 def plan(input, weight, bias, other, stride, padding, dilation, groups):
     """How the C++ kernel runs these arguments (called once per call signature):
-    ``(path, input_channels_last, output_channels_last, hopper)``: ``path`` from ``_path``
-    (``_grouped_path`` for groups > 1), the layouts the input is read in (made dense in it)
+    ``(path, input_channels_last, output_channels_last, hopper)``: ``path`` "direct" (the
+    direct kernel) where ``_direct_pays`` and the binding takes the sizes, else from
+    ``_path`` (``_grouped_path`` for groups > 1), the layouts the input is read in (made dense in it)
     and the output is written in, and whether the wgmma kernels may run; or, for the
     arguments the kernels do not cover, the reference path's result (announced once per
     reason; that answer is not remembered). Bad arguments raise the op's errors."""
@@ -305,8 +316,10 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
         _warn_once(reason)
         return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
     hopper = _use_wgmma(x.device)
-    macs = math.prod(out_shape) * math.prod(weight.shape[1:])
-    if _direct_pays(macs) and _direct_runs(x, weight, stride, padding, dilation):
+    outputs = math.prod(out_shape)
+    if _direct_pays(outputs * math.prod(weight.shape[1:]), outputs, groups) and _direct_runs(
+        x, weight, stride, padding, dilation
+    ):
         path = "direct"
     elif groups > 1:
         path = _grouped_path(x, weight, out_shape, stride, padding, dilation)

@@ -173,6 +173,15 @@ def test_path_choice(
     assert _cuda._path(x, w, out_shape, [1, 1], tf32, H100_SMS, patch_runs) == without_cudnn
 
 
+def test_direct_kernel_size_rule():
+    # dense convolutions of at most 2^23 multiply-adds and 2^17 outputs
+    assert _cuda._direct_pays(16 * 16 * 16 * 144, 16 * 16 * 16, 1)  # one 16 px image, 16 channels
+    assert _cuda._direct_pays(1 << 23, 1 << 17, 1)
+    assert not _cuda._direct_pays((1 << 23) + 1, 1 << 10, 1)
+    assert not _cuda._direct_pays(1 << 20, (1 << 17) + 1, 1)
+    assert not _cuda._direct_pays(1 << 10, 1 << 10, 2)  # grouped: the depthwise kernel or cuDNN
+
+
 def test_cudnn_path_can_be_disabled(monkeypatch):
     monkeypatch.delenv("FX_FUSE_DISABLE_CUDNN", raising=False)
     assert _cuda._cudnn_enabled()
@@ -228,6 +237,26 @@ def test_plan_asks_the_binding_before_the_patch_kernel(h100_planner, monkeypatch
     assert len(asked) == 1 and asked[0][2:] == ([1, 1], [0, 0], [1, 1])
     monkeypatch.setenv("FX_FUSE_DISABLE_PATCH", "1")  # not asked where it may not run
     _cuda.plan(x, w, b, other, [1, 1], [0, 0], [1, 1], 1)
+    assert len(asked) == 1
+
+
+def test_plan_picks_the_direct_kernel_for_small_convolutions(h100_planner, monkeypatch):
+    """The direct kernel where its rule says and the binding takes the sizes; else the
+    other rules (one 16 px image: the cuDNN path)."""
+    asked = []
+    monkeypatch.setattr(_cuda, "_direct_runs", lambda *args: asked.append(args) or True)
+    monkeypatch.setattr(_cuda, "_patch_runs", lambda *args: False)
+    x = torch.empty(1, 16, 16, 16, device="meta")
+    w = torch.empty(16, 16, 3, 3, device="meta")
+    b, other = torch.empty(16, device="meta"), ops.scalar_other(0.5)
+    assert _cuda.plan(x, w, b, other, [1, 1], [1, 1], [1, 1], 1) == ("direct", False, False, True)
+    assert len(asked) == 1 and asked[0][2:] == ([1, 1], [1, 1], [1, 1])
+    monkeypatch.setattr(_cuda, "_direct_runs", lambda *args: False)
+    assert _cuda.plan(x, w, b, other, [1, 1], [1, 1], [1, 1], 1)[0] == "cudnn"
+    # past the rule (2^17 outputs): the binding is not asked
+    x = torch.empty(129, 16, 32, 32, device="meta")
+    monkeypatch.setattr(_cuda, "_direct_runs", lambda *args: asked.append(args) or True)
+    assert _cuda.plan(x, w, b, other, [1, 1], [1, 1], [1, 1], 1)[0] != "direct"
     assert len(asked) == 1
 
 

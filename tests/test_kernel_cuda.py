@@ -497,9 +497,11 @@ def test_patch_rule_falls_back_where_the_binding_does_not_take_the_input(monkeyp
 @pytest.mark.parametrize(
     "cfg,direct",
     [
-        ((1, 16, 16, 16, 16, 3, 3, 1, 1, 1), True),  # 0.6 M multiply-adds
-        ((4, 64, 32, 32, 64, 3, 3, 1, 1, 1), False),  # 151 M
-        # 0.5 M, but one output row's window of 4,096 channels is past shared memory
+        ((1, 16, 16, 16, 16, 3, 3, 1, 1, 1), True),  # 0.6 M multiply-adds, 4 K outputs
+        ((4, 64, 32, 32, 64, 3, 3, 1, 1, 1), False),  # 151 M multiply-adds
+        ((16, 3, 32, 32, 16, 3, 3, 1, 0, 1), False),  # 6.2 M multiply-adds, but 230 K outputs
+        # 37 K multiply-adds, but one output row's window of 4,096 channels is past shared
+        # memory
         ((1, 4096, 3, 3, 1, 3, 3, 1, 1, 1), False),
     ],
 )
