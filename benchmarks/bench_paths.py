@@ -1,8 +1,8 @@
-"""The op's three paths, each forced, per conv shape: the patch kernel (where the binding
-finds it can run the arguments), the K-table kernel, and the cuDNN path (cuDNN's
-convolution, then one bias + relu + add pass), beside eager PyTorch. Prints do_bench
-medians (L2 flushed), GPU kernel time, and which path the op's rules
-(``fx_fuse._cuda._path``) pick. The evidence behind those rules.
+"""The op's four paths, each forced, per conv shape: the direct kernel and the patch kernel
+(where the binding finds it can run the arguments), the K-table kernel, and the cuDNN path
+(cuDNN's convolution, then one bias + relu + add pass), beside eager PyTorch. Prints
+do_bench medians (L2 flushed), GPU kernel time, and which path the op's rules
+(``fx_fuse._cuda._direct_pays``, then ``_path``) pick. The evidence behind those rules.
 
     python benchmarks/bench_paths.py
     python benchmarks/bench_paths.py --only resnet
@@ -25,8 +25,8 @@ import fx_fuse  # noqa: E402
 from fx_fuse import _cuda  # noqa: E402
 
 BF16, TF32_OFF = torch.bfloat16, "tf32 off"
-# the op's paths as ``_cuda._path`` names them ("fused": the K-table kernel)
-PATHS = ("patch", "fused", "cudnn")
+# the op's paths as the planner names them ("fused": the K-table kernel)
+PATHS = ("direct", "patch", "fused", "cudnn")
 
 # (name, (N, C, H, W), Cout, k, stride, padding, dtype or TF32_OFF); "channels_last" in the
 # name: the input and weight in that layout
@@ -76,7 +76,9 @@ SHAPES = [
     ("8 channels 64px b32", (32, 8, 64, 64), 32, 3, 1, 1, torch.float32),
     ("16 channels 64px b32", (32, 16, 64, 64), 32, 3, 1, 1, torch.float32),
     ("tiny 16px", (1, 16, 16, 16), 16, 3, 1, 1, torch.float32),
-    # small layers, under one wave of tiles
+    # small layers, under one wave of tiles (the first two within the direct kernel's rule)
+    ("small 1x32 16px", (1, 32, 16, 16), 32, 3, 1, 1, torch.float32),
+    ("small 8x16 16px", (8, 16, 16, 16), 16, 3, 1, 1, torch.float32),
     ("small 1x64 16px", (1, 64, 16, 16), 64, 3, 1, 1, torch.float32),
     ("small 1x64 32px", (1, 64, 32, 32), 64, 3, 1, 1, torch.float32),
     ("small 1x128 28px", (1, 128, 28, 28), 128, 3, 1, 1, torch.float32),
@@ -92,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     rows = []
-    pays, patch_pays = _cuda._cudnn_pays, _cuda._patch_pays
+    rules = (_cuda._cudnn_pays, _cuda._patch_pays, _cuda._direct_pays)
     for name, x_shape, cout, k, stride, padding, kind in SHAPES:
         if args.only not in name:
             continue
@@ -116,24 +118,30 @@ def main() -> None:
         dilation = [1, 1]
         allow_tf32 = kind != TF32_OFF
         patch_runs = _cuda._patch_runs(x, w, [stride] * 2, [padding] * 2, dilation)
+        direct_runs = _cuda._direct_runs(x, w, [stride] * 2, [padding] * 2, dilation)
         times = {}
         with torch.no_grad():
             for path in PATHS:
-                if path == "patch" and not patch_runs:
+                if (path == "patch" and not patch_runs) or (path == "direct" and not direct_runs):
                     times[path] = (float("nan"), float("nan"))
                     continue
                 _cuda._cudnn_pays = lambda *args, on=path == "cudnn": on
                 _cuda._patch_pays = lambda *args, on=path == "patch": on
+                _cuda._direct_pays = lambda *args, on=path == "direct": on
                 _cuda.forget_plans()  # plan again under the replaced rules
                 try:
                     times[path] = (bench_ms(op)["ms"], gpu_us(op)[0] / 1e3)
                 finally:
-                    _cuda._cudnn_pays, _cuda._patch_pays = pays, patch_pays
+                    _cuda._cudnn_pays, _cuda._patch_pays, _cuda._direct_pays = rules
                     _cuda.forget_plans()
             times["eager"] = (bench_ms(eager)["ms"], gpu_us(eager)[0] / 1e3)
         out_shape = fx_fuse.ops.output_shape(x, w, [stride] * 2, [padding] * 2, dilation)
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        rule = _cuda._path(x, w, out_shape, [stride] * 2, allow_tf32, sms, patch_runs)
+        outputs = math.prod(out_shape)
+        if _cuda._direct_pays(outputs * fan_in, outputs, 1) and direct_runs:
+            rule = "direct"
+        else:
+            rule = _cuda._path(x, w, out_shape, [stride] * 2, allow_tf32, sms, patch_runs)
         ran = [p for p in PATHS if not math.isnan(times[p][1])]
         best = min(ran, key=lambda p: times[p][1])
         label = "tf32 off" if kind == TF32_OFF else str(dtype).replace("torch.", "")
