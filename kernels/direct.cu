@@ -6,11 +6,13 @@
 // A block (DirectShape) computes `rows` output rows of one image for `co_block` output
 // channels of one group:
 //   - it stages the rows' input window of every input channel of the group in shared
-//     memory as floats (zero in the padding), and the channels' weights: all its loads at
-//     once, one round trip to memory;
+//     memory as floats (zero in the padding), and the channels' weights, each thread's
+//     loads in flight together;
 //   - each thread then computes one output at a time, a warp neighbouring pixels of one
 //     channel (the window's columns at the stride, the weights broadcast), accumulating
-//     in fp32 (no TF32 rounding);
+//     in fp32 (no TF32 rounding); where a block has fewer outputs than threads, `split`
+//     neighbouring lanes share an output, each summing every split-th input channel, and
+//     add their sums by shuffles;
 //   - the epilogue (bias, relu, `other`) runs before the only store.
 #include <c10/cuda/CUDAException.h>
 
