@@ -497,14 +497,9 @@ DepthwiseClShape depthwise_cl_shape(const at::Tensor& x, const at::Tensor& weigh
   return d;
 }
 
-}  // namespace
-
-// The depthwise kernels (host.h): channels-last input on its own kernel.
-void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
-                                   const c10::optional<at::Tensor>& bias,
-                                   const c10::optional<at::Tensor>& other, double other_scalar,
-                                   std::vector<int64_t> stride, std::vector<int64_t> padding,
-                                   std::vector<int64_t> dilation, at::Tensor out) {
+// The depthwise and direct kernels' arguments: a 4-D CUDA input, a grouped weight and a
+// 4-D output of its dtype and device.
+void check_grouped(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& out) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 4, kOp, ": expected a 4-D CUDA input, got ", x.sizes());
   TORCH_CHECK(weight.dim() == 4 && weight.device() == x.device() &&
                   weight.scalar_type() == x.scalar_type() && weight.size(1) > 0 &&
@@ -516,6 +511,17 @@ void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight
                   out.scalar_type() == x.scalar_type() && out.size(0) == x.size(0) &&
                   out.size(1) == weight.size(0),
               kOp, ": expected a 4-D output of the input's dtype and device");
+}
+
+}  // namespace
+
+// The depthwise kernels (host.h): channels-last input on its own kernel.
+void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
+                                   const c10::optional<at::Tensor>& bias,
+                                   const c10::optional<at::Tensor>& other, double other_scalar,
+                                   std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                   std::vector<int64_t> dilation, at::Tensor out) {
+  check_grouped(x, weight, out);
   if (out.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   const auto w = weight.contiguous();
@@ -601,17 +607,7 @@ void direct_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& other, double other_scalar,
                                 std::vector<int64_t> stride, std::vector<int64_t> padding,
                                 std::vector<int64_t> dilation, at::Tensor out) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 4, kOp, ": expected a 4-D CUDA input, got ", x.sizes());
-  TORCH_CHECK(weight.dim() == 4 && weight.device() == x.device() &&
-                  weight.scalar_type() == x.scalar_type() && weight.size(1) > 0 &&
-                  x.size(1) % weight.size(1) == 0 &&
-                  weight.size(0) % (x.size(1) / weight.size(1)) == 0,
-              kOp, ": expected a grouped weight (groups x multiplier, C_in / groups, kH, kW) of the "
-              "input's dtype and device, got ", weight.sizes(), " for ", x.size(1), " input channels");
-  TORCH_CHECK(out.dim() == 4 && out.device() == x.device() &&
-                  out.scalar_type() == x.scalar_type() && out.size(0) == x.size(0) &&
-                  out.size(1) == weight.size(0),
-              kOp, ": expected a 4-D output of the input's dtype and device");
+  check_grouped(x, weight, out);
   if (out.numel() == 0) return;
   const DirectShape d = direct_shape(x, weight, stride, padding, dilation);
   TORCH_CHECK(d.co_block > 0, kOp, ": the direct kernel does not take these sizes");
