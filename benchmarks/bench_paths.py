@@ -1,8 +1,8 @@
 """The op's four paths, each forced, per conv shape: the direct kernel and the patch kernel
 (where the binding finds it can run the arguments), the K-table kernel, and the cuDNN path
 (cuDNN's convolution, then one bias + relu + add pass), beside eager PyTorch. Prints
-do_bench medians (L2 flushed), GPU kernel time, and which path the op's rules
-(``fx_fuse._cuda._direct_pays``, then ``_path``) pick. The evidence behind those rules.
+do_bench medians (L2 flushed), GPU kernel time, and which path the op's planner
+(``fx_fuse._cuda.plan``) picks. The evidence behind its rules.
 
     python benchmarks/bench_paths.py
     python benchmarks/bench_paths.py --only resnet
@@ -116,7 +116,6 @@ def main() -> None:
             return torch.relu(F.conv2d(x, w, b, stride, padding)) + other
 
         dilation = [1, 1]
-        allow_tf32 = kind != TF32_OFF
         patch_runs = _cuda._patch_runs(x, w, [stride] * 2, [padding] * 2, dilation)
         direct_runs = _cuda._direct_runs(x, w, [stride] * 2, [padding] * 2, dilation)
         times = {}
@@ -135,13 +134,7 @@ def main() -> None:
                     _cuda._cudnn_pays, _cuda._patch_pays, _cuda._direct_pays = rules
                     _cuda.forget_plans()
             times["eager"] = (bench_ms(eager)["ms"], gpu_us(eager)[0] / 1e3)
-        out_shape = fx_fuse.ops.output_shape(x, w, [stride] * 2, [padding] * 2, dilation)
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        outputs = math.prod(out_shape)
-        if _cuda._direct_pays(outputs * fan_in, outputs, 1) and direct_runs:
-            rule = "direct"
-        else:
-            rule = _cuda._path(x, w, out_shape, [stride] * 2, allow_tf32, sms, patch_runs)
+        rule = _cuda.plan(x, w, b, other, [stride] * 2, [padding] * 2, dilation, 1)[0]
         ran = [p for p in PATHS if not math.isnan(times[p][1])]
         best = min(ran, key=lambda p: times[p][1])
         label = "tf32 off" if kind == TF32_OFF else str(dtype).replace("torch.", "")

@@ -1,11 +1,19 @@
 // Entry points of the instantiation files, called by the binding.
 #pragma once
 
+#include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
 
 #include "params.h"
 
 namespace fx_fuse {
+
+// The device's SM count (the persistent kernels run one wave of blocks), for host code.
+inline int multiprocessors(int device) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
 
 void launch_conv_tf32(const ConvParams& p, bool avec, int tile, cudaStream_t stream);
 void launch_conv_f32x3(const ConvParams& p, bool avec, int tile, cudaStream_t stream);

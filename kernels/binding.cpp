@@ -212,13 +212,6 @@ ConvParams conv_params(const at::Tensor& x, const at::Tensor& weight,
   return p;
 }
 
-// The device's SM count (the persistent kernels run one wave of blocks).
-int multiprocessors(c10::DeviceIndex device) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
-
 // Whether the NCHW patch kernel stages its output for the copy engine (its ROWS
 // instantiation, patch_conv.cuh; docs/performance.md, v46e-v46f and v48): where its
 // 128-channel tiles span whole, dense output rows (a channel's share of a tile is one
@@ -233,8 +226,7 @@ bool stage_rows_pays(const Plan& plan, const ConvParams& p, Math math, c10::Devi
   if (plan.tile != kTilePatch || plan.patch_cl || plan.patch_bn != kPatchBN || p.tiles_w != 1 ||
       p.y_sw != 1 || p.y_sh != p.OW)
     return false;
-  const int64_t tiles = images(p) * p.tiles_h * ((p.Cout + kPatchBN - 1) / kPatchBN);
-  if (tiles < 2 * int64_t{multiprocessors(device)}) return false;
+  if (patch_tiles(p, kPatchBN) < 2 * int64_t{multiprocessors(device)}) return false;
   switch (math) {
     case Math::kF16:
     case Math::kBF16: return p.cblocks == 1;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "api.h"
 #include "conv_relu_add.cuh"
 #include "patch_conv.cuh"
 #include "tensor_map.h"
@@ -93,10 +94,10 @@ void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   constexpr int smem = patch_smem_bytes<BN>();
   auto kernel = conv_relu_add_patch_kernel<MATH, CL, BN, ROWS>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  int device = 0, sms = 0;
+  int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int64_t tiles = images(p) * p.tiles_h * p.tiles_w * ((p.Cout + BN - 1) / BN);
+  const int sms = multiprocessors(device);
+  const int64_t tiles = patch_tiles(p, BN);
   const int64_t grid = tiles < sms ? tiles : sms;
   TORCH_CHECK(grid > 0 && (tiles + grid - 1) / grid <= std::numeric_limits<int32_t>::max(),
               "fx_fuse::conv2d_relu_add: internal error: ", tiles, " patch tiles on ", grid, " CTAs");

@@ -82,6 +82,11 @@ struct ConvParams {
 // The images p covers (M = N * OH * OW), for host code.
 inline int64_t images(const ConvParams& p) { return p.M / (static_cast<int64_t>(p.OH) * p.OW); }
 
+// The patch kernel's tiles (of bn output channels) for p, for host code.
+inline int64_t patch_tiles(const ConvParams& p, int bn) {
+  return images(p) * p.tiles_h * p.tiles_w * ((p.Cout + bn - 1) / bn);
+}
+
 // The depthwise kernel (depthwise.cu): grouped convolutions of cpg input channels per group
 // (1: depthwise) and `mult` output channels per group. A block of kDwTileW x kDwThreadRows
 // threads computes tiles of kDwTileW columns of up to depthwise_co(mult) output channels,
