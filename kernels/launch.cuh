@@ -84,15 +84,16 @@ void launch_conv(const ConvParams& p, bool avec, int tile, cudaStream_t stream) 
 template <Math MATH>
 bool patch_compiled() {
   return sm90a_code_loaded(
-      reinterpret_cast<const void*>(conv_relu_add_patch_kernel<MATH, false, kPatchBN, false>));
+      reinterpret_cast<const void*>(conv_relu_add_patch_kernel<MATH, false, kPatchBN, false, false>));
 }
 
 // One persistent CTA per SM (or per tile, when there are fewer tiles); tiles of BN channels;
-// ROWS: the output staged for the copy engine (patch_conv.cuh, stage_row_bytes).
-template <Math MATH, bool CL, int BN, bool ROWS>
+// ROWS: the output staged for the copy engine (patch_conv.cuh, stage_row_bytes); PLANES:
+// A read by wgmma from the patch (patch_planes).
+template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES = false>
 void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   constexpr int smem = patch_smem_bytes<BN>();
-  auto kernel = conv_relu_add_patch_kernel<MATH, CL, BN, ROWS>;
+  auto kernel = conv_relu_add_patch_kernel<MATH, CL, BN, ROWS, PLANES>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));

@@ -40,6 +40,16 @@ constexpr bool patch_box_copy(bool channels_last, int elem_bytes) {
 }
 constexpr int kPatchBoxMaxPixels = 256;
 
+// Whether the patch kernel reads its A operand by wgmma straight from the patch (PLANES,
+// patch_conv.cuh: the patch transposed into planes of 4 channels): TF32 NCHW input whose
+// tiles put an m-half's 64 pixels in one output row (tile_w >= 64) of 64 neighbouring
+// input columns (stride 1 along W; no wider stride fits such tiles in a patch today), on
+// 128-channel tiles (64-channel tiles measured slower: their units leave the producer half
+// the time for the transpose).
+constexpr bool patch_planes(bool tf32, bool channels_last, int bn, int tile_w, int stride_w) {
+  return tf32 && !channels_last && bn == kPatchBN && tile_w >= 64 && stride_w == 1;
+}
+
 // The K-table sits in shared memory when it has at most this many entries (32 KB); the
 // 128x128 kernels require it there (the launcher picks 128x64 tiles for longer K).
 constexpr int kSmemTableEntries = 4096;

@@ -1,6 +1,7 @@
 // The patch kernel: the fused conv2d -> +bias -> relu -> +other on Hopper (sm_90a) for NCHW
 // and channels-last input, where the implicit GEMM's A operand is built in registers from
-// an input patch in shared memory instead of being gathered element by element.
+// an input patch in shared memory instead of being gathered element by element (PLANES:
+// read by wgmma from the patch itself).
 //
 // A persistent CTA walks tiles of kPatchBM output pixels (tile_h rows of tile_w pixels) x
 // BN output channels (128, or 64 for layers of at most 64: no half-empty tiles). K is
@@ -16,13 +17,15 @@
 //     as the slot is free (NCHW: one bulk copy per channel row; channels-last: one tensor
 //     copy of the whole patch in fp32, 16-byte cp.async in 16-bit), round a landed TF32
 //     patch in place once (a 16-bit NCHW one: interleave its channel pairs; a 3xTF32 one
-//     stays as it is), and publish it;
+//     stays as it is; PLANES: transpose a TF32 NCHW one into planes of 4 channels), and
+//     publish it;
 //   - two consumers (warpgroups 1 and 2, 128 tile rows each) multiply: per slice two
 //     m64nBN wgmmas per k-step (A from registers, B from the ring slot), and while they
 //     run, build the next slice's A fragments from the patch (one ld.shared per register
-//     at the tap's offset); 3xTF32 splits each k-step's fragments into TF32 parts for
-//     three wgmmas per m-half against the slice's two or three weight sets (each set one
-//     ring slot). After a tile's last slice each consumer runs its epilogue (bias, relu,
+//     at the tap's offset; PLANES: A read by the wgmmas from the patch, at the tap's
+//     offset); 3xTF32 splits each k-step's fragments into TF32 parts for three wgmmas
+//     per m-half against the slice's two or three weight sets (each set one ring slot).
+//     After a tile's last slice each consumer runs its epilogue (bias, relu,
 //     other, one store) from its accumulators: NCHW output straight to memory,
 //     channels-last output staged in the patch slot the tile has finished with and written
 //     by the copy engine while the next tile runs; so is NCHW output in the ROWS kernel,
@@ -49,12 +52,17 @@ constexpr int kPatchSlots = 2;      // input patch buffers (one in use, one load
 template <int BN> constexpr int kPatchSliceBytes = BN * kSliceBytes;
 // Registers per thread after setmaxnreg: the 384 x 168 a thread gets at launch, moved
 // from the producer to the consumers (the CTA can only share what it holds):
-// 128 x (168 - 40) = 256 x (232 - 168).
-constexpr int kPatchProducerRegs = 40;
-constexpr int kPatchConsumerRegs = 232;
+// 128 x (168 - 40) = 256 x (232 - 168). PLANES: the consumers hold no A fragments and
+// the producer's patch warps hold a plane group of the transpose (transpose_planes).
+template <bool PLANES> constexpr int kPatchProducerRegs = PLANES ? 88 : 40;
+template <bool PLANES> constexpr int kPatchConsumerRegs = PLANES ? 208 : 232;
 constexpr int kPatchLaunchRegs = 65536 / kPatchThreads / 8 * 8;
-static_assert(kPatchProducerThreads * (kPatchLaunchRegs - kPatchProducerRegs) >=
-                  kPatchConsumerThreads * (kPatchConsumerRegs - kPatchLaunchRegs),
+template <bool PLANES>
+constexpr bool patch_regs_balance() {
+  return kPatchProducerThreads * (kPatchLaunchRegs - kPatchProducerRegs<PLANES>) >=
+         kPatchConsumerThreads * (kPatchConsumerRegs<PLANES> - kPatchLaunchRegs);
+}
+static_assert(patch_regs_balance<false>() && patch_regs_balance<true>(),
               "the consumers' registers must come from the producer's");
 
 // The mbarriers, by index: weight slot full / empty, patch slot landed (the copies are
@@ -296,6 +304,47 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[BN / 2], const uint32_t (&a)
 #endif
 }
 
+// One wgmma with A and B from shared memory (descriptors): as FX_FUSE_WGMMA_RS, A a
+// descriptor (16-bit types take both transpose flags, 0).
+#define FX_FUSE_WGMMA_SS(INSTR, D_LIST, D, A, B, SCALE, TAIL)                         \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SCALE ", 0;\n" INSTR " " D_LIST ", " A ", " B \
+               ", p, 1, 1" TAIL ";\n}\n"                                                     \
+               : D(d)                                                                  \
+               : "l"(a), "l"(b), "r"(scale_d))
+#define FX_FUSE_WGMMA_SS_N128(INSTR, TAIL) \
+  FX_FUSE_WGMMA_SS(INSTR, FX_FUSE_D64_LIST, FX_FUSE_D64, "%64", "%65", "%66", TAIL)
+#define FX_FUSE_WGMMA_SS_N64(INSTR, TAIL) \
+  FX_FUSE_WGMMA_SS(INSTR, FX_FUSE_D32_LIST, FX_FUSE_D32, "%32", "%33", "%34", TAIL)
+
+// D (64 x BN, fp32) += A (64 x k) * B (BN x k)^T, both K-major in shared memory; as wgmma_rs.
+template <Math MATH, int BN>
+__device__ __forceinline__ void wgmma_ss(float (&d)[BN / 2], uint64_t a, uint64_t b, int scale_d) {
+#ifdef FX_FUSE_WGMMA
+  if constexpr (BN == 128 && MATH == Math::kTF32) {
+    FX_FUSE_WGMMA_SS_N128("wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32", "");
+  } else if constexpr (BN == 128 && MATH == Math::kF16) {
+    FX_FUSE_WGMMA_SS_N128("wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16", ", 0, 0");
+  } else if constexpr (BN == 128) {
+    FX_FUSE_WGMMA_SS_N128("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16", ", 0, 0");
+  } else if constexpr (MATH == Math::kTF32) {
+    FX_FUSE_WGMMA_SS_N64("wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32", "");
+  } else if constexpr (MATH == Math::kF16) {
+    FX_FUSE_WGMMA_SS_N64("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16", ", 0, 0");
+  } else {
+    FX_FUSE_WGMMA_SS_N64("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16", ", 0, 0");
+  }
+#else
+  __trap();  // never launched: the host picks this kernel only where sm_90a code exists
+#endif
+}
+
+// The descriptor of a K-major operand without swizzle whose 8 x 16-byte core matrices are
+// 128 contiguous bytes each: `k_stride` bytes apart along K, 128 along M (PLANES: 8
+// neighbouring positions of a plane of 16-byte positions; the next plane along K).
+__device__ __forceinline__ uint64_t wgmma_desc_planes(uint32_t smem_addr, uint32_t k_stride) {
+  return ((smem_addr & 0x3FFFFu) >> 4) | uint64_t{k_stride >> 4} << 16 | uint64_t{128 >> 4} << 32;
+}
+
 // A position in the weight ring: the slot, and the parity of the slot's current use.
 struct RingPos {
   uint32_t slot = 0, parity = 0;
@@ -401,7 +450,7 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
 // copy. Once it has landed, a TF32 patch is rounded in place (once per element, not once
 // per tap that reads it) and a 16-bit NCHW one gets its channel pairs interleaved; then
 // the consumers may read it.
-template <Math MATH, bool CL, int BN, bool ROWS>
+template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES>
 __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const PatchCta& k) {
 #ifdef FX_FUSE_WGMMA
   using T = typename MathTraits<MATH>::T;
@@ -499,6 +548,43 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
   };
 
+  // PLANES (TF32 NCHW): transpose the slot's patch in place, each group of 4 channel planes
+  // into one plane of 16-byte positions (a position's 4 channels, rounded to TF32 on the
+  // way), where wgmma reads 8 neighbouring positions as one 128-byte core matrix. Only the
+  // positions the copies wrote (patch_rows x patch_pitch) are moved. Two groups at a time:
+  // all of their reads come before their writes (a barrier of the patch warps between);
+  // thread t takes positions t, t + kPatchCopyThreads, ...
+  static_assert(!PLANES || (MATH == Math::kTF32 && !CL), "planes: TF32 NCHW patches");
+  constexpr int kPlanePer = (CP + kPatchCopyThreads - 1) / kPatchCopyThreads;
+  constexpr int kGroupsPerRound = 2;
+  const int positions = p.patch_rows * p.patch_pitch;
+  auto transpose_planes = [&](int slot) {
+    float* base = reinterpret_cast<float*>(k.patch + slot * kPatchSlotBytes);
+    for (int g0 = 0; g0 < CB / 4; g0 += kGroupsPerRound) {
+      uint4 v[kGroupsPerRound][kPlanePer];
+#pragma unroll
+      for (int g = 0; g < kGroupsPerRound; ++g) {
+        const float* group = base + (g0 + g) * 4 * CP;
+#pragma unroll
+        for (int i = 0; i < kPlanePer; ++i) {
+          const int q = min(tid + i * kPatchCopyThreads, positions - 1);
+          v[g][i] = make_uint4(f32_to_tf32(group[q]), f32_to_tf32(group[CP + q]),
+                               f32_to_tf32(group[2 * CP + q]), f32_to_tf32(group[3 * CP + q]));
+        }
+      }
+      named_sync(kBarPatchWarps, kPatchCopyThreads);
+#pragma unroll
+      for (int g = 0; g < kGroupsPerRound; ++g) {
+        uint4* group = reinterpret_cast<uint4*>(base + (g0 + g) * 4 * CP);
+#pragma unroll
+        for (int i = 0; i < kPlanePer; ++i) {
+          const int q = tid + i * kPatchCopyThreads;
+          if (q < positions) group[q] = v[g][i];
+        }
+      }
+    }
+  };
+
   // 16-bit NCHW: interleave each pair of channel planes in place, so that a channel pair
   // at one position is one aligned word (what a fragment register holds): chunk j of the
   // two planes (8 positions each) becomes words 8 j .. 8 j + 7 of the pair's plane. All of
@@ -573,7 +659,8 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
       if (ROWS && cb == first_staged && i >= back) write_rows(i - back, slot);
       issue_patch(i, cb, slot);
       mbar_wait(k.bar(kBarPLanded + slot), parity);
-      if constexpr (MATH == Math::kTF32) round_patch(slot);
+      if constexpr (PLANES) transpose_planes(slot);
+      else if constexpr (MATH == Math::kTF32) round_patch(slot);
       else if constexpr (!CL && ELEM == 2) interleave_pairs(slot);
       // the slot's next copies (the copy engine's) come after these shared stores
       if constexpr (!CL || kBox) fence_proxy_async();
@@ -595,7 +682,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
 }
 
 // Warpgroup 1 + c (c = 0, 1): tile rows 128 c .. 128 c + 127 of every tile of the CTA.
-template <Math MATH, bool CL, int BN, bool ROWS>
+template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES>
 __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCta& k, int c) {
 #ifdef FX_FUSE_WGMMA
   using T = typename MathTraits<MATH>::T;
@@ -700,6 +787,30 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   };
 
   float acc[2][BN / 2] = {};
+
+  // PLANES: A straight from the transposed patch (transpose_planes). This consumer's
+  // m-half h is 64 neighbouring positions of one patch row, from byte a_pix[h] (before the
+  // tile's shift and the tap's offset); k-step st reads planes 2 st and 2 st + 1.
+  constexpr uint32_t kPlaneBytes = 16 * CP;
+  uint32_t a_pix[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = 128 * c + 64 * h;
+    a_pix[h] = static_cast<uint32_t>(16 * ((r / p.tile_w) * p.stride_h * k.row_step + r % p.tile_w));
+  }
+  auto multiply_planes = [&](const Slice& s, int shift, uint32_t slot, bool first) {
+    const uint32_t b_tile = k.ring + slot * kPatchSliceBytes<BN>;
+    const uint32_t a = k.slots + static_cast<uint32_t>(s.slot * kPatchSlotBytes + 16 * (s.off + shift));
+    wgmma_fence();
+#pragma unroll
+    for (int st = 0; st < NSTEP; ++st)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)  // the tile's first slice overwrites the accumulators
+        wgmma_ss<WGMMA_MATH, BN>(acc[h], wgmma_desc_planes(a + a_pix[h] + 2 * st * kPlaneBytes, kPlaneBytes),
+                                 wgmma_desc(b_tile + st * 32), !(first && st == 0));
+    wgmma_commit();
+  };
+
   auto multiply = [&](const Frag& a, uint32_t slot, bool first) {
     const uint32_t b_tile = k.ring + slot * kPatchSliceBytes<BN>;
     wgmma_fence();
@@ -964,6 +1075,24 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     return nxt;
   };
 
+  // PLANES: slice s, its wgmmas reading the patch slot. A patch slot is released once the
+  // wgmmas of its unit's last slice are done (here, a slice later; the tile's last unit
+  // after the tile), and a unit's patch is awaited before its first slice.
+  auto step_planes = [&](int s, const PatchTile& pt, const Slice& cur) {
+    const Slice nxt = next_slice(cur);
+    mbar_wait(k.bar(kBarWFull + static_cast<int>(ring.slot)), ring.parity);
+    multiply_planes(cur, pt.shift, ring.slot, s == 0);
+    wgmma_wait<1>();  // the slice before is done: its weight slot is free, and its patch slot
+    if (s > 0) {      // where it ended a unit of this tile
+      release(kBarWEmpty + ring.previous_slot());
+      if (cur.tap == 0) release(kBarPEmpty + (cur.slot ^ 1));
+    }
+    if (nxt.tap == 0) ++u;
+    if (s + 1 < k.S && nxt.tap == 0) mbar_wait(k.bar(kBarPFull + nxt.slot), static_cast<uint32_t>(u >> 1) & 1u);
+    ring.advance();
+    return nxt;
+  };
+
   // 3xTF32: one k-step at a time. Its A fragments (8 registers, loaded a k-step ahead) are
   // split into big, small and finite big (split_tf32), which multiply the slice's weight
   // sets in three wgmmas per m-half: big x big, finite big x small, small x big (the
@@ -1049,13 +1178,18 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   KFrag raw;
   mbar_wait(k.bar(kBarPFull + 0), 0);
   if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);
-  else build_a(cur, pt.shift, frag[0]);
+  else if constexpr (!PLANES) build_a(cur, pt.shift, frag[0]);
   for (int64_t i = 0; i < k.my_tiles; ++i) {
     load_channels(pt, static_cast<int>(i & 1));
     if constexpr (MATH == Math::kF32x3) {
       for (int s = 0; s < k.S; ++s) cur = step_3x(s, pt, cur, raw, CL && i > 0);
       wgmma_wait<0>();
       release_held();
+    } else if constexpr (PLANES) {
+      for (int s = 0; s < k.S; ++s) cur = step_planes(s, pt, cur);
+      wgmma_wait<0>();
+      release(kBarWEmpty + ring.previous_slot());
+      if constexpr (!kStaged) release(kBarPEmpty + (cur.slot ^ 1));  // the tile's last unit
     } else {
       int s = 0;
       for (; s + 1 < k.S; s += 2) {
@@ -1091,14 +1225,14 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       cur = Slice{0, 0, 0, 0, cur.slot};
       mbar_wait(k.bar(kBarPFull + cur.slot), static_cast<uint32_t>(u >> 1) & 1u);
       if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);
-      else build_a(cur, pt.shift, frag[0]);
+      else if constexpr (!PLANES) build_a(cur, pt.shift, frag[0]);
     }
   }
   if (CL && ct == 0) bulk_wait();  // the last tile's stores are done
 #endif
 }
 
-template <Math MATH, bool CL, int BN, bool ROWS>
+template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES>
 __global__ void __launch_bounds__(kPatchThreads, 1)
     conv_relu_add_patch_kernel(const ConvParams p, const __grid_constant__ CUtensorMap x_map,
                                const __grid_constant__ CUtensorMap y_map) {
@@ -1139,12 +1273,12 @@ __global__ void __launch_bounds__(kPatchThreads, 1)
   __syncthreads();
 
   if (threadIdx.x < kPatchProducerThreads) {
-    setmaxnreg_dec<kPatchProducerRegs>();
+    setmaxnreg_dec<kPatchProducerRegs<PLANES>>();
     if (threadIdx.x == 0) patch_produce_weights<MATH, BN>(p, k);
-    else if (threadIdx.x >= 32) patch_produce_patches<MATH, CL, BN, ROWS>(p, k);
+    else if (threadIdx.x >= 32) patch_produce_patches<MATH, CL, BN, ROWS, PLANES>(p, k);
   } else {
-    setmaxnreg_inc<kPatchConsumerRegs>();
-    patch_consume<MATH, CL, BN, ROWS>(p, k, (threadIdx.x - kPatchProducerThreads) / 128);
+    setmaxnreg_inc<kPatchConsumerRegs<PLANES>>();
+    patch_consume<MATH, CL, BN, ROWS, PLANES>(p, k, (threadIdx.x - kPatchProducerThreads) / 128);
   }
 #else
   __trap();  // never launched: the host picks this kernel only where sm_90a code exists

@@ -52,7 +52,8 @@ for dtype, tf32 in ((torch.float32, True), (torch.float32, False), (torch.float1
     # (channels-last: 136, whose output rows the copy engine can write); tiles of 32
     # columns; NCHW tiles of whole 30-pixel rows, two per CTA on 132 SMs (their output,
     # TF32: its first 72 channels, leaves through the copy engine; the second channel
-    # tile has 2); then 64-channel tiles (at most 64 output channels)
+    # tile has 2), and of whole 126-pixel rows (TF32: A read from the transposed patch,
+    # as in the first case); then 64-channel tiles (at most 64 output channels)
     pays = _cuda._patch_pays
     _cuda._patch_pays = lambda *args: True
     _cuda.forget_plans()
@@ -60,6 +61,7 @@ for dtype, tf32 in ((torch.float32, True), (torch.float32, False), (torch.float1
     case(2, 80, 5, 136, 136, 3, 1, 1, 1, dtype, True, tf32, "chan")
     case(2, 40, 9, 20, 136, 3, 1, 1, 1, dtype, True, tf32, "full")
     case(16, 40, 66, 30, 130, 3, 1, 1, 1, dtype, False, tf32, "full")
+    case(66, 40, 6, 126, 130, 3, 1, 1, 1, dtype, False, tf32, "chan")
     case(2, 80, 5, 136, 40, 3, 1, 1, 1, dtype, False, tf32, "chan")
     case(2, 80, 5, 136, 40, 3, 1, 1, 1, dtype, True, tf32, "full")
     if dtype == torch.float32 and not tf32:  # 3xTF32 with a third weight set
