@@ -65,6 +65,10 @@ constexpr bool patch_regs_balance() {
 static_assert(patch_regs_balance<false>() && patch_regs_balance<true>(),
               "the consumers' registers must come from the producer's");
 
+// PLANES: the bytes of one plane of a patch (4 TF32 channels, 16 bytes a position).
+constexpr uint32_t kPatchPlaneBytes = 16 * kPatchChannelPitch;
+static_assert(8 * kPatchPlaneBytes <= kPatchSlotBytes, "a channel block's planes fit a patch slot");
+
 // The mbarriers, by index: weight slot full / empty, patch slot landed (the copies are
 // done) / full (rounded, ready) / empty.
 enum PatchBarrier : int {
@@ -564,7 +568,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
       uint4 v[kGroupsPerRound][kPlanePer];
 #pragma unroll
       for (int g = 0; g < kGroupsPerRound; ++g) {
-        const float* group = base + (g0 + g) * 4 * CP;
+        const float* group = base + (g0 + g) * (kPatchPlaneBytes / 4);
 #pragma unroll
         for (int i = 0; i < kPlanePer; ++i) {
           const int q = min(tid + i * kPatchCopyThreads, positions - 1);
@@ -575,7 +579,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
       named_sync(kBarPatchWarps, kPatchCopyThreads);
 #pragma unroll
       for (int g = 0; g < kGroupsPerRound; ++g) {
-        uint4* group = reinterpret_cast<uint4*>(base + (g0 + g) * 4 * CP);
+        uint4* group = reinterpret_cast<uint4*>(base + (g0 + g) * (kPatchPlaneBytes / 4));
 #pragma unroll
         for (int i = 0; i < kPlanePer; ++i) {
           const int q = tid + i * kPatchCopyThreads;
@@ -791,7 +795,6 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // PLANES: A straight from the transposed patch (transpose_planes). This consumer's
   // m-half h is 64 neighbouring positions of one patch row, from byte a_pix[h] (before the
   // tile's shift and the tap's offset); k-step st reads planes 2 st and 2 st + 1.
-  constexpr uint32_t kPlaneBytes = 16 * CP;
   uint32_t a_pix[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -806,7 +809,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     for (int st = 0; st < NSTEP; ++st)
 #pragma unroll
       for (int h = 0; h < 2; ++h)  // the tile's first slice overwrites the accumulators
-        wgmma_ss<WGMMA_MATH, BN>(acc[h], wgmma_desc_planes(a + a_pix[h] + 2 * st * kPlaneBytes, kPlaneBytes),
+        wgmma_ss<WGMMA_MATH, BN>(acc[h], wgmma_desc_planes(a + a_pix[h] + 2 * st * kPatchPlaneBytes, kPatchPlaneBytes),
                                  wgmma_desc(b_tile + st * 32), !(first && st == 0));
     wgmma_commit();
   };

@@ -443,20 +443,21 @@ def test_staged_rows_kernel_runs_where_its_rule_says(
 
 
 @pytest.mark.parametrize(
-    "policy,cfg,planes",
+    "policy,layout,cfg,planes",
     [
-        ("tf32", (2, 64, 20, 136, 128, 3, 3, 1, 0, 1), True),  # 128-pixel tiles, 2 per row
-        ("tf32", (4, 32, 30, 64, 160, 3, 3, 1, 1, 1), True),  # 64-pixel tiles, 2 channel tiles
-        ("tf32", (2, 32, 24, 40, 96, 3, 3, 1, 2, 2), True),  # dilation 2
-        ("tf32", (32, 64, 66, 128, 128, 3, 3, 1, 0, 1), True),  # staged rows (126 pixels)
-        ("tf32", (2, 64, 20, 136, 64, 3, 3, 1, 0, 1), False),  # 64-channel tiles
-        ("tf32", (2, 64, 34, 32, 128, 3, 3, 1, 1, 1), False),  # 32-pixel tiles
-        ("fp32", (2, 64, 20, 136, 128, 3, 3, 1, 0, 1), False),  # 3xTF32
-        ("bf16", (2, 64, 20, 136, 128, 3, 3, 1, 0, 1), False),
+        ("tf32", "nchw", (2, 64, 20, 136, 128, 3, 3, 1, 0, 1), True),  # 128-pixel tiles, 2 per row
+        ("tf32", "nchw", (4, 32, 30, 64, 160, 3, 3, 1, 1, 1), True),  # 64-pixel tiles, 2 channel tiles
+        ("tf32", "nchw", (2, 40, 24, 40, 96, 3, 3, 1, 2, 2), True),  # dilation 2, a partial block
+        ("tf32", "nchw", (32, 64, 66, 128, 128, 3, 3, 1, 0, 1), True),  # staged rows (126 pixels)
+        ("tf32", "nchw", (2, 64, 20, 136, 64, 3, 3, 1, 0, 1), False),  # 64-channel tiles
+        ("tf32", "nchw", (2, 64, 34, 32, 128, 3, 3, 1, 1, 1), False),  # 32-pixel tiles
+        ("fp32", "nchw", (2, 64, 20, 136, 128, 3, 3, 1, 0, 1), False),  # 3xTF32
+        ("bf16", "nchw", (2, 64, 20, 136, 128, 3, 3, 1, 0, 1), False),
+        ("tf32", "cl", (2, 64, 20, 136, 128, 3, 3, 1, 0, 1), False),  # channels-last input
     ],
     ids=lambda c: "x".join(map(str, c[:9])) if isinstance(c, tuple) else str(c),
 )
-def test_planes_kernel_runs_where_its_rule_says(policy, cfg, planes, monkeypatch):
+def test_planes_kernel_runs_where_its_rule_says(policy, layout, cfg, planes, monkeypatch):
     """TF32 NCHW tiles of 128 channels whose m-halves lie in one output row (tile_w >= 64)
     and read the input at stride 1 along W run the patch kernel whose wgmmas read A from
     the transposed patch (PLANES, last template argument ``true``; params.h,
@@ -464,7 +465,7 @@ def test_planes_kernel_runs_where_its_rule_says(policy, cfg, planes, monkeypatch
     monkeypatch.setattr(_cuda, "_direct_pays", lambda *args: False)
     monkeypatch.setattr(_cuda, "_patch_pays", lambda *args: True)
     dtype = set_policy(policy)
-    x, w, b, stride, pad, dilation = make(cfg, dtype)
+    x, w, b, stride, pad, dilation = make(cfg, dtype, layout)
     if not (_cuda._use_wgmma(x.device) and _cuda._patch_enabled()):
         pytest.skip("the patch kernel does not run here (not Hopper, or off on this kernel path)")
     shape = ops.output_shape(x, w, stride, pad, dilation)
@@ -472,6 +473,7 @@ def test_planes_kernel_runs_where_its_rule_says(policy, cfg, planes, monkeypatch
     kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, pad, dilation))
     assert _patch_instance(kernels)["planes"] == planes
     out = run_op(x, w, b, other, stride, pad, dilation)
+    assert out.is_contiguous(memory_format=expected_format(x, w))
     assert_close64(out, reference64(x, w, b, other, stride, pad, dilation), policy)
 
 
