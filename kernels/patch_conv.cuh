@@ -25,8 +25,8 @@
 //     at the tap's offset; PLANES: A read by the wgmmas from the patch, at the tap's
 //     offset); 3xTF32 splits each k-step's fragments into TF32 parts for three wgmmas
 //     per m-half against the slice's two or three weight sets (each set one ring slot).
-//     After a tile's last slice each consumer runs its epilogue (bias, relu,
-//     other, one store) from its accumulators: NCHW output straight to memory,
+//     After a tile's last slice each consumer runs its epilogue (bias, relu, other, one
+//     store) from its accumulators: NCHW output straight to memory,
 //     channels-last output staged in the patch slot the tile has finished with and written
 //     by the copy engine while the next tile runs; so is NCHW output in the ROWS kernel,
 //     for tiles of whole output rows (stage_row_bytes): all of a 16-bit tile, the first
@@ -308,34 +308,24 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[BN / 2], const uint32_t (&a)
 #endif
 }
 
-// One wgmma with A and B from shared memory (descriptors): as FX_FUSE_WGMMA_RS, A a
-// descriptor (16-bit types take both transpose flags, 0).
-#define FX_FUSE_WGMMA_SS(INSTR, D_LIST, D, A, B, SCALE, TAIL)                         \
+// One TF32 wgmma with A and B from shared memory (descriptors): as FX_FUSE_WGMMA_RS.
+#define FX_FUSE_WGMMA_SS(INSTR, D_LIST, D, A, B, SCALE)                                          \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SCALE ", 0;\n" INSTR " " D_LIST ", " A ", " B \
-               ", p, 1, 1" TAIL ";\n}\n"                                                     \
-               : D(d)                                                                  \
+               ", p, 1, 1;\n}\n"                                                              \
+               : D(d)                                                                            \
                : "l"(a), "l"(b), "r"(scale_d))
-#define FX_FUSE_WGMMA_SS_N128(INSTR, TAIL) \
-  FX_FUSE_WGMMA_SS(INSTR, FX_FUSE_D64_LIST, FX_FUSE_D64, "%64", "%65", "%66", TAIL)
-#define FX_FUSE_WGMMA_SS_N64(INSTR, TAIL) \
-  FX_FUSE_WGMMA_SS(INSTR, FX_FUSE_D32_LIST, FX_FUSE_D32, "%32", "%33", "%34", TAIL)
 
-// D (64 x BN, fp32) += A (64 x k) * B (BN x k)^T, both K-major in shared memory; as wgmma_rs.
-template <Math MATH, int BN>
-__device__ __forceinline__ void wgmma_ss(float (&d)[BN / 2], uint64_t a, uint64_t b, int scale_d) {
+// D (64 x BN, fp32) += A (64 x 8) * B (BN x 8)^T, TF32, both K-major in shared memory;
+// BN = 128 or 64. scale_d == 0: D = A * B. (PLANES; 16-bit keeps A in registers.)
+template <int BN>
+__device__ __forceinline__ void wgmma_ss_tf32(float (&d)[BN / 2], uint64_t a, uint64_t b, int scale_d) {
 #ifdef FX_FUSE_WGMMA
-  if constexpr (BN == 128 && MATH == Math::kTF32) {
-    FX_FUSE_WGMMA_SS_N128("wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32", "");
-  } else if constexpr (BN == 128 && MATH == Math::kF16) {
-    FX_FUSE_WGMMA_SS_N128("wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16", ", 0, 0");
-  } else if constexpr (BN == 128) {
-    FX_FUSE_WGMMA_SS_N128("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16", ", 0, 0");
-  } else if constexpr (MATH == Math::kTF32) {
-    FX_FUSE_WGMMA_SS_N64("wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32", "");
-  } else if constexpr (MATH == Math::kF16) {
-    FX_FUSE_WGMMA_SS_N64("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16", ", 0, 0");
+  if constexpr (BN == 128) {
+    FX_FUSE_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32", FX_FUSE_D64_LIST, FX_FUSE_D64,
+                     "%64", "%65", "%66");
   } else {
-    FX_FUSE_WGMMA_SS_N64("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16", ", 0, 0");
+    FX_FUSE_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32", FX_FUSE_D32_LIST, FX_FUSE_D32,
+                     "%32", "%33", "%34");
   }
 #else
   __trap();  // never launched: the host picks this kernel only where sm_90a code exists
@@ -809,8 +799,8 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     for (int st = 0; st < NSTEP; ++st)
 #pragma unroll
       for (int h = 0; h < 2; ++h)  // the tile's first slice overwrites the accumulators
-        wgmma_ss<WGMMA_MATH, BN>(acc[h], wgmma_desc_planes(a + a_pix[h] + 2 * st * kPatchPlaneBytes, kPatchPlaneBytes),
-                                 wgmma_desc(b_tile + st * 32), !(first && st == 0));
+        wgmma_ss_tf32<BN>(acc[h], wgmma_desc_planes(a + a_pix[h] + 2 * st * kPatchPlaneBytes, kPatchPlaneBytes),
+                          wgmma_desc(b_tile + st * 32), !(first && st == 0));
     wgmma_commit();
   };
 
