@@ -2,7 +2,9 @@
 
 Instructions executed the same number of times belong to the same part of the kernel (once
 per slice, once per tile, a copy loop ...), so this groups the sampled warp stalls by
-execution count, then prints the stall reasons and the hottest instructions.
+execution count, then prints the stall reasons, the hottest instructions, and the mbarrier
+waits: each `try_wait` (SYNCS.PHASECHK ... TRYWAIT) with the samples of the branch that
+retries it, i.e. the time warps spent waiting on that barrier, by its shared address.
 
     ncu --clock-control none --kernel-name regex:patch --launch-skip 1 --launch-count 1 \\
         --section SourceCounters --section WarpStateStats --page source --print-source sass \\
@@ -43,6 +45,15 @@ def main(path: str) -> None:
     for r in sorted(data, key=lambda r: -num(r, samples))[:14]:
         top = max(stalls, key=lambda h: num(r, col[h]))
         print(f"{num(r, samples) / total * 100:4.1f}% {r[executed]:>9} {top:22} {r[col['Source']][:60]}")
+    print("mbarrier waits (samples at the branch that retries, times executed, the try_wait):")
+    source = col["Source"]
+    waits = [
+        (num(nxt, samples), r)
+        for r, nxt in zip(data, data[1:])
+        if "TRYWAIT" in r[source] and "BRA" in nxt[source] and num(r, executed) > 0
+    ]
+    for s, r in sorted(waits, key=lambda w: -w[0])[:8]:
+        print(f"{s / total * 100:4.1f}% {r[executed]:>9} {r[source].strip()[:70]}")
 
 
 if __name__ == "__main__":
