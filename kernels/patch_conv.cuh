@@ -999,16 +999,22 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       for (int j = 0; j < 4; ++j) {
         Row& w = rows[j];
         const float* a = acc[j >> 1] + nt * 4 + 2 * (j & 1);
-        if (w.ok) {
-          if (nt < kStagedNT) {  // channels past Cout staged too where that reads nothing outside `other`
-            const uint32_t run = static_cast<uint32_t>(nt * 8 * kRowBytes);
-            if (in0) stage_value(w.at0 + run, fused_value(a[0], b.x, kAnyChannel ? oc.x : other_at(w.o, cc)));
-            if (in1) stage_value(w.at1 + run, fused_value(a[1], b.y, kAnyChannel ? oc.y : other_at(w.o + p.o_sc, cc + 1)));
-          } else if constexpr (kAnyChannel) {
-            const float v0 = fused_value(a[0], b.x, oc.x), v1 = fused_value(a[1], b.y, oc.y);
-            // (| rather than ||: a predicated store, no branch)
-            if (full_n | (pt.n0 + cc < p.Cout)) w.y[0] = v0;
-            if (full_n | (pt.n0 + cc + 1 < p.Cout)) w.y[p.y_sc] = v1;
+        const uint32_t run = static_cast<uint32_t>(nt * 8 * kRowBytes);
+        if constexpr (kAnyChannel) {
+          // values computed in every row (`other` is in shared memory), stores predicated
+          // (& rather than &&: no branch)
+          const float v0 = fused_value(a[0], b.x, oc.x), v1 = fused_value(a[1], b.y, oc.y);
+          if (nt < kStagedNT) {  // channels past Cout staged too (write_rows skips them)
+            if (w.ok) stage_value(w.at0 + run, v0);
+            if (w.ok) stage_value(w.at1 + run, v1);
+          } else {
+            if (w.ok & (full_n | (pt.n0 + cc < p.Cout))) w.y[0] = v0;
+            if (w.ok & (full_n | (pt.n0 + cc + 1 < p.Cout))) w.y[p.y_sc] = v1;
+          }
+        } else if (w.ok) {  // `other` read from global memory: only inside the output
+          if (nt < kStagedNT) {
+            if (in0) stage_value(w.at0 + run, fused_value(a[0], b.x, other_at(w.o, cc)));
+            if (in1) stage_value(w.at1 + run, fused_value(a[1], b.y, other_at(w.o + p.o_sc, cc + 1)));
           } else {
             if (full_n || pt.n0 + cc < p.Cout) w.y[0] = fused_value(a[0], b.x, other_at(w.o, cc));
             if (full_n || pt.n0 + cc + 1 < p.Cout) w.y[p.y_sc] = fused_value(a[1], b.y, other_at(w.o + p.o_sc, cc + 1));
