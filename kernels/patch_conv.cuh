@@ -173,6 +173,14 @@ __device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
   return v;
 }
+// A shared word, or 0 where `pred` is false: a predicated load, no branch (so that a
+// thread's loads issue back to back).
+__device__ __forceinline__ uint32_t ld_shared_u32_pred(uint32_t addr, bool pred) {
+  uint32_t v;
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n mov.b32 %0, 0;\n @p ld.shared.u32 %0, [%1];\n}\n"
+               : "=r"(v) : "r"(addr), "r"(static_cast<int>(pred)) : "memory");
+  return v;
+}
 __device__ __forceinline__ uint16_t ld_shared_u16(uint32_t addr) {
   uint16_t v;
   asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(addr) : "memory");
@@ -565,16 +573,16 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
       uint4 v[kGroupsPerRound][kPlanePer];
 #pragma unroll
       for (int g = 0; g < kGroupsPerRound; ++g) {
-        // (predicated rather than clamped: a channel's positions are then a fixed offset
-        // apart, i * kPatchCopyThreads words, from one address per channel)
-        const float* group = base + (g0 + g) * 4 * k.chan_step + tid;
+        // (predicated loads rather than clamped positions: a channel's positions are then
+        // fixed offsets, i * kPatchCopyThreads words, from one address per channel)
+        const uint32_t at = smem_u32(base) + 4u * static_cast<uint32_t>((g0 + g) * 4 * k.chan_step + tid);
+        const uint32_t cs = 4u * static_cast<uint32_t>(k.chan_step);
+        auto tf32_at = [&](uint32_t addr, bool in) { return f32_to_tf32(__uint_as_float(ld_shared_u32_pred(addr, in))); };
 #pragma unroll
         for (int i = 0; i < kPlanePer; ++i) {
-          const int q = i * kPatchCopyThreads;
-          v[g][i] = tid + q < positions
-                        ? make_uint4(f32_to_tf32(group[q]), f32_to_tf32(group[k.chan_step + q]),
-                                     f32_to_tf32(group[2 * k.chan_step + q]), f32_to_tf32(group[3 * k.chan_step + q]))
-                        : make_uint4(0, 0, 0, 0);
+          const uint32_t a = at + 4u * static_cast<uint32_t>(i * kPatchCopyThreads);
+          const bool in = tid + i * kPatchCopyThreads < positions;
+          v[g][i] = make_uint4(tf32_at(a, in), tf32_at(a + cs, in), tf32_at(a + 2 * cs, in), tf32_at(a + 3 * cs, in));
         }
       }
       named_sync(kBarPatchWarps, kPatchCopyThreads);
