@@ -40,11 +40,6 @@ constexpr bool patch_box_copy(bool channels_last, int elem_bytes) {
 }
 constexpr int kPatchBoxMaxPixels = 256;
 
-// Whether a planes patch (below) comes by one TMA tensor copy: a box of patch_pitch columns
-// x patch_rows rows x the channel block, landing as dense channel rows (zeros outside the
-// image and past C_in); wider patches keep one bulk copy per row.
-constexpr bool planes_box_copy(int patch_pitch) { return patch_pitch <= kPatchBoxMaxPixels; }
-
 // Whether the patch kernel reads its A operand by wgmma straight from the patch (PLANES,
 // patch_conv.cuh: the patch transposed into planes of 4 channels): TF32 NCHW input whose
 // tiles put an m-half's 64 pixels in one output row (tile_w >= 64) of 64 neighbouring

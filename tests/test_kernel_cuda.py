@@ -449,7 +449,7 @@ def test_staged_rows_kernel_runs_where_its_rule_says(
         ("tf32", "nchw", (4, 32, 30, 64, 160, 3, 3, 1, 1, 1), True),  # 64-pixel tiles, 2 channel tiles
         ("tf32", "nchw", (2, 40, 24, 40, 96, 3, 3, 1, 2, 2), True),  # dilation 2, a partial block
         ("tf32", "nchw", (32, 64, 66, 128, 128, 3, 3, 1, 0, 1), True),  # staged rows (126 pixels)
-        # a patch wider than a tensor copy's box (272 columns): one bulk copy per row
+        # the widest patch rows: 272 columns (1x3, dilation 70 along W)
         ("tf32", "nchw", (2, 16, 6, 268, 128, 1, 3, 1, 0, 70), True),
         ("tf32", "nchw", (2, 64, 20, 136, 64, 3, 3, 1, 0, 1), False),  # 64-channel tiles
         ("tf32", "nchw", (2, 64, 34, 32, 128, 3, 3, 1, 1, 1), False),  # 32-pixel tiles
