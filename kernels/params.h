@@ -30,7 +30,9 @@ constexpr int kPatchBN = 128;
 constexpr int kPatchBNSmall = 64;
 constexpr int kPatchChannelPitch = 584;
 constexpr int kPatchPixelBytes = 144;
-constexpr int kPatchSlotBytes = 74880;  // >= 32 x 584 x 4 (NCHW); 520 pixels x 144 (channels-last)
+// A slot: >= 32 x 584 x 4 (NCHW) and the reads past a planes patch of that many positions
+// (patch_conv.cuh, transpose_planes: 31 x 584 + 7 x 96 words); 520 pixels x 144 (channels-last).
+constexpr int kPatchSlotBytes = 75136;
 
 // Whether the patch kernel copies a channels-last patch by one TMA tensor copy: fp32 (16-bit
 // keeps its 16-byte cp.async, measured faster there). The copy's box is at most
@@ -39,6 +41,13 @@ constexpr bool patch_box_copy(bool channels_last, int elem_bytes) {
   return channels_last && elem_bytes == 4;
 }
 constexpr int kPatchBoxMaxPixels = 256;
+
+// Whether a patch of the planes kernel with staged rows (below) comes by one TMA tensor
+// copy: a box of patch_pitch columns x patch_rows rows x the channel block, landing as
+// dense channel rows (zeros outside the image and past C_in); wider patches keep one bulk
+// copy per row, into the same layout. (Where nothing is staged the box measured 1.5-3 %
+// slower: there the copies are not on the consumers' path.)
+constexpr bool planes_box_copy(int patch_pitch) { return patch_pitch <= kPatchBoxMaxPixels; }
 
 // Whether the patch kernel reads its A operand by wgmma straight from the patch (PLANES,
 // patch_conv.cuh: the patch transposed into planes of 4 channels): TF32 NCHW input whose

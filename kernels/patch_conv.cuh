@@ -14,11 +14,11 @@
 //     slice, already swizzled); its warps 1-3 copy each unit's input patch --
 //     patch_rows rows x patch_pitch columns x CB channels, padding zero-filled; channel
 //     planes (NCHW) or pixels of CB channels (channels-last) -- into a patch slot as soon
-//     as the slot is free (NCHW: one bulk copy per channel row; channels-last: one tensor
-//     copy of the whole patch in fp32, 16-byte cp.async in 16-bit), round a landed TF32
-//     patch in place once (a 16-bit NCHW one: interleave its channel pairs; a 3xTF32 one
-//     stays as it is; PLANES: transpose a TF32 NCHW one into planes of 4 channels), and
-//     publish it;
+//     as the slot is free (NCHW: one bulk copy per channel row, or for planes one tensor
+//     copy of the whole patch; channels-last: one tensor copy of the whole patch in fp32,
+//     16-byte cp.async in 16-bit), round a landed TF32 patch in place once (a 16-bit NCHW
+//     one: interleave its channel pairs; a 3xTF32 one stays as it is; PLANES: transpose a
+//     TF32 NCHW one into planes of 4 channels), and publish it;
 //   - two consumers (warpgroups 1 and 2, 128 tile rows each) multiply: per slice two
 //     m64nBN wgmmas per k-step (A from registers, B from the ring slot), and while they
 //     run, build the next slice's A fragments from the patch (one ld.shared per register
@@ -65,7 +65,8 @@ constexpr bool patch_regs_balance() {
 static_assert(patch_regs_balance<false>() && patch_regs_balance<true>(),
               "the consumers' registers must come from the producer's");
 
-// PLANES: the bytes of one plane of a patch (4 TF32 channels, 16 bytes a position).
+// PLANES: the most bytes one plane of a patch takes (4 TF32 channels, 16 bytes a position,
+// 16 chan_step bytes apart: at most kPatchChannelPitch positions).
 constexpr uint32_t kPatchPlaneBytes = 16 * kPatchChannelPitch;
 static_assert(8 * kPatchPlaneBytes <= kPatchSlotBytes, "a channel block's planes fit a patch slot");
 
@@ -170,6 +171,14 @@ __device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
+  return v;
+}
+// A shared word, or 0 where `pred` is false: a predicated load, no branch (so that a
+// thread's loads issue back to back).
+__device__ __forceinline__ uint32_t ld_shared_u32_pred(uint32_t addr, bool pred) {
+  uint32_t v;
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n mov.b32 %0, 0;\n @p ld.shared.u32 %0, [%1];\n}\n"
+               : "=r"(v) : "r"(addr), "r"(static_cast<int>(pred)) : "memory");
   return v;
 }
 __device__ __forceinline__ uint16_t ld_shared_u16(uint32_t addr) {
@@ -393,7 +402,8 @@ struct PatchCta {
   unsigned char* patch;        // the patch slots
   uint32_t ring, slots, bars;  // shared addresses: weight ring, patch slots, mbarriers
   float* chan;                 // per consumer and tile parity: bias, then per-channel other
-  const CUtensorMap* x_map;    // channels-last fp32 input (channels_last_patch_map)
+  const CUtensorMap* x_map;    // fp32 input: channels-last (channels_last_patch_map), or
+                               // NCHW for planes (nchw_patch_map, planes_box_copy)
   const CUtensorMap* y_map;    // channels-last output (channels_last_output_map)
   int n_tiles;                 // tiles along Cout
   int64_t my_tiles;            // tiles this CTA walks: blockIdx.x + i * gridDim.x
@@ -401,6 +411,9 @@ struct PatchCta {
   int sets;                    // weight sets per slice: 1; 3xTF32: 2 (big, small), or 3
                                // (and the finite big) where a weight is Inf or NaN
   int row_step;                // elements between the rows of a patch
+  int chan_step;               // NCHW: elements between its channels (planes with staged
+                               // rows: dense rows, so a plane of 4 channels is 4 chan_step
+                               // words)
 
   __device__ uint32_t bar(int b) const { return bars + 8u * static_cast<uint32_t>(b); }
   __device__ int64_t tile(int64_t i) const { return blockIdx.x + i * gridDim.x; }
@@ -437,7 +450,9 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
 // Warps 1-3 of the producer (kPatchCopyThreads threads): the units' input patches, each
 // into its slot as soon as both consumers are done with the unit before it there. NCHW:
 // each channel row's chunks inside the image come by one bulk copy (the copy engine; the
-// rows are dense, x_sw == 1) and its padding chunks are zeroed with shared stores;
+// rows are dense, x_sw == 1) and its padding chunks are zeroed with shared stores
+// (PLANES with staged rows: the whole patch by one tensor copy, k.x_map, where
+// planes_box_copy);
 // channels-last fp32: the whole patch by one tensor copy (k.x_map: each pixel's CB
 // channels and the next 16 bytes' worth as its padding, zeros outside the image and past
 // C_in); channels-last 16-bit: one 16-byte cp.async per chunk, padding zero-filled by the
@@ -481,14 +496,15 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
     cp_async_arrive(landed);
   };
-  // Channels-last fp32: the first patch thread issues the patch's tensor copy (the box: a
-  // pixel's kPatchPixelBytes x patch_pitch columns x patch_rows rows), the others only
-  // arrive.
-  const uint32_t box_bytes = static_cast<uint32_t>(p.patch_rows * k.row_step * ELEM);
+  // Channels-last fp32 and PLANES: the first patch thread issues the patch's tensor copy
+  // (the box: a pixel's kPatchPixelBytes x patch_pitch columns x patch_rows rows; PLANES:
+  // patch_pitch columns x patch_rows rows x CB channels), the others only arrive.
+  const uint32_t box_bytes = static_cast<uint32_t>(p.patch_rows * k.row_step * ELEM * (CL ? 1 : CB));
   auto issue_box = [&](const PatchTile& pt, int cb, uint32_t dst, uint32_t landed) {
     if (tid == 0) {
       mbar_arrive_expect(landed, box_bytes);
-      tensor_copy_4d(dst, k.x_map, cb * CB, pt.iw0a, pt.ih0, static_cast<int>(pt.n), landed);
+      if constexpr (CL) tensor_copy_4d(dst, k.x_map, cb * CB, pt.iw0a, pt.ih0, static_cast<int>(pt.n), landed);
+      else tensor_copy_4d(dst, k.x_map, pt.iw0a, pt.ih0, cb * CB, static_cast<int>(pt.n), landed);
     } else {
       mbar_arrive(landed);
     }
@@ -504,7 +520,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     for (int q = tid; q < CB * p.patch_rows; q += kPatchCopyThreads) {
       const int c = q / p.patch_rows, r = q - c * p.patch_rows;
       const int ci = cb * CB + c, ih = pt.ih0 + r;
-      const uint32_t row = dst + static_cast<uint32_t>((c * CP + r * p.patch_pitch) * ELEM);
+      const uint32_t row = dst + static_cast<uint32_t>((c * k.chan_step + r * p.patch_pitch) * ELEM);
       const bool in = ci < p.Cin && static_cast<unsigned>(ih) < static_cast<unsigned>(p.H) && j1 > j0;
       const int z0 = in ? j0 : p.patch_chunks, z1 = in ? j1 : p.patch_chunks;
       for (int j = 0; j < z0; ++j) st_shared_v4(row + 16 * j, make_uint4(0, 0, 0, 0));
@@ -524,6 +540,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     const uint32_t dst = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
     if constexpr (kBox) issue_box(pt, cb, dst, k.bar(kBarPLanded + slot));
     else if constexpr (CL) issue_pixels(pt, cb, dst, k.bar(kBarPLanded + slot));
+    else if (PLANES && ROWS && planes_box_copy(p.patch_pitch)) issue_box(pt, cb, dst, k.bar(kBarPLanded + slot));
     else issue_rows(pt, cb, dst, k.bar(kBarPLanded + slot));
   };
   // TF32: round the slot's patch in place, 16-byte chunk by chunk over the whole region
@@ -542,10 +559,10 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
   };
 
-  // PLANES (TF32 NCHW): transpose the slot's patch in place, each group of 4 channel planes
-  // into one plane of 16-byte positions (a position's 4 channels, rounded to TF32 on the
-  // way), where wgmma reads 8 neighbouring positions as one 128-byte core matrix. Only the
-  // positions the copies wrote (patch_rows x patch_pitch) are moved. Two groups at a time:
+  // PLANES (TF32 NCHW): transpose the slot's patch in place, each group of 4 channel rows
+  // (kPatchChannelPitch apart; ROWS: chan_step = patch_rows x patch_pitch, the copies'
+  // positions, densely) into one plane of 16-byte positions (a position's 4 channels, rounded to TF32 on the way), where
+  // wgmma reads 8 neighbouring positions as one 128-byte core matrix. Two groups at a time:
   // all of their reads come before their writes (a barrier of the patch warps between);
   // thread t takes positions t, t + kPatchCopyThreads, ...
   static_assert(!PLANES || (MATH == Math::kTF32 && !CL), "planes: TF32 NCHW patches");
@@ -558,18 +575,25 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
       uint4 v[kGroupsPerRound][kPlanePer];
 #pragma unroll
       for (int g = 0; g < kGroupsPerRound; ++g) {
-        const float* group = base + (g0 + g) * (kPatchPlaneBytes / 4);
+        // A thread reads its positions clamped to the patch where the channel pitch is the
+        // constant kPatchChannelPitch; where it is a run-time value (ROWS: dense rows) all
+        // kPlanePer of them, plain loads at fixed offsets from one address per channel
+        // (clamped ones would each need an address of their own; bounded ones, a branch
+        // each): those past the patch read what lies there, inside the slot, and are not
+        // stored.
+        const int cs = ROWS ? k.chan_step : CP;
+        const float* group = base + (g0 + g) * 4 * cs;
 #pragma unroll
         for (int i = 0; i < kPlanePer; ++i) {
-          const int q = min(tid + i * kPatchCopyThreads, positions - 1);
-          v[g][i] = make_uint4(f32_to_tf32(group[q]), f32_to_tf32(group[CP + q]),
-                               f32_to_tf32(group[2 * CP + q]), f32_to_tf32(group[3 * CP + q]));
+          const int q = ROWS ? tid + i * kPatchCopyThreads : min(tid + i * kPatchCopyThreads, positions - 1);
+          v[g][i] = make_uint4(f32_to_tf32(group[q]), f32_to_tf32(group[cs + q]), f32_to_tf32(group[2 * cs + q]),
+                               f32_to_tf32(group[3 * cs + q]));
         }
       }
       named_sync(kBarPatchWarps, kPatchCopyThreads);
 #pragma unroll
       for (int g = 0; g < kGroupsPerRound; ++g) {
-        uint4* group = reinterpret_cast<uint4*>(base + (g0 + g) * (kPatchPlaneBytes / 4));
+        uint4* group = reinterpret_cast<uint4*>(base + (g0 + g) * 4 * (ROWS ? k.chan_step : CP));
 #pragma unroll
         for (int i = 0; i < kPlanePer; ++i) {
           const int q = tid + i * kPatchCopyThreads;
@@ -791,6 +815,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     const int r = 128 * c + 64 * h;
     a_pix[h] = static_cast<uint32_t>(16 * ((r / p.tile_w) * p.stride_h * k.row_step + r % p.tile_w));
   }
+  const uint32_t plane_bytes = 16u * static_cast<uint32_t>(k.chan_step);
   auto multiply_planes = [&](const Slice& s, int shift, uint32_t slot, bool first) {
     const uint32_t b_tile = k.ring + slot * kPatchSliceBytes<BN>;
     const uint32_t a = k.slots + static_cast<uint32_t>(s.slot * kPatchSlotBytes + 16 * (s.off + shift));
@@ -799,7 +824,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     for (int st = 0; st < NSTEP; ++st)
 #pragma unroll
       for (int h = 0; h < 2; ++h)  // the tile's first slice overwrites the accumulators
-        wgmma_ss_tf32<BN>(acc[h], wgmma_desc_planes(a + a_pix[h] + 2 * st * kPatchPlaneBytes, kPatchPlaneBytes),
+        wgmma_ss_tf32<BN>(acc[h], wgmma_desc_planes(a + a_pix[h] + 2 * st * plane_bytes, plane_bytes),
                           wgmma_desc(b_tile + st * 32), !(first && st == 0));
     wgmma_commit();
   };
@@ -1333,6 +1358,7 @@ __global__ void __launch_bounds__(kPatchThreads, 1)
   k.S = p.cblocks * p.taps;
   k.sets = MATH == Math::kF32x3 ? (*p.w_nonfinite != 0 ? 3 : 2) : 1;
   k.row_step = CL ? p.patch_pitch * (kPatchPixelBytes / ELEM) : p.patch_pitch;
+  k.chan_step = PLANES && ROWS ? p.patch_rows * p.patch_pitch : kPatchChannelPitch;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kPatchBStages; ++s) {

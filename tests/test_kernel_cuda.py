@@ -451,6 +451,8 @@ def test_staged_rows_kernel_runs_where_its_rule_says(
         ("tf32", "nchw", (32, 64, 66, 128, 128, 3, 3, 1, 0, 1), True),  # staged rows (126 pixels)
         # the widest patch rows: 272 columns (1x3, dilation 70 along W)
         ("tf32", "nchw", (2, 16, 6, 268, 128, 1, 3, 1, 0, 70), True),
+        # staged rows wider than a tensor copy's box (264 columns): bulk copies per row
+        ("tf32", "nchw", (2, 16, 6, 256, 128, 1, 3, 1, 0, 65), True),
         ("tf32", "nchw", (2, 64, 20, 136, 64, 3, 3, 1, 0, 1), False),  # 64-channel tiles
         ("tf32", "nchw", (2, 64, 34, 32, 128, 3, 3, 1, 1, 1), False),  # 32-pixel tiles
         ("fp32", "nchw", (2, 64, 20, 136, 128, 3, 3, 1, 0, 1), False),  # 3xTF32
