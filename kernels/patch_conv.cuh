@@ -14,8 +14,9 @@
 //     slice, already swizzled); its warps 1-3 copy each unit's input patch --
 //     patch_rows rows x patch_pitch columns x CB channels, padding zero-filled; channel
 //     planes (NCHW) or pixels of CB channels (channels-last) -- into a patch slot as soon
-//     as the slot is free (NCHW: one bulk copy per channel row, or for planes one tensor
-//     copy of the whole patch; channels-last: one tensor copy of the whole patch in fp32,
+//     as the slot is free (NCHW: one bulk copy per channel row, or where rows are staged
+//     and the patch lands as dense rows one tensor copy of the whole patch; channels-last:
+//     one tensor copy of the whole patch in fp32,
 //     16-byte cp.async in 16-bit), round a landed TF32 patch in place once (a 16-bit NCHW
 //     one: interleave its channel pairs; a 3xTF32 one stays as it is; PLANES: transpose a
 //     TF32 NCHW one into planes of 4 channels), and publish it;
@@ -402,8 +403,8 @@ struct PatchCta {
   unsigned char* patch;        // the patch slots
   uint32_t ring, slots, bars;  // shared addresses: weight ring, patch slots, mbarriers
   float* chan;                 // per consumer and tile parity: bias, then per-channel other
-  const CUtensorMap* x_map;    // fp32 input: channels-last (channels_last_patch_map), or
-                               // NCHW for planes (nchw_patch_map, planes_box_copy)
+  const CUtensorMap* x_map;    // the input: channels-last fp32 (channels_last_patch_map),
+                               // or NCHW in dense rows (nchw_patch_map, rows_box_copy)
   const CUtensorMap* y_map;    // channels-last output (channels_last_output_map)
   int n_tiles;                 // tiles along Cout
   int64_t my_tiles;            // tiles this CTA walks: blockIdx.x + i * gridDim.x
@@ -411,9 +412,9 @@ struct PatchCta {
   int sets;                    // weight sets per slice: 1; 3xTF32: 2 (big, small), or 3
                                // (and the finite big) where a weight is Inf or NaN
   int row_step;                // elements between the rows of a patch
-  int chan_step;               // NCHW: elements between its channels (planes with staged
-                               // rows: dense rows, so a plane of 4 channels is 4 chan_step
-                               // words)
+  int chan_step;               // NCHW: elements between its channels as copied (dense rows,
+                               // dense_patch_rows: patch_rows x patch_pitch, so that a plane
+                               // of 4 channels is 4 chan_step words)
 
   __device__ uint32_t bar(int b) const { return bars + 8u * static_cast<uint32_t>(b); }
   __device__ int64_t tile(int64_t i) const { return blockIdx.x + i * gridDim.x; }
@@ -451,8 +452,7 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
 // into its slot as soon as both consumers are done with the unit before it there. NCHW:
 // each channel row's chunks inside the image come by one bulk copy (the copy engine; the
 // rows are dense, x_sw == 1) and its padding chunks are zeroed with shared stores
-// (PLANES with staged rows: the whole patch by one tensor copy, k.x_map, where
-// planes_box_copy);
+// (dense_patch_rows: the whole patch by one tensor copy, k.x_map, where rows_box_copy);
 // channels-last fp32: the whole patch by one tensor copy (k.x_map: each pixel's CB
 // channels and the next 16 bytes' worth as its padding, zeros outside the image and past
 // C_in); channels-last 16-bit: one 16-byte cp.async per chunk, padding zero-filled by the
@@ -469,6 +469,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   constexpr int CP = kPatchChannelPitch;
   constexpr int CPX = kPatchPixelBytes / ELEM;
   constexpr bool kBox = patch_box_copy(CL, ELEM);
+  constexpr bool kDense = dense_patch_rows(ROWS, PLANES, ELEM);  // NCHW channel rows k.chan_step apart
   const int tid = threadIdx.x - 32;
   const T* __restrict__ x = static_cast<const T*>(p.x);
 
@@ -496,9 +497,9 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
     cp_async_arrive(landed);
   };
-  // Channels-last fp32 and PLANES: the first patch thread issues the patch's tensor copy
-  // (the box: a pixel's kPatchPixelBytes x patch_pitch columns x patch_rows rows; PLANES:
-  // patch_pitch columns x patch_rows rows x CB channels), the others only arrive.
+  // Channels-last fp32 and dense rows: the first patch thread issues the patch's tensor
+  // copy (the box: a pixel's kPatchPixelBytes x patch_pitch columns x patch_rows rows;
+  // NCHW: patch_pitch columns x patch_rows rows x CB channels), the others only arrive.
   const uint32_t box_bytes = static_cast<uint32_t>(p.patch_rows * k.row_step * ELEM * (CL ? 1 : CB));
   auto issue_box = [&](const PatchTile& pt, int cb, uint32_t dst, uint32_t landed) {
     if (tid == 0) {
@@ -540,7 +541,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     const uint32_t dst = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
     if constexpr (kBox) issue_box(pt, cb, dst, k.bar(kBarPLanded + slot));
     else if constexpr (CL) issue_pixels(pt, cb, dst, k.bar(kBarPLanded + slot));
-    else if (PLANES && ROWS && planes_box_copy(p.patch_pitch)) issue_box(pt, cb, dst, k.bar(kBarPLanded + slot));
+    else if (kDense && rows_box_copy(p.patch_pitch)) issue_box(pt, cb, dst, k.bar(kBarPLanded + slot));
     else issue_rows(pt, cb, dst, k.bar(kBarPLanded + slot));
   };
   // TF32: round the slot's patch in place, 16-byte chunk by chunk over the whole region
@@ -603,23 +604,27 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
   };
 
-  // 16-bit NCHW: interleave each pair of channel planes in place, so that a channel pair
-  // at one position is one aligned word (what a fragment register holds): chunk j of the
-  // two planes (8 positions each) becomes words 8 j .. 8 j + 7 of the pair's plane. All of
-  // a pair's chunks are read before any is written: one pair per round, then a barrier
+  // 16-bit NCHW: interleave each pair of channel planes, so that a channel pair at one
+  // position is one aligned word (what a fragment register holds): chunk j of the two
+  // planes (8 positions each) becomes words 8 j .. 8 j + 7 of the pair's plane, whose
+  // planes the consumers read CP elements apart. Dense rows (kDense, k.chan_step elements a
+  // channel) move to that pitch on the way: pairs last to first, so that no pair's place
+  // covers a pair not yet read (each pair's place starts at or past where it landed). All
+  // of a pair's chunks are read before any is written: one pair per round, then a barrier
   // of the patch warps.
-  constexpr int kPairChunks = CP * ELEM / 16;  // 16-byte chunks of one channel plane
-  static_assert(ELEM == 4 || kPairChunks <= kPatchCopyThreads, "one chunk per thread and pair");
+  static_assert(ELEM == 4 || CP * ELEM / 16 <= kPatchCopyThreads, "one chunk per thread and pair");
   auto interleave_pairs = [&](int slot) {
+    const uint32_t plane = static_cast<uint32_t>((kDense ? k.chan_step : CP) * ELEM);  // between landed planes
     // Every thread takes every barrier at the same instruction (bar.sync is warp-aligned);
     // a thread without a chunk of its own loads chunk 0 and stores nothing.
-    const bool mine = tid < kPairChunks;
+    const bool mine = 16 * tid < static_cast<int>(plane);
     const uint32_t t = mine ? static_cast<uint32_t>(tid) : 0u;
     const uint32_t base = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
-    for (int q = 0; q < CB / 2; ++q) {
+    uint32_t from = base + (CB - 2) * plane + 16 * t;  // pair q landed 2 q planes in
+    for (int q = CB / 2 - 1; q >= 0; --q, from -= 2 * plane) {
       const uint32_t pair = base + static_cast<uint32_t>(q * 2 * CP * ELEM);
-      const uint4 a = ld_shared_v4(pair + 16 * t);
-      const uint4 b = ld_shared_v4(pair + 16 * (kPairChunks + t));
+      const uint4 a = ld_shared_v4(from);
+      const uint4 b = ld_shared_v4(from + plane);
       named_sync(kBarPatchWarps, kPatchCopyThreads);
       if (mine) {
         st_shared_v4(pair + 32 * t, make_uint4(__byte_perm(a.x, b.x, 0x5410), __byte_perm(a.x, b.x, 0x7632),
@@ -1358,7 +1363,7 @@ __global__ void __launch_bounds__(kPatchThreads, 1)
   k.S = p.cblocks * p.taps;
   k.sets = MATH == Math::kF32x3 ? (*p.w_nonfinite != 0 ? 3 : 2) : 1;
   k.row_step = CL ? p.patch_pitch * (kPatchPixelBytes / ELEM) : p.patch_pitch;
-  k.chan_step = PLANES && ROWS ? p.patch_rows * p.patch_pitch : kPatchChannelPitch;
+  k.chan_step = dense_patch_rows(ROWS, PLANES, ELEM) ? p.patch_rows * p.patch_pitch : kPatchChannelPitch;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kPatchBStages; ++s) {

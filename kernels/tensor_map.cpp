@@ -57,15 +57,16 @@ CUtensorMap channels_last_patch_map(const ConvParams& p, int elem_bytes) {
                    "the channels-last patch");
 }
 
-CUtensorMap nchw_patch_map(const ConvParams& p) {
-  constexpr cuuint64_t e = 4;
+CUtensorMap nchw_patch_map(const ConvParams& p, int elem_bytes) {
+  const auto e = static_cast<cuuint64_t>(elem_bytes);
   const cuuint64_t dims[4] = {static_cast<cuuint64_t>(p.W), static_cast<cuuint64_t>(p.H),
                               static_cast<cuuint64_t>(p.Cin), static_cast<cuuint64_t>(images(p))};
   // bytes between rows, channels and images (the rows are dense)
   const cuuint64_t strides[3] = {p.x_sh * e, p.x_sc * e, p.x_sn * e};
   const cuuint32_t box[4] = {static_cast<cuuint32_t>(p.patch_pitch), static_cast<cuuint32_t>(p.patch_rows),
-                             static_cast<cuuint32_t>(kSliceBytes / 4), 1};
-  return encode_4d(const_cast<void*>(p.x), 4, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_NONE, "the NCHW patch");
+                             static_cast<cuuint32_t>(kSliceBytes / elem_bytes), 1};
+  return encode_4d(const_cast<void*>(p.x), elem_bytes, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_NONE,
+                   "the NCHW patch");
 }
 
 CUtensorMap channels_last_output_map(const ConvParams& p, int elem_bytes) {

@@ -11,9 +11,10 @@ namespace fx_fuse {
 // block and the pixel's padding to kPatchPixelBytes) x patch_pitch columns x patch_rows rows
 // of one image, landing as the patch slot's layout; zeros outside the image and past C_in.
 CUtensorMap channels_last_patch_map(const ConvParams& p, int elem_bytes);
-// x (N, C, H, W in memory, fp32) for the copy engine: one box per unit of the planes kernel,
-// patch_pitch columns x patch_rows rows x 32 channels of one image (planes_box_copy).
-CUtensorMap nchw_patch_map(const ConvParams& p);
+// x (N, C, H, W in memory) for the copy engine: one box per unit of a kernel whose patch
+// lands as dense channel rows (dense_patch_rows, rows_box_copy), patch_pitch columns x
+// patch_rows rows x a channel block (128 bytes of channels) of one image.
+CUtensorMap nchw_patch_map(const ConvParams& p, int elem_bytes);
 
 // The output (N, OH, OW, C in memory) for the copy engine: boxes of 128 bytes of channels x
 // the 64 pixels of an m-half of a tile (tile_w >= 64: 64 columns of one row; else 64 /

@@ -442,6 +442,34 @@ def test_staged_rows_kernel_runs_where_its_rule_says(
     assert_close64(out, reference64(x, w, b, other, stride, pad, dilation), policy)
 
 
+@pytest.mark.parametrize("policy", ["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "cfg,tiles_per_image",
+    [
+        ((1, 64, 10, 128, 128, 3, 3, 1, 0, 1), 4),  # 144-column patches: one tensor copy
+        ((1, 64, 6, 256, 128, 1, 3, 1, 0, 65), 3),  # 272 columns, wider than a box: per row
+    ],
+    ids=["box", "wider than a box"],
+)
+def test_staged_rows_16bit_patch_copies(policy, cfg, tiles_per_image, monkeypatch):
+    """16-bit NCHW patches of the staged-rows kernel land as dense channel rows (by one
+    tensor copy, or by one bulk copy per row where wider than a box) and are interleaved
+    into the consumers' pitch: the result is right either way."""
+    monkeypatch.setattr(_cuda, "_direct_pays", lambda *args: False)
+    monkeypatch.setattr(_cuda, "_patch_pays", lambda *args: True)
+    dtype = set_policy(policy)
+    sms = torch.cuda.get_device_properties(DEV).multi_processor_count
+    n = -(-2 * sms // tiles_per_image)  # two tiles per CTA: staged rows pay (binding.cpp)
+    x, w, b, stride, pad, dilation = make((n, *cfg[1:]), dtype)
+    if not (_cuda._use_wgmma(x.device) and _cuda._patch_enabled()):
+        pytest.skip("the patch kernel does not run here (not Hopper, or off on this kernel path)")
+    other = torch.randn(128, 1, 1, device=DEV, dtype=dtype)
+    kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, pad, dilation))
+    assert _patch_instance(kernels)["rows"]
+    out = run_op(x, w, b, other, stride, pad, dilation)
+    assert_close64(out, reference64(x, w, b, other, stride, pad, dilation), policy)
+
+
 @pytest.mark.parametrize(
     "policy,layout,cfg,planes",
     [
