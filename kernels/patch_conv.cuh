@@ -620,9 +620,11 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     const bool mine = 16 * tid < static_cast<int>(plane);
     const uint32_t t = mine ? static_cast<uint32_t>(tid) : 0u;
     const uint32_t base = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
-    uint32_t from = base + (CB - 2) * plane + 16 * t;  // pair q landed 2 q planes in
-    for (int q = CB / 2 - 1; q >= 0; --q, from -= 2 * plane) {
+    uint32_t dense = base + 16 * t + (CB - 2) * plane;  // dense rows: where pair q landed
+    for (int i = 0; i < CB / 2; ++i, dense -= 2 * plane) {
+      const int q = kDense ? CB / 2 - 1 - i : i;  // dense rows: pairs last to first
       const uint32_t pair = base + static_cast<uint32_t>(q * 2 * CP * ELEM);
+      const uint32_t from = kDense ? dense : pair + 16 * t;
       const uint4 a = ld_shared_v4(from);
       const uint4 b = ld_shared_v4(from + plane);
       named_sync(kBarPatchWarps, kPatchCopyThreads);
