@@ -16,10 +16,10 @@
 //     planes (NCHW) or pixels of CB channels (channels-last) -- into a patch slot as soon
 //     as the slot is free (NCHW: one bulk copy per channel row, or where rows are staged
 //     and the patch lands as dense rows one tensor copy of the whole patch; channels-last:
-//     one tensor copy of the whole patch in fp32,
-//     16-byte cp.async in 16-bit), round a landed TF32 patch in place once (a 16-bit NCHW
-//     one: interleave its channel pairs; a 3xTF32 one stays as it is; PLANES: transpose a
-//     TF32 NCHW one into planes of 4 channels), and publish it;
+//     one tensor copy of the whole patch in fp32, 16-byte cp.async in 16-bit), round a
+//     landed TF32 patch in place once (a 16-bit NCHW one: interleave its channel pairs; a
+//     3xTF32 one stays as it is; PLANES: transpose a TF32 NCHW one into planes of 4
+//     channels), and publish it;
 //   - two consumers (warpgroups 1 and 2, 128 tile rows each) multiply: per slice two
 //     m64nBN wgmmas per k-step (A from registers, B from the ring slot), and while they
 //     run, build the next slice's A fragments from the patch (one ld.shared per register
@@ -172,14 +172,6 @@ __device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
-  return v;
-}
-// A shared word, or 0 where `pred` is false: a predicated load, no branch (so that a
-// thread's loads issue back to back).
-__device__ __forceinline__ uint32_t ld_shared_u32_pred(uint32_t addr, bool pred) {
-  uint32_t v;
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n mov.b32 %0, 0;\n @p ld.shared.u32 %0, [%1];\n}\n"
-               : "=r"(v) : "r"(addr), "r"(static_cast<int>(pred)) : "memory");
   return v;
 }
 __device__ __forceinline__ uint16_t ld_shared_u16(uint32_t addr) {
@@ -561,8 +553,8 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   };
 
   // PLANES (TF32 NCHW): transpose the slot's patch in place, each group of 4 channel rows
-  // (kPatchChannelPitch apart; ROWS: chan_step = patch_rows x patch_pitch, the copies'
-  // positions, densely) into one plane of 16-byte positions (a position's 4 channels, rounded to TF32 on the way), where
+  // (kPatchChannelPitch apart; dense rows: k.chan_step = patch_rows x patch_pitch) into one
+  // plane of 16-byte positions (a position's 4 channels, rounded to TF32 on the way), where
   // wgmma reads 8 neighbouring positions as one 128-byte core matrix. Two groups at a time:
   // all of their reads come before their writes (a barrier of the patch warps between);
   // thread t takes positions t, t + kPatchCopyThreads, ...
@@ -577,16 +569,16 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
 #pragma unroll
       for (int g = 0; g < kGroupsPerRound; ++g) {
         // A thread reads its positions clamped to the patch where the channel pitch is the
-        // constant kPatchChannelPitch; where it is a run-time value (ROWS: dense rows) all
+        // constant kPatchChannelPitch; where it is a run-time value (dense rows) all
         // kPlanePer of them, plain loads at fixed offsets from one address per channel
         // (clamped ones would each need an address of their own; bounded ones, a branch
         // each): those past the patch read what lies there, inside the slot, and are not
         // stored.
-        const int cs = ROWS ? k.chan_step : CP;
+        const int cs = kDense ? k.chan_step : CP;
         const float* group = base + (g0 + g) * 4 * cs;
 #pragma unroll
         for (int i = 0; i < kPlanePer; ++i) {
-          const int q = ROWS ? tid + i * kPatchCopyThreads : min(tid + i * kPatchCopyThreads, positions - 1);
+          const int q = kDense ? tid + i * kPatchCopyThreads : min(tid + i * kPatchCopyThreads, positions - 1);
           v[g][i] = make_uint4(f32_to_tf32(group[q]), f32_to_tf32(group[cs + q]), f32_to_tf32(group[2 * cs + q]),
                                f32_to_tf32(group[3 * cs + q]));
         }
@@ -594,7 +586,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
       named_sync(kBarPatchWarps, kPatchCopyThreads);
 #pragma unroll
       for (int g = 0; g < kGroupsPerRound; ++g) {
-        uint4* group = reinterpret_cast<uint4*>(base + (g0 + g) * 4 * (ROWS ? k.chan_step : CP));
+        uint4* group = reinterpret_cast<uint4*>(base + (g0 + g) * 4 * (kDense ? k.chan_step : CP));
 #pragma unroll
         for (int i = 0; i < kPlanePer; ++i) {
           const int q = tid + i * kPatchCopyThreads;
