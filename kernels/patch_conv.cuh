@@ -970,19 +970,23 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
         }
       }
   };
-  // PLANES (TF32 NCHW output: kStoreSingle, or kStageChannelRows in the ROWS kernel): as
-  // store_rows, with channel pairs outermost, so that each pair's bias and per-channel
-  // `other` are read from shared memory once for the thread's four rows instead of once a
-  // row. The consumers of the planes kernel hold no fragments, so the four rows' state
-  // fits beside the accumulators; the register path keeps store_rows' order.
+  // PLANES (TF32 NCHW output: kStoreSingle, or kStageChannelRows in the ROWS kernel) and
+  // the 16-bit ROWS kernel: as store_rows, with channel pairs outermost, so that each
+  // pair's bias and per-channel `other` are read from shared memory once for the thread's
+  // four rows instead of once a row, and the four rows' values are independent of each
+  // other. The four rows' state fits beside the accumulators there (the planes consumers
+  // hold no fragments; 16-bit ROWS stages every channel: no output addresses); the other
+  // register-path kernels keep store_rows' order.
   auto store_rows_planes = [&](const PatchTile& pt, const float* chan, auto other_at, auto any_channel,
                                auto layout, auto stage) {
     constexpr bool kStaging = decltype(layout)::value == kStageChannelRows;
     constexpr bool kAnyChannel = decltype(any_channel)::value;
-    constexpr int kRowBytes = stage_row_bytes(4), kStagedNT = kStaging ? staged_channels(4) / 8 : 0;
+    constexpr int kRowBytes = stage_row_bytes(ELEM), kStagedNT = kStaging ? staged_channels(ELEM) / 8 : 0;
     const int tw_shift = __ffs(p.tile_w) - 1;  // tile_w is a power of two
-    // a value into its staged run (a plain store, as store_rows' stage_value)
-    auto stage_value = [&](uint32_t addr, float v) { *reinterpret_cast<float*>(k.patch + (addr - k.slots)) = v; };
+    // a value into its staged run (a plain store, as store_rows' fp32 stage_value)
+    auto stage_value = [&](uint32_t addr, float v) {
+      *reinterpret_cast<T*>(k.patch + (addr - k.slots)) = from_float<T>(v);
+    };
     const bool full_n = pt.n0 + BN <= p.Cout;
     const int c0 = 2 * tq;
     // Row j (m-half j / 2, row g + 8 (j % 2) of the warp's 16) at channel c0: inside the
@@ -990,7 +994,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     // lane's two channels' values in their runs (store_rows: row_at plus the shifts).
     struct Row {
       bool ok;
-      float* y;
+      T* y;
       int64_t o;
       uint32_t at0, at1;
     };
@@ -1001,12 +1005,12 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       const int oh = pt.oh0 + (r >> tw_shift), ow = pt.ow0 + (r & (p.tile_w - 1));
       Row& w = rows[j];
       w.ok = oh < p.OH && ow < p.OW;
-      w.y = static_cast<float*>(p.out) + (pt.n * p.y_sn + oh * p.y_sh + ow * p.y_sw + (pt.n0 + c0) * p.y_sc);
+      w.y = static_cast<T*>(p.out) + (pt.n * p.y_sn + oh * p.y_sh + ow * p.y_sw + (pt.n0 + c0) * p.y_sc);
       w.o = pt.n * p.o_sn + oh * p.o_sh + ow * p.o_sw + (pt.n0 + c0) * p.o_sc;
       const int at_run = (r >> tw_shift) * p.OW + (r & (p.tile_w - 1));
-      const uint32_t at = stage.base + static_cast<uint32_t>(c0 * kRowBytes + 4 * at_run);
-      auto shift_of = [&](const float* pixel) {
-        return static_cast<uint32_t>((reinterpret_cast<uintptr_t>(pixel) - 4 * at_run) & 15);
+      const uint32_t at = stage.base + static_cast<uint32_t>(c0 * kRowBytes + ELEM * at_run);
+      auto shift_of = [&](const T* pixel) {
+        return static_cast<uint32_t>((reinterpret_cast<uintptr_t>(pixel) - ELEM * at_run) & 15);
       };
       w.at0 = at + shift_of(w.y);
       w.at1 = at + kRowBytes + shift_of(w.y + p.y_sc);
@@ -1032,16 +1036,17 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
             if (w.ok) stage_value(w.at0 + run, v0);
             if (w.ok) stage_value(w.at1 + run, v1);
           } else {
-            if (w.ok & (full_n | (pt.n0 + cc < p.Cout))) w.y[0] = v0;
-            if (w.ok & (full_n | (pt.n0 + cc + 1 < p.Cout))) w.y[p.y_sc] = v1;
+            if (w.ok & (full_n | (pt.n0 + cc < p.Cout))) w.y[0] = from_float<T>(v0);
+            if (w.ok & (full_n | (pt.n0 + cc + 1 < p.Cout))) w.y[p.y_sc] = from_float<T>(v1);
           }
         } else if (w.ok) {  // `other` read from global memory: only inside the output
           if (nt < kStagedNT) {
             if (in0) stage_value(w.at0 + run, fused_value(a[0], b.x, other_at(w.o, cc)));
             if (in1) stage_value(w.at1 + run, fused_value(a[1], b.y, other_at(w.o + p.o_sc, cc + 1)));
           } else {
-            if (full_n || pt.n0 + cc < p.Cout) w.y[0] = fused_value(a[0], b.x, other_at(w.o, cc));
-            if (full_n || pt.n0 + cc + 1 < p.Cout) w.y[p.y_sc] = fused_value(a[1], b.y, other_at(w.o + p.o_sc, cc + 1));
+            if (full_n || pt.n0 + cc < p.Cout) w.y[0] = from_float<T>(fused_value(a[0], b.x, other_at(w.o, cc)));
+            if (full_n || pt.n0 + cc + 1 < p.Cout)
+              w.y[p.y_sc] = from_float<T>(fused_value(a[1], b.y, other_at(w.o + p.o_sc, cc + 1)));
           }
         }
         w.y += 8 * p.y_sc;
@@ -1070,7 +1075,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     auto rows = [&](auto other_at, auto layout, auto any_channel) {
       if constexpr (CL) {
         store_rows(pt, chan, other_at, any_channel, std::integral_constant<int, kStageChannelPairs>{}, stage);
-      } else if constexpr (PLANES && ROWS) {
+      } else if constexpr (ROWS && (PLANES || ELEM == 2)) {
         store_rows_planes(pt, chan, other_at, any_channel, std::integral_constant<int, kStageChannelRows>{}, stage);
       } else if constexpr (PLANES) {
         store_rows_planes(pt, chan, other_at, any_channel, single, stage);
