@@ -448,13 +448,19 @@ def test_staged_rows_kernel_runs_where_its_rule_says(
     [
         ((1, 64, 10, 128, 128, 3, 3, 1, 0, 1), 4),  # 144-column patches: one tensor copy
         ((1, 64, 6, 256, 128, 1, 3, 1, 0, 65), 3),  # 272 columns, wider than a box: per row
+        # 14-pixel rows, 490-pixel planes: runs start at every even byte of a 16-byte chunk
+        ((1, 64, 37, 16, 128, 3, 3, 1, 0, 1), 3),
+        # 6-pixel rows: the last tile's run (one row, 12 bytes) has no 16-byte interior
+        ((1, 64, 35, 8, 128, 3, 3, 1, 0, 1), 2),
     ],
-    ids=["box", "wider than a box"],
+    ids=["box", "wider than a box", "run offsets", "run without interior"],
 )
 def test_staged_rows_16bit_patch_copies(policy, cfg, tiles_per_image, monkeypatch):
     """16-bit NCHW patches of the staged-rows kernel land as dense channel rows (by one
     tensor copy, or by one bulk copy per row where wider than a box) and are interleaved
-    into the consumers' pitch: the result is right either way."""
+    into the consumers' pitch; each channel's run of output rows goes out as one bulk copy
+    of its 16-byte aligned interior and the pixels around it: the result is right in
+    every case."""
     monkeypatch.setattr(_cuda, "_direct_pays", lambda *args: False)
     monkeypatch.setattr(_cuda, "_patch_pays", lambda *args: True)
     dtype = set_policy(policy)
