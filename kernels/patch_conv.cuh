@@ -643,45 +643,18 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     const int len = min(p.tile_h, p.OH - pt.oh0) * p.OW;  // the run: the tile's rows
     const uint32_t base = k.slots + static_cast<uint32_t>(slot * kPatchSlotBytes);
     Bits* y0 = static_cast<Bits*>(p.out) + (pt.n * p.y_sn + pt.oh0 * p.y_sh + pt.n0 * p.y_sc);
-    // channel c's run: its output, its interior, and its staged values' shared address
-    struct Run {
-      Bits* y;
-      Interior in;
-      uint32_t src;
-    };
-    auto run_of = [&](int c) {
+    for (int c = tid; c < chans; c += kPatchCopyThreads) {
       Bits* y = y0 + c * p.y_sc;
       const int shift = static_cast<int>(reinterpret_cast<uintptr_t>(y) & 15);
-      return Run{y, run_interior<ELEM>(shift, len), base + static_cast<uint32_t>(c * kRowBytes + shift)};
-    };
-    for (int c = tid; c < chans; c += kPatchCopyThreads) {
-      const Run r = run_of(c);
-      if (r.in.hi > r.in.lo)
-        bulk_store(r.y + r.in.lo, r.src + ELEM * r.in.lo, static_cast<uint32_t>(ELEM * (r.in.hi - r.in.lo)));
-    }
-    // The pixels before and after each interior (fewer than VEC each; all where it is
-    // empty). The stage keeps the output's alignment, so each side's pixels lie in one
-    // 16-byte chunk of it, at the place they take in their output chunk: one 16-byte load
-    // a side, both issued before any store (one shared load after another, waiting behind
-    // the wgmmas' operand reads, took most of the write-out).
-    for (int c = tid; c < chans; c += kPatchCopyThreads) {
-      const Run r = run_of(c);
-      const int before = (r.src & 15u) / ELEM;  // the chunks' first pixel: -before and hi
-      const bool after = r.in.hi < len;
-      const uint4 lo_chunk = before > 0 ? ld_shared_v4(r.src & ~15u) : uint4{};
-      const uint4 hi_chunk = after ? ld_shared_v4(r.src + ELEM * r.in.hi) : uint4{};
-      auto element = [](const uint4& chunk, int j) -> Bits {  // element j of a chunk
-        const uint32_t w = j * ELEM / 4 == 0 ? chunk.x : j * ELEM / 4 == 1 ? chunk.y : j * ELEM / 4 == 2 ? chunk.z : chunk.w;
-        return ELEM == 2 ? static_cast<Bits>(w >> (16 * (j & 1))) : static_cast<Bits>(w);
-      };
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        const int e = j - before;  // pixels [0, min(lo, len)): lo = VEC - before where before > 0
-        if (before > 0 && e >= 0 && e < len) r.y[e] = element(lo_chunk, j);
+      const Interior in = run_interior<ELEM>(shift, len);
+      const uint32_t src = base + static_cast<uint32_t>(c * kRowBytes + shift);
+      if (in.hi > in.lo)
+        bulk_store(y + in.lo, src + ELEM * in.lo, static_cast<uint32_t>(ELEM * (in.hi - in.lo)));
+      // the pixels before and after the interior (fewer than VEC each; all where it is empty)
+      for (int e = in.lo == 0 ? in.hi : 0; e < len; e = e + 1 == in.lo ? in.hi : e + 1) {
+        if constexpr (ELEM == 2) y[e] = ld_shared_u16(src + 2 * e);
+        else y[e] = ld_shared_u32(src + 4 * e);
       }
-#pragma unroll
-      for (int j = 0; j < VEC; ++j)
-        if (after && r.in.hi + j < len) r.y[r.in.hi + j] = element(hi_chunk, j);
     }
     bulk_commit();
     bulk_wait_read();
