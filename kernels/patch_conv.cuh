@@ -184,9 +184,6 @@ __device__ __forceinline__ uint32_t ld_shared_u32(uint32_t addr) {
   asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
   return v;
 }
-__device__ __forceinline__ void st_shared_u16(uint32_t addr, uint16_t x) {
-  asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(x) : "memory");
-}
 __device__ __forceinline__ void st_shared_v2(uint32_t addr, uint32_t x, uint32_t y) {
   asm volatile("st.shared.v2.u32 [%0], {%1, %2};\n" ::"r"(addr), "r"(x), "r"(y) : "memory");
 }
@@ -252,13 +249,6 @@ template <typename T> __device__ __forceinline__ uint32_t pack_pair(float v0, fl
     const __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
     return reinterpret_cast<const uint32_t&>(h);
   }
-}
-
-// The bits of a 16-bit value.
-template <typename T> __device__ __forceinline__ uint16_t bits_of(T v);
-template <> __device__ __forceinline__ uint16_t bits_of<__half>(__half v) { return __half_as_ushort(v); }
-template <> __device__ __forceinline__ uint16_t bits_of<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat16_as_ushort(v);
 }
 
 // The 32 fp32 accumulator registers of an m64n64 wgmma: the asm operand list (%0-%31) and
@@ -866,25 +856,25 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   //     pair's first channel at both pixels and the lane of the odd row its second: one
   //     4-byte store of neighbouring pixels (tile_w and OW are even: a pair never crosses
   //     a row);
-  //   kStageChannelRows (ROWS): each value one shared store into its channel's staged run
-  //     at stage.base (stage_row_bytes; the producer's patch warps have the runs written
-  //     out); fp32: the first 72 channels, the others as kStoreSingle;
+  //   kStageChannelRows (the TF32 ROWS kernel whose consumers hold fragments; the other
+  //     ROWS kernels take store_rows_pairwise): each value one shared store into its
+  //     channel's staged run at stage.base (stage_row_bytes; the producer's patch warps
+  //     have the runs written out); the first 72 channels, the others as kStoreSingle;
   //   kStageChannelPairs (channels-last output): a lane's two channels of a pixel, one
   //     shared store into the staged boxes of m-halves [stage.h0, stage.h1) (stage_tile);
   //     the copy engine writes them to the output.
+  // kStageChannelRows: a value into its staged run at shared address `addr`, by a plain
+  // store, which the compiler may order freely with the other channels' global stores (an
+  // asm store orders them, and ptxas then spills).
+  auto stage_value = [&](uint32_t addr, float v) {
+    *reinterpret_cast<T*>(k.patch + (addr - k.slots)) = from_float<T>(v);
+  };
   auto store_rows = [&](const PatchTile& pt, const float* chan, auto other_at, auto any_channel,
                         auto layout, auto stage) {
     constexpr int LAYOUT = decltype(layout)::value;
     constexpr bool kPixelPairs = LAYOUT == kStorePixelPairs;
     constexpr bool kAnyChannel = decltype(any_channel)::value;
     constexpr int kRowBytes = stage_row_bytes(ELEM), kStagedNT = staged_channels(ELEM) / 8;
-    // kStageChannelRows: a value into its staged run at shared address `addr`. fp32 by a
-    // plain store, which the compiler may order freely with the other channels' global
-    // stores (an asm store orders them, and ptxas then spills).
-    auto stage_value = [&](uint32_t addr, float v) {
-      if constexpr (ELEM == 4) *reinterpret_cast<float*>(k.patch + (addr - k.slots)) = v;
-      else st_shared_u16(addr, bits_of(from_float<T>(v)));
-    };
     const int tw_shift = __ffs(p.tile_w) - 1;  // tile_w is a power of two
     T* __restrict__ out = static_cast<T*>(p.out);
     const bool full_n = pt.n0 + BN <= p.Cout;
@@ -977,16 +967,12 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // other. The four rows' state fits beside the accumulators there (the planes consumers
   // hold no fragments; 16-bit ROWS stages every channel: no output addresses); the other
   // register-path kernels keep store_rows' order.
-  auto store_rows_planes = [&](const PatchTile& pt, const float* chan, auto other_at, auto any_channel,
+  auto store_rows_pairwise = [&](const PatchTile& pt, const float* chan, auto other_at, auto any_channel,
                                auto layout, auto stage) {
     constexpr bool kStaging = decltype(layout)::value == kStageChannelRows;
     constexpr bool kAnyChannel = decltype(any_channel)::value;
     constexpr int kRowBytes = stage_row_bytes(ELEM), kStagedNT = kStaging ? staged_channels(ELEM) / 8 : 0;
     const int tw_shift = __ffs(p.tile_w) - 1;  // tile_w is a power of two
-    // a value into its staged run (a plain store, as store_rows' fp32 stage_value)
-    auto stage_value = [&](uint32_t addr, float v) {
-      *reinterpret_cast<T*>(k.patch + (addr - k.slots)) = from_float<T>(v);
-    };
     const bool full_n = pt.n0 + BN <= p.Cout;
     const int c0 = 2 * tq;
     // Row j (m-half j / 2, row g + 8 (j % 2) of the warp's 16) at channel c0: inside the
@@ -1076,9 +1062,9 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       if constexpr (CL) {
         store_rows(pt, chan, other_at, any_channel, std::integral_constant<int, kStageChannelPairs>{}, stage);
       } else if constexpr (ROWS && (PLANES || ELEM == 2)) {
-        store_rows_planes(pt, chan, other_at, any_channel, std::integral_constant<int, kStageChannelRows>{}, stage);
+        store_rows_pairwise(pt, chan, other_at, any_channel, std::integral_constant<int, kStageChannelRows>{}, stage);
       } else if constexpr (PLANES) {
-        store_rows_planes(pt, chan, other_at, any_channel, single, stage);
+        store_rows_pairwise(pt, chan, other_at, any_channel, single, stage);
       } else if constexpr (ROWS) {
         store_rows(pt, chan, other_at, any_channel, std::integral_constant<int, kStageChannelRows>{}, stage);
       } else {
