@@ -448,7 +448,7 @@ def test_staged_rows_kernel_runs_where_its_rule_says(
     [
         ((1, 64, 10, 128, 128, 3, 3, 1, 0, 1), 4),  # 144-column patches: one tensor copy
         ((1, 64, 6, 256, 128, 1, 3, 1, 0, 65), 3),  # 272 columns, wider than a box: per row
-        # 14-pixel rows, 490-pixel planes: runs start at every even byte of a 16-byte chunk
+        # 14-pixel rows, 490-pixel planes: runs start 0, 4, 8 or 12 bytes into a 16-byte chunk
         ((1, 64, 37, 16, 128, 3, 3, 1, 0, 1), 3),
         # 13-pixel rows (a 1x4 kernel): a one-row run starting 2 or 4 bytes into a chunk
         # has no 16-byte interior
