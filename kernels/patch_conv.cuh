@@ -554,6 +554,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   const int positions = p.patch_rows * p.patch_pitch;
   auto transpose_planes = [&](int slot) {
     float* base = reinterpret_cast<float*>(k.patch + slot * kPatchSlotBytes);
+    const int cs = k.chan_step;  // kPatchChannelPitch, a constant, where rows are not dense
     for (int g0 = 0; g0 < CB / 4; g0 += kGroupsPerRound) {
       uint4 v[kGroupsPerRound][kPlanePer];
 #pragma unroll
@@ -564,7 +565,6 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
         // (clamped ones would each need an address of their own; bounded ones, a branch
         // each): those past the patch read what lies there, inside the slot, and are not
         // stored.
-        const int cs = kDense ? k.chan_step : CP;
         const float* group = base + (g0 + g) * 4 * cs;
 #pragma unroll
         for (int i = 0; i < kPlanePer; ++i) {
@@ -576,7 +576,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
       named_sync(kBarPatchWarps, kPatchCopyThreads);
 #pragma unroll
       for (int g = 0; g < kGroupsPerRound; ++g) {
-        uint4* group = reinterpret_cast<uint4*>(base + (g0 + g) * 4 * (kDense ? k.chan_step : CP));
+        uint4* group = reinterpret_cast<uint4*>(base + (g0 + g) * 4 * cs);
 #pragma unroll
         for (int i = 0; i < kPlanePer; ++i) {
           const int q = tid + i * kPatchCopyThreads;
@@ -596,7 +596,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   // of the patch warps.
   static_assert(ELEM == 4 || CP * ELEM / 16 <= kPatchCopyThreads, "one chunk per thread and pair");
   auto interleave_pairs = [&](int slot) {
-    const uint32_t plane = static_cast<uint32_t>((kDense ? k.chan_step : CP) * ELEM);  // between landed planes
+    const uint32_t plane = static_cast<uint32_t>(k.chan_step * ELEM);  // between landed planes
     // Every thread takes every barrier at the same instruction (bar.sync is warp-aligned);
     // a thread without a chunk of its own loads chunk 0 and stores nothing.
     const bool mine = 16 * tid < static_cast<int>(plane);
