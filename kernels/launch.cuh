@@ -103,10 +103,9 @@ void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   TORCH_CHECK(grid > 0 && (tiles + grid - 1) / grid <= std::numeric_limits<int32_t>::max(),
               "fx_fuse::conv2d_relu_add: internal error: ", tiles, " patch tiles on ", grid, " CTAs");
   constexpr int elem = sizeof(typename MathTraits<MATH>::T);
-  const bool nchw_box = dense_patch_rows(ROWS, PLANES, elem) && rows_box_copy(p.patch_pitch);
-  const CUtensorMap x_map = patch_box_copy(CL, elem) ? channels_last_patch_map(p, elem)
-                            : nchw_box               ? nchw_patch_map(p, elem)
-                                                     : CUtensorMap{};
+  const CUtensorMap x_map = patch_box_copy(CL, elem)                          ? channels_last_patch_map(p, elem)
+                            : nchw_box_copy(ROWS, PLANES, elem, p.patch_pitch) ? nchw_patch_map(p, elem)
+                                                                               : CUtensorMap{};
   const CUtensorMap y_map = CL ? channels_last_output_map(p, elem) : CUtensorMap{};
   kernel<<<static_cast<unsigned>(grid), kPatchThreads, smem, stream>>>(p, x_map, y_map);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -45,14 +45,18 @@ constexpr int kPatchBoxMaxPixels = 256;
 // Whether the NCHW patch of a kernel with staged rows (below) lands as dense channel rows,
 // patch_rows x patch_pitch elements a channel: the TF32 planes kernel and 16-bit, whose
 // patch warps transpose or interleave the patch once it has landed. It comes by one TMA
-// tensor copy (rows_box_copy: a box of patch_pitch columns x patch_rows rows x the channel
+// tensor copy (nchw_box_copy: a box of patch_pitch columns x patch_rows rows x the channel
 // block, zeros outside the image and past C_in), or where wider than a box by one bulk copy
 // per row. (Where nothing is staged the box measured 1.5-3 % slower on the planes kernel:
 // there the copies are not on the consumers' path.)
 constexpr bool dense_patch_rows(bool staged_rows, bool planes, int elem_bytes) {
   return staged_rows && (planes || elem_bytes == 2);
 }
-constexpr bool rows_box_copy(int patch_pitch) { return patch_pitch <= kPatchBoxMaxPixels; }
+// Whether such a patch comes by the tensor copy (the host encodes its map, the patch warps
+// issue it): where it is dense rows no wider than a box.
+constexpr bool nchw_box_copy(bool staged_rows, bool planes, int elem_bytes, int patch_pitch) {
+  return dense_patch_rows(staged_rows, planes, elem_bytes) && patch_pitch <= kPatchBoxMaxPixels;
+}
 
 // Whether the patch kernel reads its A operand by wgmma straight from the patch (PLANES,
 // patch_conv.cuh: the patch transposed into planes of 4 channels): TF32 NCHW input whose

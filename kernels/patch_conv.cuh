@@ -386,7 +386,7 @@ struct PatchCta {
   uint32_t ring, slots, bars;  // shared addresses: weight ring, patch slots, mbarriers
   float* chan;                 // per consumer and tile parity: bias, then per-channel other
   const CUtensorMap* x_map;    // the input: channels-last fp32 (channels_last_patch_map),
-                               // or NCHW in dense rows (nchw_patch_map, rows_box_copy)
+                               // or NCHW in dense rows (nchw_patch_map, nchw_box_copy)
   const CUtensorMap* y_map;    // channels-last output (channels_last_output_map)
   int n_tiles;                 // tiles along Cout
   int64_t my_tiles;            // tiles this CTA walks: blockIdx.x + i * gridDim.x
@@ -434,7 +434,7 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
 // into its slot as soon as both consumers are done with the unit before it there. NCHW:
 // each channel row's chunks inside the image come by one bulk copy (the copy engine; the
 // rows are dense, x_sw == 1) and its padding chunks are zeroed with shared stores
-// (dense_patch_rows: the whole patch by one tensor copy, k.x_map, where rows_box_copy);
+// (dense_patch_rows: the whole patch by one tensor copy, k.x_map, where nchw_box_copy);
 // channels-last fp32: the whole patch by one tensor copy (k.x_map: each pixel's CB
 // channels and the next 16 bytes' worth as its padding, zeros outside the image and past
 // C_in); channels-last 16-bit: one 16-byte cp.async per chunk, padding zero-filled by the
@@ -523,7 +523,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     const uint32_t dst = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
     if constexpr (kBox) issue_box(pt, cb, dst, k.bar(kBarPLanded + slot));
     else if constexpr (CL) issue_pixels(pt, cb, dst, k.bar(kBarPLanded + slot));
-    else if (kDense && rows_box_copy(p.patch_pitch)) issue_box(pt, cb, dst, k.bar(kBarPLanded + slot));
+    else if (nchw_box_copy(ROWS, PLANES, ELEM, p.patch_pitch)) issue_box(pt, cb, dst, k.bar(kBarPLanded + slot));
     else issue_rows(pt, cb, dst, k.bar(kBarPLanded + slot));
   };
   // TF32: round the slot's patch in place, 16-byte chunk by chunk over the whole region

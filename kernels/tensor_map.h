@@ -12,7 +12,7 @@ namespace fx_fuse {
 // of one image, landing as the patch slot's layout; zeros outside the image and past C_in.
 CUtensorMap channels_last_patch_map(const ConvParams& p, int elem_bytes);
 // x (N, C, H, W in memory) for the copy engine: one box per unit of a kernel whose patch
-// lands as dense channel rows (dense_patch_rows, rows_box_copy), patch_pitch columns x
+// lands as dense channel rows by one tensor copy (nchw_box_copy), patch_pitch columns x
 // patch_rows rows x a channel block (128 bytes of channels) of one image.
 CUtensorMap nchw_patch_map(const ConvParams& p, int elem_bytes);
 
