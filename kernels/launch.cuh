@@ -92,7 +92,7 @@ bool patch_compiled() {
 // A read by wgmma from the patch (patch_planes).
 template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES = false>
 void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
-  constexpr int smem = patch_smem_bytes<BN>();
+  constexpr int smem = patch_smem_bytes<MATH, BN, ROWS>();
   auto kernel = conv_relu_add_patch_kernel<MATH, CL, BN, ROWS, PLANES>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   int device = 0;

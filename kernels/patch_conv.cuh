@@ -31,7 +31,10 @@
 //     channels-last output staged in the patch slot the tile has finished with and written
 //     by the copy engine while the next tile runs; so is NCHW output in the ROWS kernel,
 //     for tiles of whole output rows (stage_row_bytes): all of a 16-bit tile, the first
-//     72 channels of a TF32 one.
+//     72 channels of a TF32 one. The 16-bit tile's last kPatchExtChannels channels are
+//     staged in a buffer of their own instead (the ext stage) and written out by the
+//     consumers themselves, so that the patch warps' write-out, which the slot's next
+//     patch waits for, is shorter.
 // The warpgroups meet only at mbarriers: a slot is "full" once its copy landed and
 // "empty" once every consumer thread is past it, so one consumer's epilogue can run beside
 // the other's wgmmas, and the copies beside both.
@@ -49,6 +52,15 @@ constexpr int kPatchThreads = kPatchProducerThreads + kPatchConsumerThreads;
 constexpr int kPatchCopyThreads = kPatchProducerThreads - 32;  // the producer's patch warps
 constexpr int kPatchBStages = 4;    // weight ring slots
 constexpr int kPatchSlots = 2;      // input patch buffers (one in use, one loading)
+// 16-bit staged rows: a tile's last kPatchExtChannels channels are staged in a buffer of
+// their own (the "ext" stage) instead of the patch slot, and the consumers write them out
+// themselves, so that the slot's write-out, which the next patch's copy waits for, is that
+// many copies shorter (v61: 32 or 48, with a weight ring of three slots to make room, were
+// slower than 16).
+constexpr int kPatchExtChannels = 16;
+template <Math MATH, bool ROWS> constexpr bool patch_ext_stage() {
+  return ROWS && sizeof(typename MathTraits<MATH>::T) == 2;
+}
 // A weight slice: BN output channels x one 128-byte K slice.
 template <int BN> constexpr int kPatchSliceBytes = BN * kSliceBytes;
 // Registers per thread after setmaxnreg: the 384 x 168 a thread gets at launch, moved
@@ -84,12 +96,6 @@ enum PatchBarrier : int {
 
 // Per consumer and tile parity, the tile's bias and per-channel `other` (room for 128).
 constexpr int kPatchChanBytes = 2 * 2 * 2 * kPatchBN * static_cast<int>(sizeof(float));
-
-// The weight ring, the patch slots, the per-channel values and the mbarriers.
-template <int BN> constexpr int patch_smem_bytes() {
-  return kPatchBStages * kPatchSliceBytes<BN> + kPatchSlots * kPatchSlotBytes + kPatchChanBytes +
-         kPatchBarriers * 8;
-}
 
 #ifdef FX_FUSE_WGMMA
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
@@ -215,20 +221,41 @@ enum StoreLayout : int { kStoreSingle, kStorePixelPairs, kStageChannelRows, kSta
 // the host's rule: binding.cpp, stage_rows_pays) stages its output in the patch slot its
 // tile's last unit was read from, and the copy engine writes it out while the consumers
 // multiply the next tile; fp32 stages the first 72 channels only (as many runs as fit the
-// slot: a whole 128 KB tile would not), and the consumers store the others directly. A channel's tile
-// rows are one contiguous run of the output (tile_h x OW pixels), staged in a row of its
-// own, stage_row_bytes apart (4 words modulo 32: a warp's stores, 8 pixels x 4 channels
-// of one parity, fall on distinct banks): pixel j at byte shift + ELEM j, `shift` the
-// run's output address modulo 16. The run's 16-byte aligned interior goes out as one bulk
-// copy; the producer's patch warps store the pixels before and after it (fewer than a
-// 16-byte chunk's each).
+// slot: a whole 128 KB tile would not), and the consumers store the others directly;
+// 16-bit stages its last kPatchExtChannels in the ext stage. A channel's tile rows are one
+// contiguous run of the output (tile_h x OW pixels), staged in a row of its own,
+// stage_row_bytes apart (4 words modulo 32: a warp's stores, 8 pixels x 4 channels of one
+// parity, fall on distinct banks): pixel j at byte shift + ELEM j, `shift` the run's
+// output address modulo 16. The run's 16-byte aligned interior goes out as one bulk copy;
+// the thread that issues it stores the pixels before and after it (fewer than a 16-byte
+// chunk's each; write_runs).
 constexpr int stage_row_bytes(int elem) { return elem * kPatchBM + 16; }
 constexpr int staged_channels(int elem) {
   return elem == 2 ? kPatchBN : kPatchSlotBytes / stage_row_bytes(elem);  // fp32: 72, all that fit
 }
+// The staged channels that go into the patch slot: 16-bit leaves its last
+// kPatchExtChannels to the ext stage.
+constexpr int slot_staged_channels(int elem) {
+  return elem == 2 ? staged_channels(2) - kPatchExtChannels : staged_channels(elem);
+}
+static_assert(kPatchExtChannels % 8 == 0 && kPatchExtChannels < kPatchBN, "the ext stage: whole n-fragments");
 static_assert(staged_channels(2) * stage_row_bytes(2) <= kPatchSlotBytes &&
                   staged_channels(4) * stage_row_bytes(4) <= kPatchSlotBytes,
               "the staged runs fit a patch slot");
+
+// The ext stage: kPatchExtChannels 16-bit runs (none where not used).
+template <Math MATH, bool ROWS> constexpr int patch_ext_bytes() {
+  return patch_ext_stage<MATH, ROWS>() ? kPatchExtChannels * stage_row_bytes(2) : 0;
+}
+
+// The weight ring, the patch slots, the ext stage, the per-channel values and the mbarriers.
+template <Math MATH, int BN, bool ROWS> constexpr int patch_smem_bytes() {
+  return kPatchBStages * kPatchSliceBytes<BN> + kPatchSlots * kPatchSlotBytes +
+         patch_ext_bytes<MATH, ROWS>() + kPatchChanBytes + kPatchBarriers * 8;
+}
+static_assert(patch_smem_bytes<Math::kBF16, kPatchBN, true>() <= 227 * 1024,
+              "the 16-bit staged-rows kernel's shared memory fits an SM");
+
 // The interior of a run of `len` pixels of ELEM bytes whose first byte lies `shift` bytes
 // past a 16-byte boundary: pixels [lo, hi), hi - lo a multiple of 16 / ELEM (maybe none).
 struct Interior {
@@ -380,10 +407,39 @@ __device__ __forceinline__ PatchTile patch_tile(const ConvParams& p, int64_t t, 
   return pt;
 }
 
+// Writes out tile pt's staged channels [first, last) (those past Cout skipped), channel
+// `first`'s run staged at shared address `base`, each run at the shift of its output
+// address: thread t of `threads` issues the bulk copies of channels first + t, + threads,
+// ... and stores the pixels around each itself; the copies are one bulk group.
+template <int ELEM>
+__device__ __forceinline__ void write_runs(const ConvParams& p, const PatchTile& pt, int first, int last,
+                                           uint32_t base, int t, int threads) {
+#ifdef FX_FUSE_WGMMA
+  using Bits = std::conditional_t<ELEM == 2, uint16_t, uint32_t>;
+  constexpr int kRowBytes = stage_row_bytes(ELEM);
+  const int chans = min(last, p.Cout - pt.n0);
+  const int len = min(p.tile_h, p.OH - pt.oh0) * p.OW;  // the run: the tile's rows
+  Bits* y0 = static_cast<Bits*>(p.out) + (pt.n * p.y_sn + pt.oh0 * p.y_sh + pt.n0 * p.y_sc);
+  for (int c = first + t; c < chans; c += threads) {
+    Bits* y = y0 + c * p.y_sc;
+    const int shift = static_cast<int>(reinterpret_cast<uintptr_t>(y) & 15);
+    const Interior in = run_interior<ELEM>(shift, len);
+    const uint32_t src = base + static_cast<uint32_t>((c - first) * kRowBytes + shift);
+    if (in.hi > in.lo) bulk_store(y + in.lo, src + ELEM * in.lo, static_cast<uint32_t>(ELEM * (in.hi - in.lo)));
+    // the pixels before and after the interior (fewer than 16 / ELEM each; all where it is empty)
+    for (int e = in.lo == 0 ? in.hi : 0; e < len; e = e + 1 == in.lo ? in.hi : e + 1) {
+      if constexpr (ELEM == 2) y[e] = ld_shared_u16(src + 2 * e);
+      else y[e] = ld_shared_u32(src + 4 * e);
+    }
+  }
+  bulk_commit();
+#endif
+}
+
 // What both roles know about the CTA: its shared memory, its tiles, and the patch geometry.
 struct PatchCta {
   unsigned char* patch;        // the patch slots
-  uint32_t ring, slots, bars;  // shared addresses: weight ring, patch slots, mbarriers
+  uint32_t ring, slots, ext, bars;  // shared addresses: weight ring, patch slots, ext stage, mbarriers
   float* chan;                 // per consumer and tile parity: bias, then per-channel other
   const CUtensorMap* x_map;    // the input: channels-last fp32 (channels_last_patch_map),
                                // or NCHW in dense rows (nchw_patch_map, nchw_box_copy)
@@ -619,34 +675,15 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     }
   };
 
-  // ROWS: write out tile i's staged channels, staged in `slot`. Thread t issues the bulk
-  // copies of channels t, t + kPatchCopyThreads, ... and stores the pixels around each;
-  // then the copy engine's reads of the slot are awaited and the patch warps meet, so that
-  // no copy overwrites the slot before every run is read.
+  // ROWS: write out tile i's channels staged in `slot` (write_runs: thread t of the patch
+  // warps issues the bulk copies of channels t, t + kPatchCopyThreads, ...); then the copy
+  // engine's reads of the slot are awaited and the patch warps meet, so that no copy
+  // overwrites the slot before every run is read.
   static_assert(!ROWS || (!CL && MATH != Math::kF32x3 && BN == kPatchBN),
                 "staged rows: TF32 or 16-bit NCHW, 128-channel tiles");
-  using Bits = std::conditional_t<ELEM == 2, uint16_t, uint32_t>;
   auto write_rows = [&](int i, int slot) {
-    constexpr int kRowBytes = stage_row_bytes(ELEM);
-    const PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(i), k.n_tiles);
-    const int chans = min(staged_channels(ELEM), p.Cout - pt.n0);
-    const int len = min(p.tile_h, p.OH - pt.oh0) * p.OW;  // the run: the tile's rows
-    const uint32_t base = k.slots + static_cast<uint32_t>(slot * kPatchSlotBytes);
-    Bits* y0 = static_cast<Bits*>(p.out) + (pt.n * p.y_sn + pt.oh0 * p.y_sh + pt.n0 * p.y_sc);
-    for (int c = tid; c < chans; c += kPatchCopyThreads) {
-      Bits* y = y0 + c * p.y_sc;
-      const int shift = static_cast<int>(reinterpret_cast<uintptr_t>(y) & 15);
-      const Interior in = run_interior<ELEM>(shift, len);
-      const uint32_t src = base + static_cast<uint32_t>(c * kRowBytes + shift);
-      if (in.hi > in.lo)
-        bulk_store(y + in.lo, src + ELEM * in.lo, static_cast<uint32_t>(ELEM * (in.hi - in.lo)));
-      // the pixels before and after the interior (fewer than VEC each; all where it is empty)
-      for (int e = in.lo == 0 ? in.hi : 0; e < len; e = e + 1 == in.lo ? in.hi : e + 1) {
-        if constexpr (ELEM == 2) y[e] = ld_shared_u16(src + 2 * e);
-        else y[e] = ld_shared_u32(src + 4 * e);
-      }
-    }
-    bulk_commit();
+    write_runs<ELEM>(p, patch_tile<VEC, CL, BN>(p, k.tile(i), k.n_tiles), 0, slot_staged_channels(ELEM),
+                     k.slots + static_cast<uint32_t>(slot * kPatchSlotBytes), tid, kPatchCopyThreads);
     bulk_wait_read();
     named_sync(kBarPatchWarps, kPatchCopyThreads);
   };
@@ -711,6 +748,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // written by the copy engine): channels-last output, and ROWS; the slot is released
   // after the epilogue.
   constexpr bool kStaged = CL || ROWS;
+  constexpr bool kExt = patch_ext_stage<MATH, ROWS>();  // 16-bit staged rows: the ext stage
   // 3xTF32 runs its three products on TF32 wgmmas
   constexpr Math WGMMA_MATH = MATH == Math::kF32x3 ? Math::kTF32 : MATH;
   // Channels-last output is staged (stage_tile): boxes of kBoxCh channels (128 bytes) x 64
@@ -972,6 +1010,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     constexpr bool kStaging = decltype(layout)::value == kStageChannelRows;
     constexpr bool kAnyChannel = decltype(any_channel)::value;
     constexpr int kRowBytes = stage_row_bytes(ELEM), kStagedNT = kStaging ? staged_channels(ELEM) / 8 : 0;
+    constexpr int kSlotNT = slot_staged_channels(ELEM) / 8;
     const int tw_shift = __ffs(p.tile_w) - 1;  // tile_w is a power of two
     const bool full_n = pt.n0 + BN <= p.Cout;
     const int c0 = 2 * tq;
@@ -1013,7 +1052,10 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       for (int j = 0; j < 4; ++j) {
         Row& w = rows[j];
         const float* a = acc[j >> 1] + nt * 4 + 2 * (j & 1);
-        const uint32_t run = static_cast<uint32_t>(nt * 8 * kRowBytes);
+        // (the ext stage's channels: their runs there)
+        const uint32_t run = kExt && nt >= kSlotNT
+                                 ? k.ext - stage.base + static_cast<uint32_t>((nt - kSlotNT) * 8 * kRowBytes)
+                                 : static_cast<uint32_t>(nt * 8 * kRowBytes);
         if constexpr (kAnyChannel) {
           // values computed in every row (`other` is in shared memory), stores predicated
           // (& rather than &&: no branch)
@@ -1292,18 +1334,25 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       release(kBarWEmpty + ring.previous_slot());
     }
     if constexpr (kStaged) {
-      // Both consumers are past the slot of the tile's last unit (cur walked past it), and
-      // each one's bias and `other` are written.
+      // Both consumers are past the slot of the tile's last unit (cur walked past it), each
+      // one's bias and `other` are written, and (16-bit) the ext stage's copies of the tile
+      // before have been read.
       const int slot = cur.slot ^ 1;
+      if constexpr (kExt) bulk_wait_read();
       named_sync(kBarConsumers, 256);
       if constexpr (CL) {
         stage_tile(pt, static_cast<int>(i & 1), slot);
         if (ct != 0) release(kBarPEmpty + slot);
-      } else {  // the producer's patch warps write the staged runs out
+      } else {  // the producer's patch warps write the slot's staged runs out
         const uint32_t base = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
         store_tile(pt, static_cast<int>(i & 1), Stage<0, 2>{base});
         fence_proxy_async();  // the copy engine reads what these shared stores wrote
         release(kBarPEmpty + slot);
+        if constexpr (kExt) {  // the ext stage's runs: its channel j by lane j / 8 of warp j % 8
+          named_sync(kBarConsumers, 256);  // the ext stage is written
+          write_runs<ELEM>(p, pt, slot_staged_channels(ELEM), staged_channels(ELEM), k.ext,
+                           lane * 8 + 4 * c + wq, kPatchConsumerThreads);
+        }
       }
     } else {
       named_sync(kBarConsumer + c, 128);  // this consumer's bias and `other` are written
@@ -1319,7 +1368,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       else if constexpr (!PLANES) build_a(cur, pt.shift, frag[0]);
     }
   }
-  if (CL && ct == 0) bulk_wait();  // the last tile's stores are done
+  if ((CL && ct == 0) || kExt) bulk_wait();  // the last tile's stores are done
 #endif
 }
 
@@ -1333,13 +1382,15 @@ __global__ void __launch_bounds__(kPatchThreads, 1)
   constexpr int ELEM = sizeof(typename MathTraits<MATH>::T);
   PatchCta k;
   constexpr int kRingBytes = kPatchBStages * kPatchSliceBytes<BN>;
+  constexpr int kExtBytes = patch_ext_bytes<MATH, ROWS>();
   k.patch = smem + kRingBytes;
   k.ring = smem_u32(smem);
   k.slots = k.ring + kRingBytes;
-  k.chan = reinterpret_cast<float*>(smem + kRingBytes + kPatchSlots * kPatchSlotBytes);
+  k.ext = k.slots + kPatchSlots * kPatchSlotBytes;
+  k.chan = reinterpret_cast<float*>(smem + kRingBytes + kPatchSlots * kPatchSlotBytes + kExtBytes);
   k.x_map = &x_map;
   k.y_map = &y_map;
-  k.bars = k.slots + kPatchSlots * kPatchSlotBytes + kPatchChanBytes;
+  k.bars = k.ext + kExtBytes + kPatchChanBytes;
   k.n_tiles = (p.Cout + BN - 1) / BN;
   const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);
   const int64_t tiles = images * p.tiles_h * p.tiles_w * k.n_tiles;

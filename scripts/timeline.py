@@ -69,11 +69,10 @@ STAMPS = [
      "  for (int64_t i = 0; i < k.my_tiles; ++i) {\n    TLC(0);\n    load_channels(pt, static_cast<int>(i & 1));"),
     ("      for (int s = 0; s < k.S; ++s) cur = step_planes(s, pt, cur);\n      wgmma_wait<0>();",
      "      for (int s = 0; s < k.S; ++s) cur = step_planes(s, pt, cur);\n      wgmma_wait<0>();\n      TLC(1);"),
-    ("      named_sync(kBarConsumers, 256);\n", "      named_sync(kBarConsumers, 256);\n      TLC(2);\n"),
-    ("        fence_proxy_async();  // the copy engine reads what these shared stores wrote\n"
-     "        release(kBarPEmpty + slot);\n",
-     "        fence_proxy_async();  // the copy engine reads what these shared stores wrote\n"
-     "        release(kBarPEmpty + slot);\n        TLC(3);\n"),
+    ("      named_sync(kBarConsumers, 256);\n      if constexpr (CL) {\n",
+     "      named_sync(kBarConsumers, 256);\n      TLC(2);\n      if constexpr (CL) {\n"),
+    ("                           lane * 8 + 4 * c + wq, kPatchConsumerThreads);\n        }\n",
+     "                           lane * 8 + 4 * c + wq, kPatchConsumerThreads);\n        }\n        TLC(3);\n"),
     ("      mbar_wait(k.bar(kBarPFull + cur.slot), static_cast<uint32_t>(u >> 1) & 1u);\n"
      "      if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);\n"
      "      else if constexpr (!PLANES) build_a(cur, pt.shift, frag[0]);\n    }\n  }\n",

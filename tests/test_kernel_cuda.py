@@ -197,6 +197,10 @@ PATCH_CONFIGS = [
     # the same, two or more whole-row tiles per CTA (the copy engine writes the runs, fp32
     # its first 64 channels): 31 columns, a second channel tile of 8 channels
     ((16, 32, 66, 32, 136, 3, 4, 1, 1, 1), True, True, True),
+    # the same with one channel tile of 120 and of 104 channels (16-bit: the tile's last
+    # staged channels partly, or wholly, past Cout)
+    ((16, 32, 66, 32, 120, 3, 4, 1, 1, 1), True, True, True),
+    ((16, 32, 66, 32, 104, 3, 4, 1, 1, 1), True, True, True),
     ((2, 64, 11, 16, 64, 3, 3, 2, 1, 1), False, False, False),  # strided: the patch does not fit
     # 128-column tiles: 104 columns (a second 64-column half of 40), 75 channels (a channel
     # pair across Cout), 7 rows (a tile's second row outside the output)
