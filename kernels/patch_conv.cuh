@@ -648,9 +648,11 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   // planes the consumers read CP elements apart. Dense rows (kDense, k.chan_step elements a
   // channel) move to that pitch on the way: pairs last to first, so that no pair's place
   // covers a pair not yet read (each pair's place starts at or past where it landed). All
-  // of a pair's chunks are read before any is written: one pair per round, then a barrier
-  // of the patch warps.
+  // of a round's chunks are read before any is written: kInterleavePairs pairs a round,
+  // then a barrier of the patch warps.
   static_assert(ELEM == 4 || CP * ELEM / 16 <= kPatchCopyThreads, "one chunk per thread and pair");
+  constexpr int kInterleavePairs = 2;  // (v62: one a round was slower; four spill)
+  static_assert(ELEM == 4 || (CB / 2) % kInterleavePairs == 0, "whole rounds of pairs");
   auto interleave_pairs = [&](int slot) {
     const uint32_t plane = static_cast<uint32_t>(k.chan_step * ELEM);  // between landed planes
     // Every thread takes every barrier at the same instruction (bar.sync is warp-aligned);
@@ -659,18 +661,29 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     const uint32_t t = mine ? static_cast<uint32_t>(tid) : 0u;
     const uint32_t base = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
     uint32_t dense = base + 16 * t + (CB - 2) * plane;  // dense rows: where pair q landed
-    for (int i = 0; i < CB / 2; ++i, dense -= 2 * plane) {
-      const int q = kDense ? CB / 2 - 1 - i : i;  // dense rows: pairs last to first
-      const uint32_t pair = base + static_cast<uint32_t>(q * 2 * CP * ELEM);
-      const uint32_t from = kDense ? dense : pair + 16 * t;
-      const uint4 a = ld_shared_v4(from);
-      const uint4 b = ld_shared_v4(from + plane);
+    auto place = [&](int n) {  // where the n-th pair taken goes (dense rows: last to first)
+      const int q = kDense ? CB / 2 - 1 - n : n;
+      return base + static_cast<uint32_t>(q * 2 * CP * ELEM);
+    };
+    for (int i = 0; i < CB / 2; i += kInterleavePairs) {
+      uint4 a[kInterleavePairs], b[kInterleavePairs];
+#pragma unroll
+      for (int j = 0; j < kInterleavePairs; ++j) {
+        const uint32_t from = kDense ? dense - static_cast<uint32_t>(2 * j) * plane : place(i + j) + 16 * t;
+        a[j] = ld_shared_v4(from);
+        b[j] = ld_shared_v4(from + plane);
+      }
+      dense -= static_cast<uint32_t>(2 * kInterleavePairs) * plane;
       named_sync(kBarPatchWarps, kPatchCopyThreads);
       if (mine) {
-        st_shared_v4(pair + 32 * t, make_uint4(__byte_perm(a.x, b.x, 0x5410), __byte_perm(a.x, b.x, 0x7632),
-                                               __byte_perm(a.y, b.y, 0x5410), __byte_perm(a.y, b.y, 0x7632)));
-        st_shared_v4(pair + 32 * t + 16, make_uint4(__byte_perm(a.z, b.z, 0x5410), __byte_perm(a.z, b.z, 0x7632),
-                                                    __byte_perm(a.w, b.w, 0x5410), __byte_perm(a.w, b.w, 0x7632)));
+#pragma unroll
+        for (int j = 0; j < kInterleavePairs; ++j) {
+          const uint32_t to = place(i + j) + 32 * t;
+          st_shared_v4(to, make_uint4(__byte_perm(a[j].x, b[j].x, 0x5410), __byte_perm(a[j].x, b[j].x, 0x7632),
+                                      __byte_perm(a[j].y, b[j].y, 0x5410), __byte_perm(a[j].y, b[j].y, 0x7632)));
+          st_shared_v4(to + 16, make_uint4(__byte_perm(a[j].z, b[j].z, 0x5410), __byte_perm(a[j].z, b[j].z, 0x7632),
+                                           __byte_perm(a[j].w, b[j].w, 0x5410), __byte_perm(a[j].w, b[j].w, 0x7632)));
+        }
       }
     }
   };
