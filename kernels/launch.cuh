@@ -100,14 +100,14 @@ void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   const int sms = multiprocessors(device);
   const int64_t tiles = patch_tiles(p, BN);
   const int64_t grid = tiles < sms ? tiles : sms;
-  TORCH_CHECK(grid > 0 && (tiles + grid - 1) / grid <= std::numeric_limits<int32_t>::max(),
+  TORCH_CHECK(grid > 0 && tiles <= std::numeric_limits<int32_t>::max(),
               "fx_fuse::conv2d_relu_add: internal error: ", tiles, " patch tiles on ", grid, " CTAs");
   constexpr int elem = sizeof(typename MathTraits<MATH>::T);
   const CUtensorMap x_map = patch_box_copy(CL, elem)                          ? channels_last_patch_map(p, elem)
                             : nchw_box_copy(ROWS, PLANES, elem, p.patch_pitch) ? nchw_patch_map(p, elem)
                                                                                : CUtensorMap{};
   const CUtensorMap y_map = CL ? channels_last_output_map(p, elem) : CUtensorMap{};
-  kernel<<<static_cast<unsigned>(grid), kPatchThreads, smem, stream>>>(p, x_map, y_map);
+  kernel<<<static_cast<unsigned>(grid), kPatchThreads, smem, stream>>>(with_tile_walk(p, BN), x_map, y_map);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

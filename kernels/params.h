@@ -1,4 +1,5 @@
-// Kernel parameters shared by the host binding and the device code (plain C++, no CUDA).
+// Kernel parameters shared by the host binding and the device code (plain C++; divmod
+// alone takes CUDA's multiply-high in device code).
 #pragma once
 
 #include <cstdint>
@@ -76,6 +77,61 @@ enum class Math : int { kTF32 = 0, kF32x3 = 1, kF16 = 2, kBF16 = 3 };
 
 enum OtherKind : int { kOtherScalar = 0, kOtherF32 = 1, kOtherF16 = 2, kOtherBF16 = 3, kOtherF64 = 4 };
 
+// A divisor d <= 2^31 fixed at launch: n / d for every n < 2^31 as (umulhi(n, mul) + n) >>
+// shift (Granlund and Montgomery, "Division by invariant integers using multiplication",
+// 1994: mul = floor(2^32 (2^shift - d) / d) + 1, shift = ceil(log2(d)); the sum fits 32
+// bits where n < 2^31): three instructions (divmod), where a division is a dependent chain
+// through the reciprocal unit. The patch kernel walks its tiles by three.
+struct FastDiv {
+  uint32_t d, mul, shift;
+};
+
+constexpr FastDiv fast_div(uint32_t d) {
+  uint32_t shift = 0;
+  while ((uint64_t{1} << shift) < d) ++shift;
+  const uint64_t mul = (uint64_t{1} << 32) * ((uint64_t{1} << shift) - d) / d + 1;
+  return FastDiv{d, static_cast<uint32_t>(mul), shift};
+}
+
+struct QuotRem {
+  uint32_t q, r;
+};
+
+// n / f.d and n % f.d, for n < 2^31 (host and device code).
+constexpr QuotRem divmod(uint32_t n, const FastDiv& f) {
+#ifdef __CUDA_ARCH__
+  const uint32_t hi = __umulhi(n, f.mul);
+#else
+  const auto hi = static_cast<uint32_t>((uint64_t{n} * f.mul) >> 32);
+#endif
+  const uint32_t q = (hi + n) >> f.shift;
+  return QuotRem{q, n - q * f.d};
+}
+
+// divmod against the division, for n at either side of the multiples m d (m = 0, 1, 4, 13,
+// ...) below 2^31 and near the top of the range.
+constexpr bool fast_div_exact(uint32_t d) {
+  const FastDiv f = fast_div(d);
+  const uint32_t top = 0x7fffffffu;
+  for (uint64_t m = 0; m * d <= top; m = m * 3 + 1) {
+    for (uint64_t n = m * d > 0 ? m * d - 1 : 0; n <= m * d + 1 && n <= top; ++n) {
+      const QuotRem qr = divmod(static_cast<uint32_t>(n), f);
+      if (qr.q != n / d || qr.r != n % d) return false;
+    }
+  }
+  for (uint32_t n = top - 2 * d; n <= top; n += d / 2 + 1) {
+    const QuotRem qr = divmod(n, f);
+    if (qr.q != n / d || qr.r != n % d) return false;
+  }
+  return true;
+}
+#ifndef __CUDA_ARCH__  // (the device's multiply-high is not constexpr)
+static_assert(fast_div_exact(1) && fast_div_exact(2) && fast_div_exact(3) && fast_div_exact(7) &&
+                  fast_div_exact(63) && fast_div_exact(64) && fast_div_exact(65) && fast_div_exact(126) &&
+                  fast_div_exact(1000003) && fast_div_exact(0x40000001u) && fast_div_exact(0x80000000u),
+              "FastDiv: divmod must equal the division");
+#endif
+
 struct ConvParams {
   const void* x;        // input (N, C, H, W) with strides x_s*, elements of T
   const void* wprep;    // [Cout_pad][K_pad] weights in the kernel's K order (the patch
@@ -97,6 +153,9 @@ struct ConvParams {
   // taps = KH * KW.
   int Cin, KW, taps, dil_h, dil_w;
   int tile_h, tile_w, tiles_h, tiles_w;
+  // ... and its tile walk (tile t: channel tile t % cout_tiles, then column tile, row
+  // tile, image), set by its launcher (with_tile_walk).
+  FastDiv div_cout_tiles, div_tiles_w, div_tiles_h;
   int patch_rows, patch_chunks, patch_pitch, cblocks;
   int other_kind;
   float other_scalar;
@@ -113,6 +172,15 @@ inline int64_t images(const ConvParams& p) { return p.M / (static_cast<int64_t>(
 // The patch kernel's tiles (of bn output channels) for p, for host code.
 inline int64_t patch_tiles(const ConvParams& p, int bn) {
   return images(p) * p.tiles_h * p.tiles_w * ((p.Cout + bn - 1) / bn);
+}
+
+// p with the patch kernel's tile walk for tiles of bn output channels (fewer than 2^31
+// tiles: its launcher checks).
+inline ConvParams with_tile_walk(ConvParams p, int bn) {
+  p.div_cout_tiles = fast_div(static_cast<uint32_t>((p.Cout + bn - 1) / bn));
+  p.div_tiles_w = fast_div(static_cast<uint32_t>(p.tiles_w));
+  p.div_tiles_h = fast_div(static_cast<uint32_t>(p.tiles_h));
+  return p;
 }
 
 // The depthwise kernel (depthwise.cu): grouped convolutions of cpg input channels per group

@@ -174,6 +174,10 @@ __device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_g
 __device__ __forceinline__ void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// Arrives at a named barrier without waiting for it (the threads that sync there wait).
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 __device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
@@ -209,10 +213,11 @@ template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
 #endif
 
 // Named barriers (0 is __syncthreads): each consumer's own (1, 2), the patch warps', both
-// consumers'.
+// consumers', and the ext stage staged (the first consumer arrives, the second waits).
 constexpr int kBarConsumer = 1;
 constexpr int kBarPatchWarps = 3;
 constexpr int kBarConsumers = 4;
+constexpr int kBarExtStaged = 5;
 
 // How the epilogue writes a lane's values (patch_consume's store_rows).
 enum StoreLayout : int { kStoreSingle, kStorePixelPairs, kStageChannelRows, kStageChannelPairs };
@@ -390,15 +395,17 @@ template <int H0, int H1> struct Stage {
   uint32_t base;
 };
 
+// Tile t's place (fewer than 2^31 tiles: launch_patch_t checks).
 template <int VEC, bool CL, int BN>
-__device__ __forceinline__ PatchTile patch_tile(const ConvParams& p, int64_t t, int n_tiles) {
+__device__ __forceinline__ PatchTile patch_tile(const ConvParams& p, int64_t t) {
   PatchTile pt;
-  pt.n0 = static_cast<int>(t % n_tiles) * BN;
-  t /= n_tiles;
-  pt.ow0 = static_cast<int>(t % p.tiles_w) * p.tile_w;
-  t /= p.tiles_w;
-  pt.oh0 = static_cast<int>(t % p.tiles_h) * p.tile_h;
-  pt.n = t / p.tiles_h;
+  const QuotRem n = divmod(static_cast<uint32_t>(t), p.div_cout_tiles);
+  const QuotRem w = divmod(n.q, p.div_tiles_w);
+  const QuotRem h = divmod(w.q, p.div_tiles_h);
+  pt.n0 = static_cast<int>(n.r) * BN;
+  pt.ow0 = static_cast<int>(w.r) * p.tile_w;
+  pt.oh0 = static_cast<int>(h.r) * p.tile_h;
+  pt.n = h.q;
   pt.ih0 = pt.oh0 * p.stride_h - p.pad_h;
   const int iw0 = pt.ow0 * p.stride_w - p.pad_w;
   // NCHW rows are copied in 16-byte chunks of columns: start at the chunk boundary below.
@@ -444,8 +451,8 @@ struct PatchCta {
   const CUtensorMap* x_map;    // the input: channels-last fp32 (channels_last_patch_map),
                                // or NCHW in dense rows (nchw_patch_map, nchw_box_copy)
   const CUtensorMap* y_map;    // channels-last output (channels_last_output_map)
-  int n_tiles;                 // tiles along Cout
-  int64_t my_tiles;            // tiles this CTA walks: blockIdx.x + i * gridDim.x
+  int my_tiles;                // tiles this CTA walks: blockIdx.x + i * gridDim.x (fewer
+                               // than 2^31 tiles: launch_patch_t checks)
   int S;                       // slices per tile
   int sets;                    // weight sets per slice: 1; 3xTF32: 2 (big, small), or 3
                                // (and the finite big) where a weight is Inf or NaN
@@ -472,7 +479,8 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
   const T* wp = static_cast<const T*>(p.wprep);
   RingPos at;  // where the next set goes
   for (int64_t i = 0; i < k.my_tiles; ++i) {
-    const T* w = wp + static_cast<int64_t>(k.tile(i) % k.n_tiles) * k.S * kStored * kSet;
+    const uint32_t nt = divmod(static_cast<uint32_t>(k.tile(i)), p.div_cout_tiles).r;  // the channel tile
+    const T* w = wp + static_cast<int64_t>(nt) * k.S * kStored * kSet;
     for (int s = 0; s < k.S; ++s, w += kStored * kSet) {
       for (int j = 0; j < sets; ++j) {
         constexpr int kBytes = kPatchSliceBytes<BN>;
@@ -575,7 +583,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     mbar_arrive(landed);  // after this thread's zeros; its copies still count until they land
   };
   auto issue_patch = [&](int64_t i, int cb, int slot) {
-    const PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(i), k.n_tiles);
+    const PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(i));
     const uint32_t dst = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
     if constexpr (kBox) issue_box(pt, cb, dst, k.bar(kBarPLanded + slot));
     else if constexpr (CL) issue_pixels(pt, cb, dst, k.bar(kBarPLanded + slot));
@@ -695,20 +703,17 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   static_assert(!ROWS || (!CL && MATH != Math::kF32x3 && BN == kPatchBN),
                 "staged rows: TF32 or 16-bit NCHW, 128-channel tiles");
   auto write_rows = [&](int i, int slot) {
-    write_runs<ELEM>(p, patch_tile<VEC, CL, BN>(p, k.tile(i), k.n_tiles), 0, slot_staged_channels(ELEM),
+    write_runs<ELEM>(p, patch_tile<VEC, CL, BN>(p, k.tile(i)), 0, slot_staged_channels(ELEM),
                      k.slots + static_cast<uint32_t>(slot * kPatchSlotBytes), tid, kPatchCopyThreads);
     bulk_wait_read();
     named_sync(kBarPatchWarps, kPatchCopyThreads);
   };
 
-  // A 32-bit tile count (launch_patch_t checks it fits) leaves the 40-register producer
-  // room for its loop without spilling.
-  const int my_tiles = static_cast<int>(k.my_tiles);
   // ROWS: unit u's slot last held unit u - 2; where that ended tile i - back (cb ==
   // first_staged), the tile's output is staged there.
   const int back = p.cblocks == 1 ? 2 : 1, first_staged = p.cblocks == 1 ? 0 : 1;
   int64_t u = 0;  // units so far: unit u goes into slot u % 2
-  for (int i = 0; i < my_tiles; ++i) {
+  for (int i = 0; i < k.my_tiles; ++i) {
     for (int cb = 0; cb < p.cblocks; ++cb, ++u) {
       const int slot = static_cast<int>(u & 1);
       const uint32_t parity = static_cast<uint32_t>(u >> 1) & 1u;
@@ -727,7 +732,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   // The last tiles' staged outputs (of the units in flight at the end: the last tile's,
   // and the one before where a tile is one unit), once the consumers have staged them.
   if constexpr (ROWS) {
-    for (int i = max(0, my_tiles - back); i < my_tiles; ++i) {
+    for (int i = max(0, k.my_tiles - back); i < k.my_tiles; ++i) {
       const int64_t last = (static_cast<int64_t>(i) + 1) * p.cblocks - 1;  // the tile's last unit
       const int slot = static_cast<int>(last & 1);
       mbar_wait(k.bar(kBarPEmpty + slot), static_cast<uint32_t>(last >> 1) & 1u);
@@ -1319,7 +1324,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     return nxt;
   };
 
-  PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(0), k.n_tiles);
+  PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(0));
   Slice cur{0, 0, 0, 0, 0};
   KFrag raw;
   mbar_wait(k.bar(kBarPFull + 0), 0);
@@ -1361,10 +1366,12 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
         store_tile(pt, static_cast<int>(i & 1), Stage<0, 2>{base});
         fence_proxy_async();  // the copy engine reads what these shared stores wrote
         release(kBarPEmpty + slot);
-        if constexpr (kExt) {  // the ext stage's runs: its channel j by lane j / 8 of warp j % 8
-          named_sync(kBarConsumers, 256);  // the ext stage is written
+        if constexpr (kExt) {  // the ext stage's runs, once both consumers have staged them,
+          // by the second (its channel j by lane j / 4 of warp j % 4), while the first goes on
+          if (c == 0) named_arrive(kBarExtStaged, kPatchConsumerThreads);
+          else named_sync(kBarExtStaged, kPatchConsumerThreads);
           write_runs<ELEM>(p, pt, slot_staged_channels(ELEM), staged_channels(ELEM), k.ext,
-                           lane * 8 + 4 * c + wq, kPatchConsumerThreads);
+                           c == 0 ? kPatchBN : lane * 4 + wq, 128);
         }
       }
     } else {
@@ -1374,7 +1381,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     if (i + 1 < k.my_tiles) {
       // The next tile's first unit: cur walked past the last slice into (cb = cblocks,
       // slot of the next unit).
-      pt = patch_tile<VEC, CL, BN>(p, k.tile(i + 1), k.n_tiles);
+      pt = patch_tile<VEC, CL, BN>(p, k.tile(i + 1));
       cur = Slice{0, 0, 0, 0, cur.slot};
       mbar_wait(k.bar(kBarPFull + cur.slot), static_cast<uint32_t>(u >> 1) & 1u);
       if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);
@@ -1404,11 +1411,10 @@ __global__ void __launch_bounds__(kPatchThreads, 1)
   k.x_map = &x_map;
   k.y_map = &y_map;
   k.bars = k.ext + kExtBytes + kPatchChanBytes;
-  k.n_tiles = (p.Cout + BN - 1) / BN;
   const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);
-  const int64_t tiles = images * p.tiles_h * p.tiles_w * k.n_tiles;
-  if (static_cast<int64_t>(blockIdx.x) >= tiles) return;
-  k.my_tiles = (tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;
+  const auto tiles = static_cast<uint32_t>(images * p.tiles_h * p.tiles_w * p.div_cout_tiles.d);
+  if (blockIdx.x >= tiles) return;
+  k.my_tiles = static_cast<int>((tiles - blockIdx.x + gridDim.x - 1) / gridDim.x);
   k.S = p.cblocks * p.taps;
   k.sets = MATH == Math::kF32x3 ? (*p.w_nonfinite != 0 ? 3 : 2) : 1;
   k.row_step = CL ? p.patch_pitch * (kPatchPixelBytes / ELEM) : p.patch_pitch;
