@@ -1367,11 +1367,13 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
         fence_proxy_async();  // the copy engine reads what these shared stores wrote
         release(kBarPEmpty + slot);
         if constexpr (kExt) {  // the ext stage's runs, once both consumers have staged them,
-          // by the second (its channel j by lane j / 4 of warp j % 4), while the first goes on
+          // by the second (its channel j by lane j / 4 of warp j % 4), while the first goes
+          // on (it takes write_runs with no channel of its own: a branch around the call
+          // spilled in the consumers' mainloop)
           if (c == 0) named_arrive(kBarExtStaged, kPatchConsumerThreads);
           else named_sync(kBarExtStaged, kPatchConsumerThreads);
           write_runs<ELEM>(p, pt, slot_staged_channels(ELEM), staged_channels(ELEM), k.ext,
-                           c == 0 ? kPatchBN : lane * 4 + wq, 128);
+                           c == 0 ? kPatchBN : lane * 4 + wq, kPatchConsumerThreads / 2);
         }
       }
     } else {

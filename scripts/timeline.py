@@ -71,8 +71,9 @@ STAMPS = [
      "      for (int s = 0; s < k.S; ++s) cur = step_planes(s, pt, cur);\n      wgmma_wait<0>();\n      TLC(1);"),
     ("      named_sync(kBarConsumers, 256);\n      if constexpr (CL) {\n",
      "      named_sync(kBarConsumers, 256);\n      TLC(2);\n      if constexpr (CL) {\n"),
-    ("                           c == 0 ? kPatchBN : lane * 4 + wq, 128);\n        }\n",
-     "                           c == 0 ? kPatchBN : lane * 4 + wq, 128);\n        }\n        TLC(3);\n"),
+    ("                           c == 0 ? kPatchBN : lane * 4 + wq, kPatchConsumerThreads / 2);\n        }\n",
+     "                           c == 0 ? kPatchBN : lane * 4 + wq, kPatchConsumerThreads / 2);\n        }\n"
+     "        TLC(3);\n"),
     ("      mbar_wait(k.bar(kBarPFull + cur.slot), static_cast<uint32_t>(u >> 1) & 1u);\n"
      "      if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);\n"
      "      else if constexpr (!PLANES) build_a(cur, pt.shift, frag[0]);\n    }\n  }\n",
