@@ -119,8 +119,8 @@ constexpr bool fast_div_exact(uint32_t d) {
       if (qr.q != n / d || qr.r != n % d) return false;
     }
   }
-  for (uint32_t n = top - 2 * d; n <= top; n += d / 2 + 1) {
-    const QuotRem qr = divmod(n, f);
+  for (uint64_t n = top > 2 * uint64_t{d} ? top - 2 * uint64_t{d} : 0; n <= top; n += d / 2 + 1) {
+    const QuotRem qr = divmod(static_cast<uint32_t>(n), f);
     if (qr.q != n / d || qr.r != n % d) return false;
   }
   return true;
