@@ -3,19 +3,13 @@ summary reads the stamps it prints."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from repo_scripts import ROOT, load_script
 
 
 def _timeline():
-    spec = importlib.util.spec_from_file_location("timeline", ROOT / "scripts" / "timeline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/timeline.py")
 
 
 def test_build_stamps_a_copy_of_the_kernel_sources(tmp_path):
