@@ -71,7 +71,7 @@ def time_layers(layers: Sequence[str], dtype: str) -> Dict[str, float]:
 
 def _env(tree: Path, cache: Path) -> Dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(tree) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
     env["FX_FUSE_CACHE_DIR"] = str(cache)
     return env
 
