@@ -90,6 +90,11 @@ MORE_CASES = [
     Case("resnet 56px fp16 channels_last", (32, 64, 56, 56), 64, 3, padding=1,
          dtype=torch.float16, channels_last=True),
     Case("stem 3x3 s2 224px", (32, 3, 224, 224), 32, 3, stride=2, padding=1),
+    Case("1x1 256->256 56px bf16", (32, 256, 56, 56), 256, 1, dtype=torch.bfloat16),
+    Case("3x3 s2 128->256 56px bf16", (32, 128, 56, 56), 256, 3, stride=2, padding=1,
+         dtype=torch.bfloat16),
+    Case("VGG 256 channels 56px b16 bf16", (16, 256, 56, 56), 256, 3, padding=1,
+         dtype=torch.bfloat16),
 ]
 
 

@@ -6,6 +6,7 @@ do_bench medians (L2 flushed), GPU kernel time, and which path the op's planner
 
     python benchmarks/bench_paths.py
     python benchmarks/bench_paths.py --only resnet
+    python benchmarks/bench_paths.py --unseen    # layers no rule was measured on
 """
 
 from __future__ import annotations
@@ -85,18 +86,59 @@ SHAPES = [
     ("small 2x256 14px", (2, 256, 14, 14), 256, 3, 1, 1, torch.float32),
     ("small 4x64 32px", (4, 64, 32, 32), 64, 3, 1, 1, torch.float32),
     ("small 8x128 28px", (8, 128, 28, 28), 128, 3, 1, 1, torch.float32),
+    # 16-bit where the K-table kernel or the patch kernel's K bound was in question (v64)
+    ("1x1 56px b32", (32, 256, 56, 56), 64, 1, 1, 0, BF16),
+    ("1x1 56px b32, 256 out", (32, 64, 56, 56), 256, 1, 1, 0, torch.float32),
+    ("1x1 56px b32, 256 out", (32, 64, 56, 56), 256, 1, 1, 0, BF16),
+    ("1x1 28px b32, 512 out", (32, 128, 28, 28), 512, 1, 1, 0, torch.float32),
+    ("1x1 28px b32, 512 out", (32, 128, 28, 28), 512, 1, 1, 0, BF16),
+    ("1x1 256 -> 256 56px b32", (32, 256, 56, 56), 256, 1, 1, 0, BF16),
+    ("1x1 256 -> 256 56px b32", (32, 256, 56, 56), 256, 1, 1, 0, torch.float16),
+    ("resnet 28px s2 b32", (32, 64, 56, 56), 128, 3, 2, 1, BF16),
+    ("s2 128 -> 256 56px b32", (32, 128, 56, 56), 256, 3, 2, 1, BF16),
+    ("s2 128 -> 256 56px b32", (32, 128, 56, 56), 256, 3, 2, 1, torch.float32),
+    ("126px rows b128", (128, 64, 126, 126), 128, 3, 1, 1, BF16),
+    ("126px rows b32", (32, 64, 126, 126), 128, 3, 1, 1, BF16),
+    ("VGG 256 channels 56px b16", (16, 256, 56, 56), 256, 3, 1, 1, BF16),
+    ("VGG 256 channels 56px b16", (16, 256, 56, 56), 256, 3, 1, 1, torch.float16),
+    ("256 channels 112px b8", (8, 256, 112, 112), 256, 3, 1, 1, BF16),
+    ("192 channels 56px b32", (32, 192, 56, 56), 192, 3, 1, 1, BF16),
+    ("192 channels 56px b32", (32, 192, 56, 56), 192, 3, 1, 1, torch.float32),
+]
+
+# Layers that none of the rules' measurements used (``--unseen``): real networks' layers and
+# odd sizes, to check that the rules carry beyond their evidence
+UNSEEN = [
+    ("headline", (128, 64, 128, 128), 128, 3, 1, 0, torch.float16),
+    ("VGG 256 channels 56px b16", (16, 256, 56, 56), 256, 3, 1, 1, torch.float32),
+    ("96 out 64px b32", (32, 64, 64, 64), 96, 3, 1, 1, torch.float32),
+    ("24 -> 48 112px b32", (32, 24, 112, 112), 48, 3, 1, 1, torch.float32),
+    ("odd 100 x 75 b16", (16, 64, 100, 75), 128, 3, 1, 1, torch.float32),
+    ("5x5 32px b32", (32, 64, 32, 32), 128, 5, 1, 2, torch.float32),
+    ("7x7 64px b16", (16, 32, 64, 64), 64, 7, 1, 3, torch.float32),
+    ("1x1 512 -> 128 28px b64", (64, 512, 28, 28), 128, 1, 1, 0, torch.float32),
+    ("batch 1 512px", (1, 64, 512, 512), 64, 3, 1, 1, torch.float32),
+    ("3 channels 512px b8", (8, 3, 512, 512), 32, 3, 1, 1, torch.float32),
+    ("UNet 64 channels 256px b8", (8, 64, 256, 256), 64, 3, 1, 1, BF16),
+    ("20 channels 64px b32", (32, 20, 64, 64), 64, 3, 1, 1, torch.float32),
+    ("resnet 56px b32", (32, 64, 56, 56), 64, 3, 1, 1, TF32_OFF),
+    ("1024 channels 14px b8", (8, 1024, 14, 14), 1024, 3, 1, 1, torch.float32),
+    ("resnet 28px b64 channels_last", (64, 128, 28, 28), 128, 3, 1, 1, BF16),
+    ("headline channels_last", (128, 64, 128, 128), 128, 3, 1, 0, torch.float16),
+    ("256 channels 28px b64", (64, 256, 28, 28), 256, 3, 1, 1, torch.float16),
 ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="the shapes whose name contains this")
+    parser.add_argument("--only", default="", help="the shapes whose name contains one of these (comma-separated)")
+    parser.add_argument("--unseen", action="store_true", help="the layers no rule was measured on")
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     rows = []
     rules = (_cuda._cudnn_pays, _cuda._patch_pays, _cuda._direct_pays)
-    for name, x_shape, cout, k, stride, padding, kind in SHAPES:
-        if args.only not in name:
+    for name, x_shape, cout, k, stride, padding, kind in UNSEEN if args.unseen else SHAPES:
+        if not any(part in name for part in args.only.split(",")):
             continue
         dtype = torch.float32 if kind == TF32_OFF else kind
         torch.backends.cudnn.allow_tf32 = kind != TF32_OFF

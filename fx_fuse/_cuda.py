@@ -94,7 +94,8 @@ def _patch_pays(
     quarter of a tile per SM (v31).
     NCHW input: K <= 2304 and rows longer than 64 bytes (each row of a patch is one bulk
     copy: short ones cost more than they bring), from 32 output channels and half a tile
-    per SM.
+    per SM; 16-bit with K above 1152, rows longer than 128 bytes (cuDNN's 16-bit kernels
+    multiply faster at such K on narrower rows, v64).
     Channels-last input, where cuDNN's sm90 kernels are stronger still: more than 64 output
     channels (fp32: 64 or more), 4 tiles per SM and K below 1024.
     Measured on the H200 (GPU ms, patch / K-table / cuDNN path; docs/performance.md
@@ -115,13 +116,17 @@ def _patch_pays(
     channels-last 0.133 / 0.244 / 0.334, batch 4 (0.37 tiles per SM) 0.038 / 0.057 /
     0.047, K = 4608 with 64-byte rows 2.546 / 14.251 / 6.465, 32 output channels 0.279 /
     0.933 / 0.384, 16 output channels 0.273 / 0.917 / 0.365; 16 input channels at 64 px
-    (K = 144) 0.075 / 0.136 / 0.057."""
+    (K = 144) 0.075 / 0.136 / 0.057. 16-bit NCHW beyond K = 1152 (v64, bf16; fp16 alike):
+    K = 2304 at 56 px (112-byte rows), batch 16 0.164 / 0.448 / 0.143, at 112 px, batch 8
+    0.254 / 0.840 / 0.276; K = 1728 at 56 px, batch 32 0.204 / 0.666 / 0.201; K = 1152 at
+    64 px, batch 64 0.167 / 0.674 / 0.268 (fp32 at K = 2304, 56 px: 0.227 / 0.558 / 0.248)."""
     tiles = -(-pixels // 256) * -(-cout // 128)
     if exact_fp32:
         return k >= 288 and cout >= 16 and 4 * tiles >= sms
     if channels_last:
         return (cout >= 64 if elem == 4 else cout > 64) and tiles >= 4 * sms and k < 1024
-    return k <= 2304 and width * elem > 64 and cout >= 32 and 2 * tiles >= sms
+    min_row_bytes = 128 if elem == 2 and k > 1152 else 64
+    return k <= 2304 and width * elem > min_row_bytes and cout >= 32 and 2 * tiles >= sms
 
 
 def _patch_runs(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
@@ -148,15 +153,18 @@ def _cudnn_pays(
     sms: int,
     exact_fp32: bool,
     channels_last: bool,
+    elem: int,
 ) -> bool:
     """The size rule for the cuDNN path (cuDNN's convolution without bias, then one bias +
     relu + add pass). ``k`` = C_in x kH x kW; ``tiles``: the K-table kernel's tiles of 128
-    pixels x 64 (C_out <= 64) or 128 channels; ``channels_last``: the input's layout.
+    pixels x 64 (C_out <= 64) or 128 channels; ``channels_last``: the input's layout;
+    ``elem``: the input's element size.
 
     Never below 16 input channels (cuDNN's tensor-core kernels pad them; the K-table kernel
     wins). Otherwise cuDNN for channels-last input (its sm90 channels-last kernels beat the
     K-table kernel), for exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's
-    fp32), where the K-table tiles do not fill one wave of the SMs (no split-K), and at
+    fp32), for 16-bit input (cuDNN's 16-bit kernels beat the K-table kernel's on every
+    16-bit layer measured, v64), where the K-table tiles do not fill one wave of the SMs (no split-K), and at
     stride 1 where the conv is compute-heavy (K >= 1024, or K >= 512 unless the problem is
     large, 64 tiles per SM: there the K-table kernel's single pass over the output wins) or
     has 32 output channels or fewer (half of each K-table tile empty). The patch kernel,
@@ -170,12 +178,17 @@ def _cudnn_pays(
     0.367; on cuDNN: 32 output channels at 128 px (K = 288) 0.477 / 0.198 (bf16 0.330 /
     0.140) and at 64 px (K = 144) 0.064 / 0.057, 64 channels at 64 px (K = 576) 0.248 /
     0.113, K = 1152 at 64 px 0.633 / 0.425, exact fp32 on the headline 10.86 / 7.60,
-    channels-last headline 2.226 / 1.397."""
+    channels-last headline 2.226 / 1.397. 16-bit on cuDNN (v64, bf16, batch 32 unless
+    given): 1x1 layers 0.123 / 0.055 (256 to 256 channels at 56 px; fp16 the same), 0.076 /
+    0.039 (64 to 256), 0.040 / 0.026 (256 to 64), 0.044 / 0.020 (128 to 512 at 28 px);
+    strided layers 0.139 / 0.073 (128 to 256 channels, 56 to 28 px), 0.049 / 0.037 (64 to
+    128); 126 px rows that the patch kernel cannot take (64 to 128 channels, 3x3), batch
+    128 (120 tiles per SM) 2.546 / 2.268, batch 32 0.650 / 0.581."""
     if cin < 16:
         return False
     compute_heavy = k >= 1024 or (k >= 512 and tiles < 64 * sms)
     stride_one = not strided and (compute_heavy or cout <= 32)
-    return channels_last or exact_fp32 or tiles < sms or stride_one
+    return channels_last or exact_fp32 or elem == 2 or tiles < sms or stride_one
 
 
 def _channels_innermost(x: Tensor) -> bool:
@@ -358,6 +371,7 @@ def _path(
             sms,
             exact_fp32,
             channels_last,
+            x.element_size(),
         )
     )
     # the patch kernel (TF32, 3xTF32 for exact fp32, fp16 or bf16) where its size rule says

@@ -32,6 +32,15 @@ def test_patch_kernel_size_rule_nchw():
     assert not pays(512 * 16 * 16, 128, 1152, width=16)
     # K up to 2304 (256 input channels); cuDNN multiplies faster beyond
     assert not pays(256 * 16 * 16, 512, 4608)
+    # 16-bit above K = 1152: rows longer than 128 bytes (VGG's 256 channels at 56 px go to
+    # cuDNN, at 112 px stay); fp32 keeps 64
+    assert pays(64 * 64 * 64, 128, 1152, elem=2, width=64)
+    assert not pays(16 * 56 * 56, 256, 2304, elem=2, width=56)
+    assert not pays(32 * 56 * 56, 192, 1728, elem=2, width=56)
+    assert pays(8 * 112 * 112, 256, 2304, elem=2, width=112)
+    assert not pays(8 * 64 * 64, 256, 2304, elem=2, width=64)
+    assert pays(8 * 65 * 65, 256, 2304, elem=2, width=65)
+    assert pays(16 * 56 * 56, 256, 2304, width=56)
 
 
 def test_patch_kernel_size_rule_channels_last():
@@ -79,8 +88,8 @@ def test_patch_kernel_can_be_disabled(monkeypatch):
     assert not _cuda._patch_enabled()
 
 
-def _cudnn_pays(cin, k, strided, tiles, sms, exact_fp32, channels_last=False, cout=64):
-    return _cuda._cudnn_pays(cin, cout, k, strided, tiles, sms, exact_fp32, channels_last)
+def _cudnn_pays(cin, k, strided, tiles, sms, exact_fp32, channels_last=False, cout=64, elem=4):
+    return _cuda._cudnn_pays(cin, cout, k, strided, tiles, sms, exact_fp32, channels_last, elem)
 
 
 def test_cudnn_path_size_rule():
@@ -113,6 +122,26 @@ def test_cudnn_path_size_rule():
     # few input channels (a 3-channel stem, an 8-channel layer): always the K-table kernel
     assert not _cudnn_pays(3, 147, True, 10, sms, exact_fp32=True)
     assert not _cudnn_pays(8, 72, False, 10, sms, exact_fp32=False)
+    assert not _cudnn_pays(8, 72, False, 10, sms, exact_fp32=False, elem=2)
+
+
+def test_cudnn_path_size_rule_16bit():
+    sms = 132
+
+    def pays(cin, k, strided, tiles, cout=128):
+        return _cudnn_pays(cin, k, strided, tiles, sms, exact_fp32=False, cout=cout, elem=2)
+
+    # where fp32 keeps the K-table kernel, 16-bit goes to cuDNN: a 256 -> 256 channel 1x1
+    # layer at 56 px, batch 32 (1568 tiles); a stride-2 128 -> 256 layer to 28 px (392
+    # tiles); 126 px rows at batch 128 (120 tiles per SM)
+    assert pays(256, 256, False, 1568, cout=256)
+    assert not _cudnn_pays(256, 256, False, 1568, sms, exact_fp32=False, cout=256)
+    assert pays(128, 1152, True, 392, cout=256)
+    assert not _cudnn_pays(128, 1152, True, 392, sms, exact_fp32=False, cout=256)
+    assert pays(64, 576, False, 15876)
+    assert not _cudnn_pays(64, 576, False, 15876, sms, exact_fp32=False, cout=128)
+    # but not below 16 input channels
+    assert not pays(8, 72, False, 1000)
 
 
 H100_SMS = 132
@@ -143,6 +172,13 @@ H100_SMS = 132
         ((8, 64, 56, 56), 64, 3, torch.bfloat16, True, "nchw", True, "patch", "patch"),
         ((4, 64, 56, 56), 64, 3, torch.bfloat16, True, "nchw", True, "cudnn", "fused"),
         ((32, 256, 56, 56), 64, 1, torch.float32, True, "nchw", False, "fused", "fused"),  # 1x1
+        # 16-bit: cuDNN where the patch kernel does not run (a 1x1 layer; rows it cannot take)
+        ((32, 256, 56, 56), 256, 1, torch.bfloat16, True, "nchw", False, "cudnn", "fused"),
+        ((128, 64, 126, 126), 128, 3, torch.float16, True, "nchw", False, "cudnn", "fused"),
+        # 16-bit above K = 1152: the patch kernel on rows longer than 128 bytes only
+        ((16, 256, 56, 56), 256, 3, torch.bfloat16, True, "nchw", True, "cudnn", "fused"),
+        ((8, 256, 112, 112), 256, 3, torch.bfloat16, True, "nchw", True, "patch", "patch"),
+        ((16, 256, 56, 56), 256, 3, torch.float32, True, "nchw", True, "patch", "patch"),
         # from 32 output channels
         ((32, 32, 128, 128), 32, 3, torch.float32, True, "nchw", True, "patch", "patch"),
         ((32, 32, 128, 128), 32, 3, torch.bfloat16, True, "nchw", True, "patch", "patch"),
