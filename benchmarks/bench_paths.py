@@ -131,7 +131,9 @@ UNSEEN = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="the shapes whose name contains one of these (comma-separated)")
+    parser.add_argument(
+        "--only", default="", help="the shapes whose name contains one of these (comma-separated)"
+    )
     parser.add_argument("--unseen", action="store_true", help="the layers no rule was measured on")
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")

@@ -164,14 +164,15 @@ def _cudnn_pays(
     wins). Otherwise cuDNN for channels-last input (its sm90 channels-last kernels beat the
     K-table kernel), for exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's
     fp32), for 16-bit input (cuDNN's 16-bit kernels beat the K-table kernel's on every
-    16-bit layer measured, v64), where the K-table tiles do not fill one wave of the SMs (no split-K), and at
-    stride 1 where the conv is compute-heavy (K >= 1024, or K >= 512 unless the problem is
-    large, 64 tiles per SM: there the K-table kernel's single pass over the output wins) or
-    has 32 output channels or fewer (half of each K-table tile empty). The patch kernel,
-    where its rule picks it, goes first.
+    16-bit layer measured, v64), where the K-table tiles do not fill one wave of the SMs
+    (no split-K), and at stride 1 where the conv is compute-heavy (K >= 1024, or K >= 512
+    unless the problem is large, 64 tiles per SM: there the K-table kernel's single pass
+    over the output wins) or has 32 output channels or fewer (half of each K-table tile
+    empty). The patch kernel, where its rule picks it, goes first.
     Measured on the H200, GPU ms, K-table kernel / cuDNN path (``benchmarks/bench_paths.py``,
     docs/performance.md v24): kept on the K-table kernel: the headline (120 tiles per SM,
-    where the patch kernel does not take the input) 1.944 / 2.453 (bf16 1.876 / 2.304),
+    where the patch kernel does not take the input) 1.944 / 2.453 (bf16 1.876 / 2.304 in
+    v24; v64 read cuDNN's 16-bit path 11 % faster on a layer of that size, below),
     1x1 layers 0.041 / 0.059 (128 to 512 channels, 28 px) and 0.061 / 0.101 (64 to 256, 56
     px), 0.053 / 0.050 (256 to 64), strided layers 0.050 / 0.054 (28 px) and 0.174 / 0.185
     (128 channels, 64 px), 8 input channels 0.042 / 0.063, the 3-channel stem 0.199 /
