@@ -104,6 +104,14 @@ SHAPES = [
     ("256 channels 112px b8", (8, 256, 112, 112), 256, 3, 1, 1, BF16),
     ("192 channels 56px b32", (32, 192, 56, 56), 192, 3, 1, 1, BF16),
     ("192 channels 56px b32", (32, 192, 56, 56), 192, 3, 1, 1, torch.float32),
+    # fp32 strided layers, where the K-table kernel and cuDNN's path trade places (v64)
+    ("s2 128 -> 128 64px b32", (32, 128, 64, 64), 128, 3, 2, 1, torch.float32),
+    ("s2 128 -> 256 28px b32", (32, 128, 28, 28), 256, 3, 2, 1, torch.float32),
+    ("s2 256 -> 512 14px b32", (32, 256, 14, 14), 512, 3, 2, 1, torch.float32),
+    ("s2 64 -> 64 112px b32", (32, 64, 112, 112), 64, 3, 2, 1, torch.float32),
+    ("s2 1x1 256 -> 512 56px b32", (32, 256, 56, 56), 512, 1, 2, 0, torch.float32),
+    ("s2 32 -> 64 224px b16", (16, 32, 224, 224), 64, 3, 2, 1, torch.float32),
+    ("s2 64 -> 128 56px b128", (128, 64, 56, 56), 128, 3, 2, 1, torch.float32),
 ]
 
 # Layers that none of the rules' measurements used (``--unseen``): real networks' layers and

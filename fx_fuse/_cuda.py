@@ -165,10 +165,12 @@ def _cudnn_pays(
     K-table kernel), for exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's
     fp32), for 16-bit input (cuDNN's 16-bit kernels beat the K-table kernel's on every
     16-bit layer measured, v64), where the K-table tiles do not fill one wave of the SMs
-    (no split-K), and at stride 1 where the conv is compute-heavy (K >= 1024, or K >= 512
+    (no split-K), at stride 1 where the conv is compute-heavy (K >= 1024, or K >= 512
     unless the problem is large, 64 tiles per SM: there the K-table kernel's single pass
-    over the output wins) or has 32 output channels or fewer (half of each K-table tile
-    empty). The patch kernel, where its rule picks it, goes first.
+    over the output wins), and where it has few output channels: 32 or fewer at stride 1
+    (half of each K-table tile empty), 64 or fewer when strided (the K-table kernel's
+    64-channel tiles lose there, v64). The patch kernel, where its rule picks it, goes
+    first.
     Measured on the H200, GPU ms, K-table kernel / cuDNN path (``benchmarks/bench_paths.py``,
     docs/performance.md v24): kept on the K-table kernel: the headline (120 tiles per SM,
     where the patch kernel does not take the input) 1.944 / 2.453 (bf16 1.876 / 2.304 in
@@ -184,12 +186,18 @@ def _cudnn_pays(
     0.039 (64 to 256), 0.040 / 0.026 (256 to 64), 0.044 / 0.020 (128 to 512 at 28 px);
     strided layers 0.139 / 0.073 (128 to 256 channels, 56 to 28 px), 0.049 / 0.037 (64 to
     128); 126 px rows that the patch kernel cannot take (64 to 128 channels, 3x3), batch
-    128 (120 tiles per SM) 2.546 / 2.268, batch 32 0.650 / 0.581."""
+    128 (120 tiles per SM) 2.546 / 2.268, batch 32 0.650 / 0.581. fp32 strided layers
+    (v64, stride 2, batch 32 unless given): on the K-table kernel 64 to 128 channels from
+    56 px 0.050 / 0.054 (batch 128 0.145 / 0.174), 128 to 128 from 64 px 0.091 / 0.105, 1x1
+    256 to 512 from 56 px 0.082 / 0.134; on cuDNN 64 to 64 from 112 px 0.202 / 0.137, 32 to
+    64 from 224 px, batch 16 0.210 / 0.186 (and, left on the K-table kernel, 128 to 256
+    from 56 px 0.142 / 0.114)."""
     if cin < 16:
         return False
     compute_heavy = k >= 1024 or (k >= 512 and tiles < 64 * sms)
-    stride_one = not strided and (compute_heavy or cout <= 32)
-    return channels_last or exact_fp32 or elem == 2 or tiles < sms or stride_one
+    stride_one = not strided and compute_heavy
+    few_out = cout <= (64 if strided else 32)
+    return channels_last or exact_fp32 or elem == 2 or tiles < sms or stride_one or few_out
 
 
 def _channels_innermost(x: Tensor) -> bool:

@@ -112,12 +112,16 @@ def test_cudnn_path_size_rule():
     # 32 output channels or fewer at stride 1: half-empty K-table tiles
     assert _cudnn_pays(32, 288, False, 4096, sms, exact_fp32=False, cout=32)
     assert not _cudnn_pays(32, 288, False, 4096, sms, exact_fp32=False, cout=33)
-    assert not _cudnn_pays(32, 288, True, 4096, sms, exact_fp32=False, cout=32)
-    # strided with the SMs filled: the K-table kernel
-    assert not _cudnn_pays(64, 576, True, 196, sms, exact_fp32=False)
+    # strided with the SMs filled: the K-table kernel from 65 output channels (ResNet's
+    # 64 -> 128 stride-2 layer, batch 32: 196 tiles), cuDNN up to 64 (64 -> 64 from 112 px,
+    # batch 32: 784 tiles)
+    assert not _cudnn_pays(64, 576, True, 196, sms, exact_fp32=False, cout=128)
+    assert not _cudnn_pays(64, 576, True, 784, sms, exact_fp32=False, cout=65)
+    assert _cudnn_pays(64, 576, True, 784, sms, exact_fp32=False, cout=64)
+    assert _cudnn_pays(32, 288, True, 4096, sms, exact_fp32=False, cout=32)
     # fewer tiles than SMs, or exact fp32, at any K
-    assert _cudnn_pays(16, 144, True, sms - 1, sms, exact_fp32=False)
-    assert not _cudnn_pays(16, 144, True, sms, sms, exact_fp32=False)
+    assert _cudnn_pays(16, 144, True, sms - 1, sms, exact_fp32=False, cout=128)
+    assert not _cudnn_pays(16, 144, True, sms, sms, exact_fp32=False, cout=128)
     assert _cudnn_pays(64, 576, True, 15876, sms, exact_fp32=True)
     # few input channels (a 3-channel stem, an 8-channel layer): always the K-table kernel
     assert not _cudnn_pays(3, 147, True, 10, sms, exact_fp32=True)
