@@ -86,7 +86,8 @@ SHAPES = [
     ("small 2x256 14px", (2, 256, 14, 14), 256, 3, 1, 1, torch.float32),
     ("small 4x64 32px", (4, 64, 32, 32), 64, 3, 1, 1, torch.float32),
     ("small 8x128 28px", (8, 128, 28, 28), 128, 3, 1, 1, torch.float32),
-    # 16-bit where the K-table kernel or the patch kernel's K bound was in question (v64)
+    # 16-bit where the K-table kernel or the patch kernel's K bound was in question, fp32
+    # beside them (v64)
     ("1x1 56px b32", (32, 256, 56, 56), 64, 1, 1, 0, BF16),
     ("1x1 56px b32, 256 out", (32, 64, 56, 56), 256, 1, 1, 0, torch.float32),
     ("1x1 56px b32, 256 out", (32, 64, 56, 56), 256, 1, 1, 0, BF16),
