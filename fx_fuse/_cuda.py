@@ -366,6 +366,7 @@ def _path(
     pixels, cout = out_shape[0] * out_shape[2] * out_shape[3], out_shape[1]
     exact_fp32 = x.dtype == torch.float32 and not allow_tf32
     channels_last = _channels_innermost(x)
+    elem = x.element_size()
     k = math.prod(weight.shape[1:])
     tiles = -(-pixels // 128) * -(-cout // (64 if cout <= 64 else 128))  # the K-table tiles
     cudnn = (
@@ -380,13 +381,13 @@ def _path(
             sms,
             exact_fp32,
             channels_last,
-            x.element_size(),
+            elem,
         )
     )
     # the patch kernel (TF32, 3xTF32 for exact fp32, fp16 or bf16) where its size rule says
     # it pays
     if patch_runs and _patch_pays(
-        pixels, cout, k, sms, channels_last, x.element_size(), x.shape[3], exact_fp32
+        pixels, cout, k, sms, channels_last, elem, x.shape[3], exact_fp32
     ):
         return "patch"
     return "cudnn" if cudnn else "fused"
