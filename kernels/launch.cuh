@@ -3,10 +3,7 @@
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAMacros.h>
 
-#include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <limits>
 
@@ -90,28 +87,9 @@ bool patch_compiled() {
       reinterpret_cast<const void*>(conv_relu_add_patch_kernel<MATH, false, kPatchBN, false, false>));
 }
 
-// The most clusters of `kernel` resident at once on the current device (one CTA per SM;
-// a cluster's CTAs share a GPC, whose SMs need not pair up), asked once per device.
-template <typename Kernel>
-int64_t resident_clusters(Kernel kernel, int smem, int device,
-                          std::atomic<int> (&cache)[C10_COMPILE_TIME_MAX_GPUS]) {
-  int clusters = cache[device].load(std::memory_order_relaxed);
-  if (clusters == 0) {
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(kPatchCluster, 1, 1);
-    config.blockDim = dim3(kPatchThreads, 1, 1);
-    config.dynamicSmemBytes = static_cast<size_t>(smem);
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
-    TORCH_CHECK(clusters > 0, "fx_fuse::conv2d_relu_add: the patch kernel's clusters of ", kPatchCluster,
-                " CTAs do not fit on device ", device);
-    cache[device].store(clusters, std::memory_order_relaxed);
-  }
-  return clusters;
-}
-
-// One persistent cluster of two CTAs per pair of SMs (or per pair of tiles, when there are
-// fewer: with_tile_walk); tiles of BN channels; ROWS: the output staged for the copy engine
-// (patch_conv.cuh, stage_row_bytes); PLANES: A read by wgmma from the patch (patch_planes).
+// One persistent CTA per SM (or per tile, when there are fewer tiles); tiles of BN channels;
+// ROWS: the output staged for the copy engine (patch_conv.cuh, stage_row_bytes); PLANES:
+// A read by wgmma from the patch (patch_planes).
 template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES = false>
 void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   constexpr int smem = patch_smem_bytes<MATH, BN, ROWS>();
@@ -119,18 +97,17 @@ void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  static std::atomic<int> cache[C10_COMPILE_TIME_MAX_GPUS];  // this kernel's, per device
+  const int sms = multiprocessors(device);
   const int64_t tiles = patch_tiles(p, BN);
-  TORCH_CHECK(tiles > 0 && tiles <= std::numeric_limits<int32_t>::max(),
-              "fx_fuse::conv2d_relu_add: internal error: ", tiles, " patch tiles");
-  const ConvParams walk = with_tile_walk(p, BN);
-  const int64_t grid = kPatchCluster * std::min<int64_t>(walk.tile_pairs, resident_clusters(kernel, smem, device, cache));
+  const int64_t grid = tiles < sms ? tiles : sms;
+  TORCH_CHECK(grid > 0 && tiles <= std::numeric_limits<int32_t>::max(),
+              "fx_fuse::conv2d_relu_add: internal error: ", tiles, " patch tiles on ", grid, " CTAs");
   constexpr int elem = sizeof(typename MathTraits<MATH>::T);
   const CUtensorMap x_map = patch_box_copy(CL, elem)                          ? channels_last_patch_map(p, elem)
                             : nchw_box_copy(ROWS, PLANES, elem, p.patch_pitch) ? nchw_patch_map(p, elem)
                                                                                : CUtensorMap{};
   const CUtensorMap y_map = CL ? channels_last_output_map(p, elem) : CUtensorMap{};
-  kernel<<<static_cast<unsigned>(grid), kPatchThreads, smem, stream>>>(walk, x_map, y_map);
+  kernel<<<static_cast<unsigned>(grid), kPatchThreads, smem, stream>>>(with_tile_walk(p, BN), x_map, y_map);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

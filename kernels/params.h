@@ -154,10 +154,8 @@ struct ConvParams {
   int Cin, KW, taps, dil_h, dil_w;
   int tile_h, tile_w, tiles_h, tiles_w;
   // ... and its tile walk (tile t: channel tile t % cout_tiles, then column tile, row
-  // tile, image), set by its launcher (with_tile_walk): its clusters walk pairs of tiles
-  // (PatchCta::pair), tile_pairs of them, of which the first whole_pairs have both tiles.
+  // tile, image), set by its launcher (with_tile_walk).
   FastDiv div_cout_tiles, div_tiles_w, div_tiles_h;
-  int tile_pairs, whole_pairs;
   int patch_rows, patch_chunks, patch_pitch, cblocks;
   int other_kind;
   float other_scalar;
@@ -179,12 +177,9 @@ inline int64_t patch_tiles(const ConvParams& p, int bn) {
 // p with the patch kernel's tile walk for tiles of bn output channels (fewer than 2^31
 // tiles: its launcher checks).
 inline ConvParams with_tile_walk(ConvParams p, int bn) {
-  const int64_t cout_tiles = (p.Cout + bn - 1) / bn, spatial = images(p) * p.tiles_h * p.tiles_w;
-  p.div_cout_tiles = fast_div(static_cast<uint32_t>(cout_tiles));
+  p.div_cout_tiles = fast_div(static_cast<uint32_t>((p.Cout + bn - 1) / bn));
   p.div_tiles_w = fast_div(static_cast<uint32_t>(p.tiles_w));
   p.div_tiles_h = fast_div(static_cast<uint32_t>(p.tiles_h));
-  p.tile_pairs = static_cast<int>((spatial + 1) / 2 * cout_tiles);
-  p.whole_pairs = static_cast<int>(spatial / 2 * cout_tiles);
   return p;
 }
 

@@ -52,7 +52,6 @@ constexpr int kPatchThreads = kPatchProducerThreads + kPatchConsumerThreads;
 constexpr int kPatchCopyThreads = kPatchProducerThreads - 32;  // the producer's patch warps
 constexpr int kPatchBStages = 4;    // weight ring slots
 constexpr int kPatchSlots = 2;      // input patch buffers (one in use, one loading)
-constexpr int kPatchCluster = 2;    // CTAs sharing each weight slice (PatchCta::pair)
 // 16-bit staged rows: a tile's last kPatchExtChannels channels are staged in a buffer of
 // their own (the "ext" stage) instead of the patch slot, and the consumers write them out
 // themselves, so that the slot's write-out, which the next patch's copy waits for, is that
@@ -84,14 +83,12 @@ static_assert(patch_regs_balance<false>() && patch_regs_balance<true>(),
 constexpr uint32_t kPatchPlaneBytes = 16 * kPatchChannelPitch;
 static_assert(8 * kPatchPlaneBytes <= kPatchSlotBytes, "a channel block's planes fit a patch slot");
 
-// The mbarriers, by index: weight slot full / empty / empty in the cluster's other CTA
-// (its producer's word), patch slot landed (the copies are done) / full (rounded, ready) /
-// empty.
+// The mbarriers, by index: weight slot full / empty, patch slot landed (the copies are
+// done) / full (rounded, ready) / empty.
 enum PatchBarrier : int {
   kBarWFull = 0,
   kBarWEmpty = kBarWFull + kPatchBStages,
-  kBarWPeer = kBarWEmpty + kPatchBStages,
-  kBarPLanded = kBarWPeer + kPatchBStages,
+  kBarPLanded = kBarWEmpty + kPatchBStages,
   kBarPFull = kBarPLanded + kPatchSlots,
   kBarPEmpty = kBarPFull + kPatchSlots,
   kPatchBarriers = kBarPEmpty + kPatchSlots,
@@ -141,31 +138,6 @@ __device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_
           dst),
       "l"(src), "r"(bytes), "r"(bar)
       : "memory");
-}
-// One contiguous copy of `bytes` (a multiple of 16) by the copy engine into the same
-// shared address of every CTA of the cluster in `cta_mask`, counted on each one's `bar`.
-__device__ __forceinline__ void bulk_copy_multicast(uint32_t dst, const void* src, uint32_t bytes,
-                                                    uint32_t bar, uint16_t cta_mask) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], "
-      "%2, [%3], %4;\n" ::"r"(dst),
-      "l"(src), "r"(bytes), "r"(bar), "h"(cta_mask)
-      : "memory");
-}
-// Arrive at the mbarrier at shared address `bar` of the cluster's CTA `cta` (this one or
-// another), releasing this thread's reads before it to the cluster.
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
-  asm volatile(
-      "{\n.reg .b32 remote;\n"
-      "mapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
-      "r"(cta)
-      : "memory");
-}
-// Every thread of every CTA of the cluster meets here (the mbarriers' initialization
-// before, their last remote arrivals before a CTA exits).
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
 }
 // One box of a 4-D tensor map at coordinates (c0, c1, c2, c3), innermost first, by the copy
 // engine (zeros outside the tensor), counted on `bar`.
@@ -479,8 +451,8 @@ struct PatchCta {
   const CUtensorMap* x_map;    // the input: channels-last fp32 (channels_last_patch_map),
                                // or NCHW in dense rows (nchw_patch_map, nchw_box_copy)
   const CUtensorMap* y_map;    // channels-last output (channels_last_output_map)
-  int my_tiles;                // tiles this CTA walks (tile(p, i); fewer than 2^31 tiles:
-                               // launch_patch_t checks)
+  int my_tiles;                // tiles this CTA walks: blockIdx.x + i * gridDim.x (fewer
+                               // than 2^31 tiles: launch_patch_t checks)
   int S;                       // slices per tile
   int sets;                    // weight sets per slice: 1; 3xTF32: 2 (big, small), or 3
                                // (and the finite big) where a weight is Inf or NaN
@@ -490,62 +462,32 @@ struct PatchCta {
                                // of 4 channels is 4 chan_step words)
 
   __device__ uint32_t bar(int b) const { return bars + 8u * static_cast<uint32_t>(b); }
-  // The CTAs of a cluster walk the same pairs, cluster blockIdx.x / 2 pairs blockIdx.x / 2 +
-  // i * gridDim.x / 2: pair P is channel tile P % cout_tiles of spatial tiles 2 (P /
-  // cout_tiles) and the next, one per CTA, which share every weight slice (each CTA copies
-  // half of each slice into both). The last pairs lack their second tile where the
-  // spatial tiles are odd; those come last in every cluster's walk.
-  __device__ uint32_t rank() const { return blockIdx.x % 2; }  // the CTA in its cluster
-  // How many of the pairs its cluster walks are below n: of p.tile_pairs, the weights'
-  // tiles; of p.whole_pairs, the second CTA's tiles.
-  // (cluster < clusters: the numerator is not negative).
-  __device__ int walked(int n) const {
-    const uint32_t cluster = blockIdx.x / 2, clusters = gridDim.x / 2;
-    return static_cast<int>((static_cast<uint32_t>(n) + clusters - 1 - cluster) / clusters);
-  }
-  __device__ uint32_t pair(int i) const { return blockIdx.x / 2 + static_cast<uint32_t>(i) * (gridDim.x / 2); }
-  __device__ int64_t tile(const ConvParams& p, int i) const {
-    const QuotRem q = divmod(pair(i), p.div_cout_tiles);
-    return static_cast<int64_t>(2 * q.q + rank()) * p.div_cout_tiles.d + q.r;
-  }
+  __device__ int64_t tile(int64_t i) const { return blockIdx.x + i * gridDim.x; }
 };
 
 // Warp 0 of the producer, one thread: the weight slices, in the order the consumers use
-// them, each into the next ring slot once the consumers of both CTAs of the cluster are
-// past its previous slice there: this CTA's half of each slice into both CTAs' slot (one
-// multicast copy; the slot's full barrier in each counts both halves). Each producer
-// passes its own consumers' release of a slot on to the other (kBarWPeer), so that the
-// consumers arrive only at their own CTA's barriers.
+// them, each into the next ring slot once both consumers are past its previous slice.
 template <Math MATH, int BN>
 __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const PatchCta& k) {
 #ifdef FX_FUSE_WGMMA
   using T = typename MathTraits<MATH>::T;
   constexpr int CB = kSliceBytes / static_cast<int>(sizeof(T));
   constexpr int kSet = BN * CB;  // elements of one set of a slice
-  constexpr int kBytes = kPatchSliceBytes<BN>;
-  constexpr int kHalf = kBytes / 2;  // bytes of a slice each CTA copies
-  static_assert(kHalf % 16 == 0, "a bulk copy moves 16-byte multiples");
   // sets prepared per slice, and copied (3xTF32: the finite big only where it differs)
   constexpr int kStored = MATH == Math::kF32x3 ? 3 : 1;
   const int sets = MATH == Math::kF32x3 ? k.sets : 1;
-  const T* wp = static_cast<const T*>(p.wprep) + k.rank() * (kHalf / sizeof(T));
-  const uint32_t half = k.rank() * kHalf;
+  const T* wp = static_cast<const T*>(p.wprep);
   RingPos at;  // where the next set goes
-  bool reused = false;  // the slot held a slice before (every slot from the ring's second lap)
-  const int pairs = k.walked(p.tile_pairs);
-  for (int i = 0; i < pairs; ++i) {
-    const uint32_t nt = divmod(k.pair(i), p.div_cout_tiles).r;  // the channel tile
+  for (int64_t i = 0; i < k.my_tiles; ++i) {
+    const uint32_t nt = divmod(static_cast<uint32_t>(k.tile(i)), p.div_cout_tiles).r;  // the channel tile
     const T* w = wp + static_cast<int64_t>(nt) * k.S * kStored * kSet;
     for (int s = 0; s < k.S; ++s, w += kStored * kSet) {
       for (int j = 0; j < sets; ++j) {
+        constexpr int kBytes = kPatchSliceBytes<BN>;
         mbar_wait(k.bar(kBarWEmpty + at.slot), at.parity ^ 1u);
-        if (reused) mbar_arrive_cluster(k.bar(kBarWPeer + at.slot), k.rank() ^ 1u);
-        mbar_wait(k.bar(kBarWPeer + at.slot), at.parity ^ 1u);
         mbar_arrive_expect(k.bar(kBarWFull + at.slot), kBytes);
-        bulk_copy_multicast(k.ring + at.slot * kBytes + half, w + j * kSet, kHalf,
-                            k.bar(kBarWFull + at.slot), 0b11);
+        bulk_copy(k.ring + at.slot * kBytes, w + j * kSet, kBytes, k.bar(kBarWFull + at.slot));
         at.advance();
-        reused |= at.slot == 0;
       }
     }
   }
@@ -641,7 +583,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
     mbar_arrive(landed);  // after this thread's zeros; its copies still count until they land
   };
   auto issue_patch = [&](int64_t i, int cb, int slot) {
-    const PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(p, i));
+    const PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(i));
     const uint32_t dst = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
     if constexpr (kBox) issue_box(pt, cb, dst, k.bar(kBarPLanded + slot));
     else if constexpr (CL) issue_pixels(pt, cb, dst, k.bar(kBarPLanded + slot));
@@ -761,7 +703,7 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   static_assert(!ROWS || (!CL && MATH != Math::kF32x3 && BN == kPatchBN),
                 "staged rows: TF32 or 16-bit NCHW, 128-channel tiles");
   auto write_rows = [&](int i, int slot) {
-    write_runs<ELEM>(p, patch_tile<VEC, CL, BN>(p, k.tile(p, i)), 0, slot_staged_channels(ELEM),
+    write_runs<ELEM>(p, patch_tile<VEC, CL, BN>(p, k.tile(i)), 0, slot_staged_channels(ELEM),
                      k.slots + static_cast<uint32_t>(slot * kPatchSlotBytes), tid, kPatchCopyThreads);
     bulk_wait_read();
     named_sync(kBarPatchWarps, kPatchCopyThreads);
@@ -1382,14 +1324,12 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     return nxt;
   };
 
-  PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(p, 0));
+  PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(0));
   Slice cur{0, 0, 0, 0, 0};
   KFrag raw;
-  if (k.my_tiles > 0) {
-    mbar_wait(k.bar(kBarPFull + 0), 0);
-    if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);
-    else if constexpr (!PLANES) build_a(cur, pt.shift, frag[0]);
-  }
+  mbar_wait(k.bar(kBarPFull + 0), 0);
+  if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);
+  else if constexpr (!PLANES) build_a(cur, pt.shift, frag[0]);
   for (int64_t i = 0; i < k.my_tiles; ++i) {
     load_channels(pt, static_cast<int>(i & 1));
     if constexpr (MATH == Math::kF32x3) {
@@ -1443,25 +1383,19 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     if (i + 1 < k.my_tiles) {
       // The next tile's first unit: cur walked past the last slice into (cb = cblocks,
       // slot of the next unit).
-      pt = patch_tile<VEC, CL, BN>(p, k.tile(p, i + 1));
+      pt = patch_tile<VEC, CL, BN>(p, k.tile(i + 1));
       cur = Slice{0, 0, 0, 0, cur.slot};
       mbar_wait(k.bar(kBarPFull + cur.slot), static_cast<uint32_t>(u >> 1) & 1u);
       if constexpr (MATH == Math::kF32x3) load_kstep(cur, pt.shift, 0, raw);
       else if constexpr (!PLANES) build_a(cur, pt.shift, frag[0]);
     }
   }
-  // The pairs without a tile here: their weight slices still pass through this CTA's ring
-  // (the other CTA's half came into it, and this CTA's producer copied its half into both).
-  for (int j = (k.walked(p.tile_pairs) - k.my_tiles) * k.S * k.sets; j > 0; --j, ring.advance()) {
-    mbar_wait(k.bar(kBarWFull + static_cast<int>(ring.slot)), ring.parity);
-    release(kBarWEmpty + static_cast<int>(ring.slot));
-  }
   if ((CL && ct == 0) || kExt) bulk_wait();  // the last tile's stores are done
 #endif
 }
 
 template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES>
-__global__ void __cluster_dims__(kPatchCluster, 1, 1) __launch_bounds__(kPatchThreads, 1)
+__global__ void __launch_bounds__(kPatchThreads, 1)
     conv_relu_add_patch_kernel(const ConvParams p, const __grid_constant__ CUtensorMap x_map,
                                const __grid_constant__ CUtensorMap y_map) {
 #ifdef FX_FUSE_WGMMA
@@ -1479,7 +1413,10 @@ __global__ void __cluster_dims__(kPatchCluster, 1, 1) __launch_bounds__(kPatchTh
   k.x_map = &x_map;
   k.y_map = &y_map;
   k.bars = k.ext + kExtBytes + kPatchChanBytes;
-  k.my_tiles = k.walked(k.rank() == 0 ? p.tile_pairs : p.whole_pairs);
+  const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);
+  const auto tiles = static_cast<uint32_t>(images * p.tiles_h * p.tiles_w * p.div_cout_tiles.d);
+  if (blockIdx.x >= tiles) return;
+  k.my_tiles = static_cast<int>((tiles - blockIdx.x + gridDim.x - 1) / gridDim.x);
   k.S = p.cblocks * p.taps;
   k.sets = MATH == Math::kF32x3 ? (*p.w_nonfinite != 0 ? 3 : 2) : 1;
   k.row_step = CL ? p.patch_pitch * (kPatchPixelBytes / ELEM) : p.patch_pitch;
@@ -1489,7 +1426,6 @@ __global__ void __cluster_dims__(kPatchCluster, 1, 1) __launch_bounds__(kPatchTh
     for (int s = 0; s < kPatchBStages; ++s) {
       mbar_init(k.bar(kBarWFull + s), 1);
       mbar_init(k.bar(kBarWEmpty + s), kPatchConsumerThreads);
-      mbar_init(k.bar(kBarWPeer + s), 1);
     }
     for (int s = 0; s < kPatchSlots; ++s) {
       mbar_init(k.bar(kBarPLanded + s), kPatchCopyThreads);
@@ -1498,7 +1434,7 @@ __global__ void __cluster_dims__(kPatchCluster, 1, 1) __launch_bounds__(kPatchTh
     }
     mbar_init_fence();
   }
-  cluster_sync();  // both CTAs' barriers are initialized before either copies or arrives
+  __syncthreads();
 
   if (threadIdx.x < kPatchProducerThreads) {
     setmaxnreg_dec<kPatchProducerRegs<PLANES>>();
@@ -1508,7 +1444,6 @@ __global__ void __cluster_dims__(kPatchCluster, 1, 1) __launch_bounds__(kPatchTh
     setmaxnreg_inc<kPatchConsumerRegs<PLANES>>();
     patch_consume<MATH, CL, BN, ROWS, PLANES>(p, k, (threadIdx.x - kPatchProducerThreads) / 128);
   }
-  cluster_sync();  // the other CTA's last copies into this one and arrivals here are done
 #else
   __trap();  // never launched: the host picks this kernel only where sm_90a code exists
 #endif
