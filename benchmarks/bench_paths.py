@@ -113,6 +113,16 @@ SHAPES = [
     ("s2 1x1 256 -> 512 56px b32", (32, 256, 56, 56), 512, 1, 2, 0, torch.float32),
     ("s2 32 -> 64 224px b16", (16, 32, 224, 224), 64, 3, 2, 1, torch.float32),
     ("s2 64 -> 128 56px b128", (128, 64, 56, 56), 128, 3, 2, 1, torch.float32),
+    # 16-bit 1x1 strided layers (ResNet's downsampling shortcuts), where cuDNN's 16-bit
+    # kernels lost to the K-table kernel on an unseen layer (v66); a 3x3 one beside them
+    ("s2 1x1 64 -> 128 56px b32", (32, 64, 56, 56), 128, 1, 2, 0, BF16),
+    ("s2 1x1 256 -> 512 56px b32", (32, 256, 56, 56), 512, 1, 2, 0, BF16),
+    ("s2 1x1 256 -> 512 56px b32", (32, 256, 56, 56), 512, 1, 2, 0, torch.float16),
+    ("s2 1x1 256 -> 512 56px b8", (8, 256, 56, 56), 512, 1, 2, 0, BF16),
+    ("s2 1x1 512 -> 1024 28px b64", (64, 512, 28, 28), 1024, 1, 2, 0, BF16),
+    ("s2 1x1 1024 -> 2048 14px b32", (32, 1024, 14, 14), 2048, 1, 2, 0, BF16),
+    ("s2 1x1 1024 -> 2048 14px b32", (32, 1024, 14, 14), 2048, 1, 2, 0, torch.float32),
+    ("s2 256 -> 512 28px b32", (32, 256, 28, 28), 512, 3, 2, 1, BF16),
 ]
 
 # Layers that none of the rules' measurements used (``--unseen``): real networks' layers and

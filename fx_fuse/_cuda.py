@@ -164,7 +164,8 @@ def _cudnn_pays(
     wins). Otherwise cuDNN for channels-last input (its sm90 channels-last kernels beat the
     K-table kernel), for exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's
     fp32), for 16-bit input (cuDNN's 16-bit kernels beat the K-table kernel's on every
-    16-bit layer measured, v64), where the K-table tiles do not fill one wave of the SMs
+    16-bit layer measured, v64) but 1x1 strided layers (there cuDNN's 16-bit kernels lose
+    as its fp32 ones do, v66), where the K-table tiles do not fill one wave of the SMs
     (no split-K), at stride 1 where the conv is compute-heavy (K >= 1024, or K >= 512
     unless the problem is large, 64 tiles per SM: there the K-table kernel's single pass
     over the output wins), and where it has few output channels: 32 or fewer at stride 1
@@ -197,7 +198,8 @@ def _cudnn_pays(
     compute_heavy = k >= 1024 or (k >= 512 and tiles < 64 * sms)
     stride_one = not strided and compute_heavy
     few_out = cout <= (64 if strided else 32)
-    return channels_last or exact_fp32 or elem == 2 or tiles < sms or stride_one or few_out
+    sixteen_bit = elem == 2 and not (strided and k == cin)
+    return channels_last or exact_fp32 or sixteen_bit or tiles < sms or stride_one or few_out
 
 
 def _channels_innermost(x: Tensor) -> bool:
