@@ -168,10 +168,11 @@ def _cudnn_pays(
     as its fp32 ones do, v66), where the K-table tiles do not fill one wave of the SMs
     (no split-K), at stride 1 where the conv is compute-heavy (K >= 1024, or K >= 512
     unless the problem is large, 64 tiles per SM: there the K-table kernel's single pass
-    over the output wins), and where it has few output channels: 32 or fewer at stride 1
-    (half of each K-table tile empty), 64 or fewer when strided (the K-table kernel's
-    64-channel tiles lose there, v64). The patch kernel, where its rule picks it, goes
-    first.
+    over the output wins), when strided at K >= 1024 with more than 128 output channels
+    (two K-table channel tiles or more: v64's and v66's strided layers),
+    and where it has few output channels: 32 or fewer at stride 1 (half of each K-table
+    tile empty), 64 or fewer when strided (the K-table kernel's 64-channel tiles lose
+    there, v64). The patch kernel, where its rule picks it, goes first.
     Measured on the H200, GPU ms, K-table kernel / cuDNN path (``benchmarks/bench_paths.py``,
     docs/performance.md v24): kept on the K-table kernel: the headline (120 tiles per SM,
     where the patch kernel does not take the input) 1.944 / 2.453 (bf16 1.876 / 2.304 in
@@ -191,15 +192,29 @@ def _cudnn_pays(
     (v64, stride 2, batch 32 unless given): on the K-table kernel 64 to 128 channels from
     56 px 0.050 / 0.054 (batch 128 0.145 / 0.174), 128 to 128 from 64 px 0.091 / 0.105, 1x1
     256 to 512 from 56 px 0.082 / 0.134; on cuDNN 64 to 64 from 112 px 0.202 / 0.137, 32 to
-    64 from 224 px, batch 16 0.210 / 0.186 (and, left on the K-table kernel, 128 to 256
-    from 56 px 0.142 / 0.114)."""
+    64 from 224 px, batch 16 0.210 / 0.186, 128 to 256 from 56 px 0.142 / 0.114 (K =
+    1152; 128 to 128 from 64 px, one channel tile at the same K, stays on the K-table
+    kernel, above). 1x1 strided layers (v66, batch 32 unless given), on the K-table kernel
+    in 16-bit too: bf16 64 to 128 from 56 px 0.015 / 0.026, 256 to 512 from 56 px 0.068 /
+    0.095 (fp16 the same; batch 8 0.022 / 0.030), 512 to 1024 from 28 px 0.055 / 0.086
+    (batch 64 0.105 / 0.164); on cuDNN at K = 1024, 1024 to 2048 from 14 px, bf16 0.069 /
+    0.055, fp32 0.097 / 0.069."""
     if cin < 16:
         return False
     compute_heavy = k >= 1024 or (k >= 512 and tiles < 64 * sms)
     stride_one = not strided and compute_heavy
+    strided_heavy = strided and k >= 1024 and cout > 128
     few_out = cout <= (64 if strided else 32)
     sixteen_bit = elem == 2 and not (strided and k == cin)
-    return channels_last or exact_fp32 or sixteen_bit or tiles < sms or stride_one or few_out
+    return (
+        channels_last
+        or exact_fp32
+        or sixteen_bit
+        or tiles < sms
+        or stride_one
+        or strided_heavy
+        or few_out
+    )
 
 
 def _channels_innermost(x: Tensor) -> bool:

@@ -119,6 +119,13 @@ def test_cudnn_path_size_rule():
     assert not _cudnn_pays(64, 576, True, 784, sms, exact_fp32=False, cout=65)
     assert _cudnn_pays(64, 576, True, 784, sms, exact_fp32=False, cout=64)
     assert _cudnn_pays(32, 288, True, 4096, sms, exact_fp32=False, cout=32)
+    # strided at K >= 1024: cuDNN over two channel tiles or more (128 -> 256 from 56 px, 392
+    # tiles; a 1x1 1024 -> 2048 layer from 14 px, 208 tiles), the K-table kernel over one
+    # (128 -> 128 from 64 px, 256 tiles) or below K = 1024 (a 1x1 512 -> 1024 layer)
+    assert _cudnn_pays(128, 1152, True, 392, sms, exact_fp32=False, cout=256)
+    assert _cudnn_pays(1024, 1024, True, 208, sms, exact_fp32=False, cout=2048)
+    assert not _cudnn_pays(128, 1152, True, 256, sms, exact_fp32=False, cout=128)
+    assert not _cudnn_pays(512, 512, True, 392, sms, exact_fp32=False, cout=1024)
     # fewer tiles than SMs, or exact fp32, at any K
     assert _cudnn_pays(16, 144, True, sms - 1, sms, exact_fp32=False, cout=128)
     assert not _cudnn_pays(16, 144, True, sms, sms, exact_fp32=False, cout=128)
@@ -136,15 +143,24 @@ def test_cudnn_path_size_rule_16bit():
         return _cudnn_pays(cin, k, strided, tiles, sms, exact_fp32=False, cout=cout, elem=2)
 
     # where fp32 keeps the K-table kernel, 16-bit goes to cuDNN: a 256 -> 256 channel 1x1
-    # layer at 56 px, batch 32 (1568 tiles); a stride-2 128 -> 256 layer to 28 px (392
-    # tiles); 126 px rows at batch 128 (120 tiles per SM)
+    # layer at 56 px, batch 32 (1568 tiles); stride-2 layers, 64 -> 128 to 28 px (196
+    # tiles) and 128 -> 128 from 64 px (256 tiles); 126 px rows at batch 128 (120 tiles
+    # per SM)
     assert pays(256, 256, False, 1568, cout=256)
     assert not _cudnn_pays(256, 256, False, 1568, sms, exact_fp32=False, cout=256)
-    assert pays(128, 1152, True, 392, cout=256)
-    assert not _cudnn_pays(128, 1152, True, 392, sms, exact_fp32=False, cout=256)
+    assert pays(64, 576, True, 196)
+    assert not _cudnn_pays(64, 576, True, 196, sms, exact_fp32=False, cout=128)
+    assert pays(128, 1152, True, 256)
+    assert not _cudnn_pays(128, 1152, True, 256, sms, exact_fp32=False, cout=128)
     assert pays(64, 576, False, 15876)
     assert not _cudnn_pays(64, 576, False, 15876, sms, exact_fp32=False, cout=128)
-    # but not below 16 input channels
+    # but not 1x1 strided layers, which follow the fp32 rule: the K-table kernel (ResNet's
+    # downsampling shortcuts 64 -> 128 from 56 px and 512 -> 1024 from 28 px, batch 32),
+    # cuDNN at K >= 1024 over two channel tiles or more (1024 -> 2048 from 14 px)
+    assert not pays(64, 64, True, 196)
+    assert not pays(512, 512, True, 392, cout=1024)
+    assert pays(1024, 1024, True, 208, cout=2048)
+    # nor below 16 input channels
     assert not pays(8, 72, False, 1000)
 
 
