@@ -169,10 +169,10 @@ def _cudnn_pays(
     (no split-K), at stride 1 where the conv is compute-heavy (K >= 1024, or K >= 512
     unless the problem is large, 64 tiles per SM: there the K-table kernel's single pass
     over the output wins), when strided at K >= 1024 with more than 128 output channels
-    (two K-table channel tiles or more: v64's and v66's strided layers),
-    and where it has few output channels: 32 or fewer at stride 1 (half of each K-table
-    tile empty), 64 or fewer when strided (the K-table kernel's 64-channel tiles lose
-    there, v64). The patch kernel, where its rule picks it, goes first.
+    (two K-table channel tiles or more: v64's and v66's strided layers), and where it has
+    few output channels: 32 or fewer at stride 1 (half of each K-table tile empty), 64 or
+    fewer when strided (the K-table kernel's 64-channel tiles lose there, v64). The patch
+    kernel, where its rule picks it, goes first.
     Measured on the H200, GPU ms, K-table kernel / cuDNN path (``benchmarks/bench_paths.py``,
     docs/performance.md v24): kept on the K-table kernel: the headline (120 tiles per SM,
     where the patch kernel does not take the input) 1.944 / 2.453 (bf16 1.876 / 2.304 in
