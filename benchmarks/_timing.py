@@ -1,11 +1,39 @@
-"""Shared timing helpers of the benchmarks: do_bench medians (Triton flushes the L2 before
-every call, so small problems are timed cold, as in a network), FLOP counts, and a table."""
+"""Shared helpers of the benchmarks: a layer's inputs, do_bench medians (Triton flushes the
+L2 before every call, so small problems are timed cold, as in a network), FLOP counts, and a
+table."""
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch import Tensor
+
+
+def conv_inputs(
+    x_shape: Sequence[int],
+    cout: int,
+    k: int,
+    dtype: torch.dtype,
+    groups: int = 1,
+    channels_last: bool = False,
+    generator: Optional[torch.Generator] = None,
+    device: str = "cuda",
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The op's x, weight, bias and per-channel `other` for a k x k layer: x uniform in
+    [0, 1] (drawn in fp32, then cast to `dtype`), the weights scaled by their fan-in; x and
+    the weights channels-last if asked. Drawn in that order from `generator` (seeded: the
+    same inputs in every process)."""
+    draw = dict(device=device, generator=generator)
+    cin = x_shape[1] // groups
+    x = torch.rand(tuple(x_shape), **draw).to(dtype)
+    w = (torch.randn(cout, cin, k, k, **draw) / (cin * k * k) ** 0.5).to(dtype)
+    b = torch.randn(cout, **draw).to(dtype)
+    other = torch.randn(cout, 1, 1, **draw).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        w = w.contiguous(memory_format=torch.channels_last)
+    return x, w, b, other
 
 
 def bench_ms(fn: Callable[[], object], warmup_ms: int = 50, rep_ms: int = 300) -> Dict[str, float]:

@@ -45,7 +45,7 @@ def time_layers(layers: Sequence[str], dtype: str) -> Dict[str, float]:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from _timing import bench_ms
+    from _timing import bench_ms, conv_inputs
 
     import fx_fuse
 
@@ -56,13 +56,7 @@ def time_layers(layers: Sequence[str], dtype: str) -> Dict[str, float]:
     for name in layers:
         xs, cout, pad = LAYERS[name]
         gen = torch.Generator(device="cuda").manual_seed(0)
-        x = torch.rand(xs, device="cuda", generator=gen).to(dt)
-        w = (torch.randn(cout, xs[1], 3, 3, device="cuda", generator=gen) / (xs[1] * 9) ** 0.5).to(dt)
-        if dtype == "fp32_cl":
-            x = x.contiguous(memory_format=torch.channels_last)
-            w = w.contiguous(memory_format=torch.channels_last)
-        b = torch.randn(cout, device="cuda", generator=gen).to(dt)
-        other = torch.randn(cout, 1, 1, device="cuda", generator=gen).to(dt)
+        x, w, b, other = conv_inputs(xs, cout, 3, dt, channels_last=dtype == "fp32_cl", generator=gen)
         with torch.no_grad():
             r = bench_ms(lambda: fx_fuse.conv2d_relu_add(x, w, b, other, 1, pad), warmup_ms=100, rep_ms=500)
         out[name] = r["ms"]

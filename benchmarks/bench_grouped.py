@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import bench_ms, gpu_us, table  # noqa: E402
+from _timing import bench_ms, conv_inputs, gpu_us, table  # noqa: E402
 
 import fx_fuse  # noqa: E402
 from fx_fuse import _cuda  # noqa: E402
@@ -67,14 +67,9 @@ def main() -> None:
     for name, x_shape, cout, groups, k, stride, dtype in SHAPES:
         if args.only not in name:
             continue
-        x = torch.rand(x_shape, device="cuda", dtype=dtype)
-        fan_in = x_shape[1] // groups * k * k
-        w = (torch.randn(cout, x_shape[1] // groups, k, k, device="cuda") / fan_in**0.5).to(dtype)
-        b = torch.randn(cout, device="cuda", dtype=dtype)
-        other = torch.randn(cout, 1, 1, device="cuda", dtype=dtype)
-        if "channels_last" in name:
-            x = x.contiguous(memory_format=torch.channels_last)
-            w = w.contiguous(memory_format=torch.channels_last)
+        x, w, b, other = conv_inputs(
+            x_shape, cout, k, dtype, groups=groups, channels_last="channels_last" in name
+        )
         conv_args = ([stride] * 2, [k // 2] * 2, [1, 1], groups)
 
         def op():
