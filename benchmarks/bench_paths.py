@@ -149,6 +149,11 @@ SHAPES = [
     ("cin 200 -> 400 30px b64", (64, 200, 30, 30), 400, 3, 1, 0, torch.float32),
     ("cin 200 -> 400 30px b64", (64, 200, 30, 30), 400, 3, 1, 0, BF16),
     ("cin 240 -> 480 30px b64", (64, 240, 30, 30), 480, 3, 1, 0, torch.float32),
+    ("cin 120 -> 240 30px b64", (64, 120, 30, 30), 240, 3, 1, 0, torch.float32),
+    ("cin 112 -> 112 14px b128", (128, 112, 14, 14), 112, 3, 1, 1, torch.float32),
+    ("cin 112 -> 112 14px b128", (128, 112, 14, 14), 112, 3, 1, 1, BF16),
+    ("cin 112 -> 224 28px b64", (64, 112, 28, 28), 224, 3, 1, 1, BF16),
+    ("cin 100 -> 100 22px b128", (128, 100, 22, 22), 100, 3, 1, 0, torch.float32),
     # fp32 channels-last layers of more than 64 output channels at 2-4 patch tiles per SM
     # (the patch rule asks for 4; an unseen miss at 3.9)
     ("channels_last 128 -> 256 32px b64", (64, 128, 32, 32), 256, 3, 1, 1, torch.float32),
