@@ -154,6 +154,17 @@ SHAPES = [
     ("cin 112 -> 112 14px b128", (128, 112, 14, 14), 112, 3, 1, 1, BF16),
     ("cin 112 -> 224 28px b64", (64, 112, 28, 28), 224, 3, 1, 1, BF16),
     ("cin 100 -> 100 22px b128", (128, 100, 22, 22), 100, 3, 1, 0, torch.float32),
+    # output channels around cuDNN's 192-wide fp32 tile (its 100 -> 200 kernel, v67)
+    ("cout 64 -> 200 30px b64", (64, 64, 30, 30), 200, 3, 1, 0, torch.float32),
+    ("cout 64 -> 224 30px b64", (64, 64, 30, 30), 224, 3, 1, 0, torch.float32),
+    ("cout 64 -> 176 30px b64", (64, 64, 30, 30), 176, 3, 1, 0, torch.float32),
+    ("cout 96 -> 224 30px b64", (64, 96, 30, 30), 224, 3, 1, 0, torch.float32),
+    ("cout 128 -> 200 30px b64", (64, 128, 30, 30), 200, 3, 1, 0, torch.float32),
+    ("cout 100 -> 192 30px b64", (64, 100, 30, 30), 192, 3, 1, 0, torch.float32),
+    ("cout 100 -> 256 30px b64", (64, 100, 30, 30), 256, 3, 1, 0, torch.float32),
+    ("cout 256 -> 224 14px b128", (128, 256, 14, 14), 224, 3, 1, 1, torch.float32),
+    ("cout 64 -> 200 30px b64", (64, 64, 30, 30), 200, 3, 1, 0, BF16),
+    ("cout 100 -> 192 30px b64", (64, 100, 30, 30), 192, 3, 1, 0, BF16),
     # fp32 channels-last layers of more than 64 output channels at 2-4 patch tiles per SM
     # (the patch rule asks for 4; an unseen miss at 3.9)
     ("channels_last 128 -> 256 32px b64", (64, 128, 32, 32), 256, 3, 1, 1, torch.float32),

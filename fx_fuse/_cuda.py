@@ -171,10 +171,8 @@ def _cudnn_pays(
     over the output wins), when strided at K >= 1024 with more than 128 output channels
     (two K-table channel tiles or more: v64's and v66's strided layers), and where it has
     few output channels: 32 or fewer at stride 1 (half of each K-table tile empty), 64 or
-    fewer when strided (the K-table kernel's 64-channel tiles lose there, v64). Neither
-    the compute-heavy nor the 16-bit clause holds at stride 1 for 97-127 input channels
-    below K = 1024: there cuDNN picks a kernel up to twice as slow as at 96 or 128
-    channels (v67). The patch kernel, where its rule picks it, goes first.
+    fewer when strided (the K-table kernel's 64-channel tiles lose there, v64). The patch
+    kernel, where its rule picks it, goes first.
     Measured on the H200, GPU ms, K-table kernel / cuDNN path (``benchmarks/bench_paths.py``,
     docs/performance.md v24): kept on the K-table kernel: the headline (120 tiles per SM,
     where the patch kernel does not take the input) 1.944 / 2.453 (bf16 1.876 / 2.304 in
@@ -200,21 +198,14 @@ def _cudnn_pays(
     in 16-bit too: bf16 64 to 128 from 56 px 0.015 / 0.026, 256 to 512 from 56 px 0.068 /
     0.095 (fp16 the same; batch 8 0.022 / 0.030), 512 to 1024 from 28 px 0.055 / 0.086
     (batch 64 0.105 / 0.164); on cuDNN at K = 1024, 1024 to 2048 from 14 px, bf16 0.069 /
-    0.055, fp32 0.097 / 0.069. Input channels at 30 px, padding 0, batch 64, 3x3 to twice
-    as many (v67): on the K-table kernel 100 0.153 / 0.213 (bf16 0.124 / 0.208; to 128
-    channels 0.086 / 0.138), 104 0.157 / 0.186 (bf16 0.126 / 0.205), 112 0.166 / 0.196
-    (bf16 0.132 / 0.186); on cuDNN 72 0.116 / 0.110, 80 0.126 / 0.106 (bf16 0.106 /
-    0.100), 96 0.144 / 0.113 (bf16 0.117 / 0.071), 128 0.186 / 0.153 (bf16 0.154 / 0.097),
-    144 0.303 / 0.242."""
+    0.055, fp32 0.097 / 0.069."""
     if cin < 16:
         return False
     compute_heavy = k >= 1024 or (k >= 512 and tiles < 64 * sms)
-    # cuDNN's own choice of kernel is slow for 97-127 input channels (v67)
-    slow_cudnn_channels = not strided and 96 < cin < 128 and k < 1024
-    stride_one = not strided and compute_heavy and not slow_cudnn_channels
+    stride_one = not strided and compute_heavy
     strided_heavy = strided and k >= 1024 and cout > 128
     few_out = cout <= (64 if strided else 32)
-    sixteen_bit = elem == 2 and not (strided and k == cin) and not slow_cudnn_channels
+    sixteen_bit = elem == 2 and not (strided and k == cin)
     return (
         channels_last
         or exact_fp32

@@ -126,14 +126,6 @@ def test_cudnn_path_size_rule():
     assert _cudnn_pays(1024, 1024, True, 208, sms, exact_fp32=False, cout=2048)
     assert not _cudnn_pays(128, 1152, True, 256, sms, exact_fp32=False, cout=128)
     assert not _cudnn_pays(512, 512, True, 392, sms, exact_fp32=False, cout=1024)
-    # at stride 1, 97-127 input channels below K = 1024 (3x3 layers at 30 px, batch 64: 784
-    # tiles): the K-table kernel, where 96 and 128 input channels take cuDNN
-    assert not _cudnn_pays(100, 900, False, 784, sms, exact_fp32=False, cout=200)
-    assert not _cudnn_pays(112, 1008, False, 784, sms, exact_fp32=False, cout=224)
-    assert _cudnn_pays(96, 864, False, 784, sms, exact_fp32=False, cout=192)
-    assert _cudnn_pays(128, 1152, False, 784, sms, exact_fp32=False, cout=256)
-    assert _cudnn_pays(120, 1080, False, 784, sms, exact_fp32=False, cout=240)  # K >= 1024
-    assert _cudnn_pays(100, 900, False, sms - 1, sms, exact_fp32=False, cout=200)  # one wave
     # fewer tiles than SMs, or exact fp32, at any K
     assert _cudnn_pays(16, 144, True, sms - 1, sms, exact_fp32=False, cout=128)
     assert not _cudnn_pays(16, 144, True, sms, sms, exact_fp32=False, cout=128)
@@ -168,12 +160,6 @@ def test_cudnn_path_size_rule_16bit():
     assert not pays(64, 64, True, 196)
     assert not pays(512, 512, True, 392, cout=1024)
     assert pays(1024, 1024, True, 208, cout=2048)
-    # nor at stride 1 for 97-127 input channels below K = 1024 (3x3 at 30 px, batch 64)
-    assert not pays(100, 900, False, 784, cout=200)
-    assert not pays(104, 936, False, 784, cout=208)
-    assert pays(96, 864, False, 784, cout=192)
-    assert pays(128, 1152, False, 784, cout=256)
-    assert pays(100, 900, True, 784, cout=200)  # strided
     # nor below 16 input channels
     assert not pays(8, 72, False, 1000)
 
