@@ -103,11 +103,12 @@ def summarize(readings: Dict[str, List[Dict[str, float]]], layers: Sequence[str]
         first = statistics.median(r[layer] for r in readings[names[0]])
         for name in names:
             values = [r[layer] for r in readings[name]]
-            cell = f"{statistics.median(values):.4f}"
+            median = statistics.median(values)
+            cell = f"{median:.4f}"
             if len(values) > 1:
                 cell += " (" + " / ".join(f"{v:.4f}" for v in values) + ")"
             if name != names[0]:
-                cell += f" {100 * (statistics.median(values) / first - 1):+.1f} %"
+                cell += f" {100 * (median / first - 1):+.1f} %"
             row.append(cell)
         rows.append(row)
     return rows
