@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Any, Dict, Optional, Set
+from typing import Any, Dict, List, Optional, Set
 
 import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-from . import _build, ops
+from . import _autotune, _build, ops
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INT32_MAX = 2**31 - 1
@@ -279,9 +279,14 @@ def _grouped_path(x: Tensor, weight: Tensor, out_shape, stride, padding, dilatio
     the other kernels multiply one group)."""
     taps, cpg = weight.shape[2] * weight.shape[3], weight.shape[1]
     pays = _depthwise_pays(out_shape, taps, cpg, _channels_innermost(x))
-    if pays and _extension().depthwise_kernel_fits(x, weight, stride, padding, dilation):
+    if pays and _depthwise_runs(x, weight, stride, padding, dilation):
         return "depthwise"
     return "cudnn"
+
+
+def _depthwise_runs(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
+    """Whether the binding takes these sizes on the depthwise kernel of ``x``'s layout."""
+    return _extension().depthwise_kernel_fits(x, weight, stride, padding, dilation)
 
 
 def unsupported_reason(input: Tensor, weight: Tensor) -> Optional[str]:
@@ -356,21 +361,69 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
         return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
     hopper = _use_wgmma(x.device)
     outputs = math.prod(out_shape)
-    if _direct_pays(outputs * math.prod(weight.shape[1:]), outputs, groups) and _direct_runs(
-        x, weight, stride, padding, dilation
-    ):
+    direct = _direct_pays(outputs * math.prod(weight.shape[1:]), outputs, groups) and (
+        _direct_runs(x, weight, stride, padding, dilation)
+    )
+    patch_runs = (
+        groups == 1
+        and hopper
+        and _patch_enabled()
+        and _patch_runs(x, weight, stride, padding, dilation)
+    )
+    if direct:
         path = "direct"
     elif groups > 1:
         path = _grouped_path(x, weight, out_shape, stride, padding, dilation)
     else:
         sms = _device_properties(x.device).multi_processor_count
-        patch_runs = (
-            hopper and _patch_enabled() and _patch_runs(x, weight, stride, padding, dilation)
-        )
         allow_tf32 = bool(torch.backends.cudnn.allow_tf32)
         path = _path(x, weight, out_shape, stride, allow_tf32, sms, patch_runs)
     out_channels_last = ops.output_memory_format(input, weight) == torch.channels_last
-    return path, x_format == torch.channels_last, out_channels_last, hopper
+    layouts = (x_format == torch.channels_last, out_channels_last, hopper)
+    if _autotune.enabled(x.device):
+        candidates = _candidates(
+            x, weight, out_shape, stride, padding, dilation, groups, direct, patch_runs
+        )
+        if len(candidates) > 1:
+            args = (input, weight, bias, other, stride, padding, dilation, groups)
+            path = _timed_path(path, candidates, layouts, args)
+    return (path, *layouts)
+
+
+def _candidates(
+    x: Tensor, weight: Tensor, out_shape, stride, padding, dilation, groups: int, direct: bool,
+    patch_runs: bool,
+) -> List[str]:
+    """The paths that can run these arguments (``x`` dense in its layout), for the timed
+    choice: for a grouped convolution the depthwise kernel where it takes the sizes and
+    the cuDNN path; else the K-table kernel, the patch kernel where it may run and takes
+    them (``patch_runs``), the cuDNN path where it may run, and the direct kernel where its
+    size rule and the binding take them (``direct``: past its rule, the direct kernel's
+    time grows with the multiplies, on the CUDA cores)."""
+    if groups > 1:
+        fits = _depthwise_runs(x, weight, stride, padding, dilation)
+        return ["depthwise", "cudnn"] if fits else ["cudnn"]
+    paths = ["fused"]
+    if patch_runs:
+        paths.append("patch")
+    if _cudnn_enabled() and math.prod(out_shape[1:]) < _INT32_MAX:
+        paths.append("cudnn")
+    if direct:
+        paths.append("direct")
+    return paths
+
+
+def _timed_path(rule: str, candidates: List[str], layouts: tuple, args: tuple) -> str:
+    """The path ``_autotune`` keeps for the op's arguments ``args`` among ``candidates``
+    (``rule``: the size rules' path; ``layouts``: the plan's other three fields), each
+    timed through the C++ kernel's runner with that plan."""
+
+    def run(path: str) -> None:
+        _extension().run_plan((path, *layouts), *args)
+
+    with torch.no_grad():
+        measured = _autotune.times(candidates, run, args[0].device)
+    return _autotune.fastest(rule, measured)
 
 
 def _path(

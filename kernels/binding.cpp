@@ -665,6 +665,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("input"), pybind11::arg("weight"), pybind11::arg("bias"),
         pybind11::arg("other"), pybind11::arg("stride"), pybind11::arg("padding"),
         pybind11::arg("dilation"), pybind11::arg("groups"));
+  m.def("run_plan", &fx_fuse::run_plan,
+        "run the op's arguments on a given plan (path, input channels-last, output "
+        "channels-last, hopper), the planner not asked",
+        pybind11::arg("plan"), pybind11::arg("input"), pybind11::arg("weight"),
+        pybind11::arg("bias"), pybind11::arg("other"), pybind11::arg("stride"),
+        pybind11::arg("padding"), pybind11::arg("dilation"), pybind11::arg("groups"));
   m.def("register_op", &fx_fuse::register_op,
         "register the op's CUDA and AutogradCUDA kernels with the planner and the backward "
         "formula (Python functions)",

@@ -55,6 +55,14 @@ at::Tensor conv2d_relu_add(const at::Tensor& input, const at::Tensor& weight,
                            at::IntArrayRef stride, at::IntArrayRef padding,
                            at::IntArrayRef dilation, int64_t groups);
 
+// Runs the op's arguments as `plan` (the planner's answer: path, input channels-last, output
+// channels-last, hopper) says, without asking the planner or remembering anything: how the
+// planner times the paths.
+at::Tensor run_plan(const pybind11::tuple& plan, const at::Tensor& input, const at::Tensor& weight,
+                    const c10::optional<at::Tensor>& bias, const at::Tensor& other,
+                    std::vector<int64_t> stride, std::vector<int64_t> padding,
+                    std::vector<int64_t> dilation, int64_t groups);
+
 // Registers conv2d_relu_add as the op's CUDA kernel, and an AutogradCUDA kernel (once per
 // process), with `planner`, the Python function that decides how a call signature runs,
 // and `grads`, the Python backward formula; forgets the plans made so far.

@@ -100,6 +100,7 @@ Signature signature_of(const at::Tensor& input, const at::Tensor& weight,
   add_ints(s, dilation);
   s.push_back(groups);
   s.push_back(at::globalContext().allowTF32CuDNN());
+  s.push_back(at::globalContext().benchmarkCuDNN());  // the planner times the paths
   s.push_back(switched_on("FX_FUSE_DISABLE_CUDNN"));
   s.push_back(switched_on("FX_FUSE_DISABLE_PATCH"));
   s.push_back(switched_on("FX_FUSE_DISABLE_WGMMA"));
@@ -246,6 +247,13 @@ at::Tensor conv2d_relu_add(const at::Tensor& input, const at::Tensor& weight,
     plans.emplace(std::move(s), *plan);
   }
   return run(*plan, input, weight, bias, other, stride, padding, dilation, groups);
+}
+
+at::Tensor run_plan(const pybind11::tuple& plan, const at::Tensor& input, const at::Tensor& weight,
+                    const c10::optional<at::Tensor>& bias, const at::Tensor& other,
+                    std::vector<int64_t> stride, std::vector<int64_t> padding,
+                    std::vector<int64_t> dilation, int64_t groups) {
+  return run(plan_from(plan), input, weight, bias, other, stride, padding, dilation, groups);
 }
 
 namespace {

@@ -1,0 +1,67 @@
+"""The timed path choice: with ``torch.backends.cudnn.benchmark`` on, the op times the paths
+that can run a call signature on its first call and keeps the fastest, as cuDNN times its
+algorithms under the same switch. The size rules (``_cuda._path``) decide otherwise, and
+during CUDA graph capture (nothing may wait for the GPU there).
+
+Like cuDNN's benchmark mode, the choice is made on the GPU's timings in this process, so
+it can differ from one run to the next where paths are close: the rules' path is kept
+unless another is at least ``MARGIN`` faster.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Sequence
+
+import torch
+
+# how much faster (fraction of the rules' path's time) another path must be to replace it
+MARGIN = 0.05
+# timed rounds over the candidates (each candidate's best round counts), calls per round
+ROUNDS, CALLS = 3, 3
+
+
+def enabled(device: torch.device) -> bool:
+    """Whether the planner times the paths: cuDNN's benchmark mode is on and ``device``'s
+    current stream is not being captured into a CUDA graph."""
+    if not torch.backends.cudnn.benchmark:
+        return False
+    with torch.cuda.device(device):
+        return not torch.cuda.is_current_stream_capturing()
+
+
+def milliseconds(run: Callable[[], object], calls: int = CALLS) -> float:
+    """GPU time per call of ``calls`` back-to-back calls of ``run`` on the current stream
+    (CUDA events; the host's time to issue them counts where it is longer)."""
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / calls
+
+
+def times(
+    candidates: Sequence[str], run: Callable[[str], object], device: torch.device
+) -> Dict[str, float]:
+    """Each candidate's best milliseconds per call of ``run(candidate)`` on ``device`` over
+    ``ROUNDS`` rounds, the candidates taken in turn in every round (so that the GPU's clocks
+    and the host's drift fall on all of them alike), after one warm-up call each (cuDNN's
+    own search, the weights' preparation)."""
+    with torch.cuda.device(device):
+        for path in candidates:
+            run(path)
+        best = {path: math.inf for path in candidates}
+        for _ in range(ROUNDS):
+            for path in candidates:
+                best[path] = min(best[path], milliseconds(lambda path=path: run(path)))
+    return best
+
+
+def fastest(rule: str, measured: Dict[str, float]) -> str:
+    """The path to keep: the fastest measured, where it beats the rules' path ``rule`` by
+    at least ``MARGIN``; else ``rule``."""
+    best = min(measured, key=measured.__getitem__)
+    return best if measured[best] < (1 - MARGIN) * measured[rule] else rule
