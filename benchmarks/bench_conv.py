@@ -13,6 +13,8 @@ state from one run to the next; taking turns spreads that drift over all of them
     python benchmarks/bench_conv.py --compile-mode reduce-overhead  # CUDA graphs
     python benchmarks/bench_conv.py --only headline  # names containing "headline"
     python benchmarks/bench_conv.py --modes no_grad --no-inductor
+    python benchmarks/bench_conv.py --cudnn-benchmark  # every contender in cuDNN's
+        # benchmark mode (fx_fuse then times its paths once per layer: fx_fuse._autotune)
 """
 
 from __future__ import annotations
@@ -168,14 +170,19 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("--no-inductor", action="store_true")
     parser.add_argument("--direct", action="store_true", help="call the op, not the backend")
     parser.add_argument("--rounds", type=int, default=3, help="do_bench medians per time")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="torch.backends.cudnn.benchmark on, for every contender")
     args = parser.parse_args(argv)
     import torch._dynamo
+
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
     torch._dynamo.config.recompile_limit = 64
     backend = fx_fuse_backend_registered() and not args.direct
     how = (f"torch.compile(backend='fx_fuse', mode={args.compile_mode!r})" if backend
            else "the op called directly")
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, fx_fuse via {how}")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, fx_fuse via {how}, "
+          f"cudnn.benchmark={args.cudnn_benchmark}")
     rows = []
     for case in MORE_CASES if args.more else CASES:
         if args.only not in case.name:

@@ -7,6 +7,9 @@ do_bench medians (L2 flushed), GPU kernel time, and which path the op's planner
     python benchmarks/bench_paths.py
     python benchmarks/bench_paths.py --only resnet
     python benchmarks/bench_paths.py --unseen    # layers no rule was measured on
+    python benchmarks/bench_paths.py --cudnn-benchmark  # cuDNN's benchmark mode, every
+        # path and eager; the op's pick is then timed (fx_fuse._autotune), and the first
+        # call's milliseconds, the timing included, are printed beside it
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import bench_ms, conv_inputs, gpu_us, table  # noqa: E402
 
 import fx_fuse  # noqa: E402
-from fx_fuse import _cuda  # noqa: E402
+from fx_fuse import _autotune, _cuda  # noqa: E402
 
 BF16, TF32_OFF = torch.bfloat16, "tf32 off"
 # the op's paths as the planner names them ("fused": the K-table kernel)
@@ -217,10 +221,14 @@ def main() -> None:
         "--only", default="", help="the shapes whose name contains one of these (comma-separated)"
     )
     parser.add_argument("--unseen", action="store_true", help="the layers no rule was measured on")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="cuDNN's benchmark mode: the op's pick timed")
     args = parser.parse_args()
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
+          f"cudnn.benchmark={args.cudnn_benchmark}")
     rows = []
-    rules = (_cuda._cudnn_pays, _cuda._patch_pays, _cuda._direct_pays)
+    rules = (_cuda._cudnn_pays, _cuda._patch_pays, _cuda._direct_pays, _autotune.enabled)
     for name, x_shape, cout, k, stride, padding, kind in UNSEEN if args.unseen else SHAPES:
         if not any(part in name for part in args.only.split(",")):
             continue
@@ -246,21 +254,29 @@ def main() -> None:
                 _cuda._cudnn_pays = lambda *args, on=path == "cudnn": on
                 _cuda._patch_pays = lambda *args, on=path == "patch": on
                 _cuda._direct_pays = lambda *args, on=path == "direct": on
+                _autotune.enabled = lambda device: False  # the forced path, untimed
                 _cuda.forget_plans()  # plan again under the replaced rules
                 try:
                     times[path] = (bench_ms(op)["ms"], gpu_us(op)[0] / 1e3)
                 finally:
-                    _cuda._cudnn_pays, _cuda._patch_pays, _cuda._direct_pays = rules
+                    (_cuda._cudnn_pays, _cuda._patch_pays, _cuda._direct_pays,
+                     _autotune.enabled) = rules
                     _cuda.forget_plans()
             times["eager"] = (bench_ms(eager)["ms"], gpu_us(eager)[0] / 1e3)
-        rule = _cuda.plan(x, w, b, other, [stride] * 2, [padding] * 2, dilation, 1)[0]
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            rule = _cuda.plan(x, w, b, other, [stride] * 2, [padding] * 2, dilation, 1)[0]
+            torch.cuda.synchronize()
+            plan_ms = (time.perf_counter() - start) * 1e3
         ran = [p for p in PATHS if not math.isnan(times[p][1])]
         best = min(ran, key=lambda p: times[p][1])
         label = "tf32 off" if kind == TF32_OFF else str(dtype).replace("torch.", "")
-        rows.append([name, label, *(t for p in (*PATHS, "eager") for t in times[p]), best, rule])
+        row = [name, label, *(t for p in (*PATHS, "eager") for t in times[p]), best, rule]
+        rows.append(row + [plan_ms] if args.cudnn_benchmark else row)
         print(rows[-1], flush=True)
     units = [f"{p} {unit}" for p in (*PATHS, "eager") for unit in ("ms", "GPU ms")]
-    headers = ["shape", "dtype", *units, "faster on GPU", "rule picks"]
+    headers = ["shape", "dtype", *units, "faster on GPU"]
+    headers += ["op picks (timed)", "planning ms"] if args.cudnn_benchmark else ["rule picks"]
     print(table(rows, headers))
 
 
