@@ -154,8 +154,9 @@ struct ConvParams {
   int Cin, KW, taps, dil_h, dil_w;
   int tile_h, tile_w, tiles_h, tiles_w;
   // ... and its tile walk (tile t: channel tile t % cout_tiles, then column tile, row
-  // tile, image), set by its launcher (with_tile_walk).
+  // tile, image) over patch_tile_count tiles, set by its launcher (with_tile_walk).
   FastDiv div_cout_tiles, div_tiles_w, div_tiles_h;
+  uint32_t patch_tile_count;
   int patch_rows, patch_chunks, patch_pitch, cblocks;
   int other_kind;
   float other_scalar;
@@ -180,6 +181,7 @@ inline ConvParams with_tile_walk(ConvParams p, int bn) {
   p.div_cout_tiles = fast_div(static_cast<uint32_t>((p.Cout + bn - 1) / bn));
   p.div_tiles_w = fast_div(static_cast<uint32_t>(p.tiles_w));
   p.div_tiles_h = fast_div(static_cast<uint32_t>(p.tiles_h));
+  p.patch_tile_count = static_cast<uint32_t>(patch_tiles(p, bn));
   return p;
 }
 

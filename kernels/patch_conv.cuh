@@ -1413,8 +1413,7 @@ __global__ void __launch_bounds__(kPatchThreads, 1)
   k.x_map = &x_map;
   k.y_map = &y_map;
   k.bars = k.ext + kExtBytes + kPatchChanBytes;
-  const int64_t images = p.M / (static_cast<int64_t>(p.OH) * p.OW);
-  const auto tiles = static_cast<uint32_t>(images * p.tiles_h * p.tiles_w * p.div_cout_tiles.d);
+  const uint32_t tiles = p.patch_tile_count;
   if (blockIdx.x >= tiles) return;
   k.my_tiles = static_cast<int>((tiles - blockIdx.x + gridDim.x - 1) / gridDim.x);
   k.S = p.cblocks * p.taps;
