@@ -9,7 +9,8 @@ do_bench medians (L2 flushed), GPU kernel time, and which path the op's planner
     python benchmarks/bench_paths.py --unseen    # layers no rule was measured on
     python benchmarks/bench_paths.py --cudnn-benchmark  # cuDNN's benchmark mode, every
         # path and eager; the op's pick is then timed (fx_fuse._autotune), and the first
-        # call's milliseconds, the timing included, are printed beside it
+        # call's milliseconds, the timing included, and the planner's timings are printed
+        # beside it
 """
 
 from __future__ import annotations
@@ -229,6 +230,9 @@ def main() -> None:
           f"cudnn.benchmark={args.cudnn_benchmark}")
     rows = []
     rules = (_cuda._cudnn_pays, _cuda._patch_pays, _cuda._direct_pays, _autotune.enabled)
+    timed = {}  # the planner's timings of the last layer (benchmark mode)
+    time_paths = _autotune.times
+    _autotune.times = lambda *args: timed.update(time_paths(*args)) or dict(timed)
     for name, x_shape, cout, k, stride, padding, kind in UNSEEN if args.unseen else SHAPES:
         if not any(part in name for part in args.only.split(",")):
             continue
@@ -264,6 +268,7 @@ def main() -> None:
                     _cuda.forget_plans()
             times["eager"] = (bench_ms(eager)["ms"], gpu_us(eager)[0] / 1e3)
             torch.cuda.synchronize()
+            timed.clear()
             start = time.perf_counter()
             rule = _cuda.plan(x, w, b, other, [stride] * 2, [padding] * 2, dilation, 1)[0]
             torch.cuda.synchronize()
@@ -272,11 +277,15 @@ def main() -> None:
         best = min(ran, key=lambda p: times[p][1])
         label = "tf32 off" if kind == TF32_OFF else str(dtype).replace("torch.", "")
         row = [name, label, *(t for p in (*PATHS, "eager") for t in times[p]), best, rule]
-        rows.append(row + [plan_ms] if args.cudnn_benchmark else row)
+        timings = " ".join(f"{path} {ms:.3f}" for path, ms in timed.items())
+        rows.append(row + [plan_ms, timings] if args.cudnn_benchmark else row)
         print(rows[-1], flush=True)
     units = [f"{p} {unit}" for p in (*PATHS, "eager") for unit in ("ms", "GPU ms")]
     headers = ["shape", "dtype", *units, "faster on GPU"]
-    headers += ["op picks (timed)", "planning ms"] if args.cudnn_benchmark else ["rule picks"]
+    if args.cudnn_benchmark:
+        headers += ["op picks (timed)", "planning ms", "the planner's ms"]
+    else:
+        headers += ["rule picks"]
     print(table(rows, headers))
 
 
