@@ -1,11 +1,13 @@
 """The timed path choice: with ``torch.backends.cudnn.benchmark`` on, the op times the paths
-that can run a call signature on its first call and keeps the fastest, as cuDNN times its
-algorithms under the same switch. The size rules (``_cuda._path``) decide otherwise, and
-during CUDA graph capture (nothing may wait for the GPU there).
+that can run a call signature on its first call and keeps the fastest on the GPU, as cuDNN
+times its algorithms under the same switch. The size rules (``_cuda._path``) decide
+otherwise, and during CUDA graph capture (nothing may wait for the GPU there).
 
-Like cuDNN's benchmark mode, the choice is made on the GPU's timings in this process, so
-it can differ from one run to the next where paths are close: the rules' path is kept
-unless another is at least ``MARGIN`` faster.
+What is timed is the GPU's time per call, not the host's: the paths' host times differ
+(cuDNN's is the longest), and where they decide, on the smallest layers, the rules already
+weigh them (the direct kernel). Like cuDNN's benchmark mode, the choice is made on this
+process's timings, so it can differ from one run to the next where paths are close: the
+rules' path is kept unless another is at least ``MARGIN`` faster.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from typing import Callable, Dict, Sequence
 import torch
 
 # how much faster (fraction of the rules' path's time) another path must be to replace it
-MARGIN = 0.05
+MARGIN = 0.03
 # timed rounds over the candidates (each candidate's best round counts), calls per round
 ROUNDS, CALLS = 3, 3
+# GPU clock cycles the GPU waits before each timed round (~1 ms) while the host queues the
+# round's calls
+QUEUE_CYCLES = 2_000_000
 
 
 def enabled(device: torch.device) -> bool:
@@ -31,10 +36,13 @@ def enabled(device: torch.device) -> bool:
 
 
 def milliseconds(run: Callable[[], object], calls: int = CALLS) -> float:
-    """GPU time per call of ``calls`` back-to-back calls of ``run`` on the current stream
-    (CUDA events; the host's time to issue them counts where it is longer)."""
+    """GPU time per call of ``calls`` back-to-back calls of ``run`` on the current stream,
+    between two CUDA events. The stream first waits ``QUEUE_CYCLES`` on the GPU, so that
+    the host has queued the calls before the first event is reached: the window holds the
+    calls' GPU time, not the host's time to issue them."""
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(QUEUE_CYCLES)
     start.record()
     for _ in range(calls):
         run()

@@ -62,10 +62,10 @@ HEADLINE = ((128, 64, 128, 128), 128, 3)  # the rules: the patch kernel
 
 
 def test_fastest_needs_the_margin_to_replace_the_rules_path():
-    assert _autotune.fastest("patch", {"patch": 1.0, "fused": 0.5, "cudnn": 0.7}) == "fused"
-    assert _autotune.fastest("patch", {"patch": 1.0, "fused": 0.96, "cudnn": 1.2}) == "patch"
-    assert _autotune.fastest("cudnn", {"fused": 1.3, "cudnn": 1.0}) == "cudnn"
     edge = 1.0 - _autotune.MARGIN
+    assert _autotune.fastest("patch", {"patch": 1.0, "fused": 0.5, "cudnn": 0.7}) == "fused"
+    assert _autotune.fastest("patch", {"patch": 1.0, "fused": edge + 0.01, "cudnn": 1.2}) == "patch"
+    assert _autotune.fastest("cudnn", {"fused": 1.3, "cudnn": 1.0}) == "cudnn"
     assert _autotune.fastest("fused", {"fused": 1.0, "cudnn": edge * 0.999}) == "cudnn"
     assert _autotune.fastest("fused", {"fused": 1.0, "cudnn": edge * 1.001}) == "fused"
 
