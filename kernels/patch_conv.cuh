@@ -1035,6 +1035,9 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     // Row j (m-half j / 2, row g + 8 (j % 2) of the warp's 16) at channel c0: inside the
     // output, the output and `other` there, and (staged) the shared addresses of the
     // lane's two channels' values in their runs (store_rows: row_at plus the shifts).
+    // store_rows keeps its own copy of this setup, after its rows' bound check: one helper
+    // for both moved that work and made ptxas (13.0) spill 40-56 bytes in the TF32
+    // channels-last kernel, which has no registers to spare.
     struct Row {
       bool ok;
       T* y;
