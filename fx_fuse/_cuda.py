@@ -5,8 +5,9 @@ the first CUDA call (``conv2d_relu_add`` here, which the op's default implementa
 until then). For each call signature it asks ``plan`` once how the call runs and remembers
 the answer: the fused kernels (``kernels/``, built on first use by ``_build``); cuDNN's
 convolution followed by one fused bias + relu + add pass (the cuDNN path), where the
-measured size rules (``_path``) find it faster; or the reference (ATen) composition for
-the cases the kernels do not cover, announced once per reason.
+measured size rules (``_path``) find it faster, or in cuDNN's benchmark mode where it
+times faster (``_autotune``); or the reference (ATen) composition for the cases the
+kernels do not cover, announced once per reason.
 """
 
 from __future__ import annotations
@@ -335,10 +336,11 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
     """How the C++ kernel runs these arguments (called once per call signature):
     ``(path, input_channels_last, output_channels_last, hopper)``: ``path`` "direct" (the
     direct kernel) where ``_direct_pays`` and the binding takes the sizes, else from
-    ``_path`` (``_grouped_path`` for groups > 1), the layouts the input is read in (made dense in it)
-    and the output is written in, and whether the wgmma kernels may run; or, for the
-    arguments the kernels do not cover, the reference path's result (announced once per
-    reason; that answer is not remembered). Bad arguments raise the op's errors."""
+    ``_path`` (``_grouped_path`` for groups > 1), or in cuDNN's benchmark mode the fastest
+    of the ``_candidates`` timed (``_timed_path``); the layouts the input is read in (made
+    dense in it) and the output is written in, and whether the wgmma kernels may run; or,
+    for the arguments the kernels do not cover, the reference path's result (announced
+    once per reason; that answer is not remembered). Bad arguments raise the op's errors."""
     stride, padding, dilation = ops.check_args(
         input, weight, bias, other, stride, padding, dilation, groups
     )
