@@ -57,19 +57,33 @@ def times(
     """Each candidate's best milliseconds per call of ``run(candidate)`` on ``device`` over
     ``ROUNDS`` rounds, the candidates taken in turn in every round (so that the GPU's clocks
     and the host's drift fall on all of them alike), after one warm-up call each (cuDNN's
-    own search, the weights' preparation)."""
+    own search, the weights' preparation). A candidate whose warm-up runs out of GPU memory
+    is left out, as cuDNN leaves out an algorithm whose workspace does not fit."""
     with torch.cuda.device(device):
-        for path in candidates:
-            run(path)
-        best = {path: math.inf for path in candidates}
+        best = {path: math.inf for path in candidates if _warms_up(run, path)}
         for _ in range(ROUNDS):
-            for path in candidates:
+            for path in best:
                 best[path] = min(best[path], milliseconds(lambda path=path: run(path)))
     return best
 
 
+def _warms_up(run: Callable[[str], object], path: str) -> bool:
+    """Whether ``run(path)`` runs (a first call, untimed) without running out of GPU
+    memory."""
+    try:
+        run(path)
+    except torch.cuda.OutOfMemoryError:
+        return False
+    return True
+
+
 def fastest(rule: str, measured: Dict[str, float]) -> str:
     """The path to keep: the fastest measured, where it beats the rules' path ``rule`` by
-    at least ``MARGIN``; else ``rule``."""
+    at least ``MARGIN`` or ``rule`` was left out; else ``rule`` (also where every path was
+    left out: its call then raises what it raises)."""
+    if not measured:
+        return rule
     best = min(measured, key=measured.__getitem__)
+    if rule not in measured:
+        return best
     return best if measured[best] < (1 - MARGIN) * measured[rule] else rule

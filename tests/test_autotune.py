@@ -70,6 +70,11 @@ def test_fastest_needs_the_margin_to_replace_the_rules_path():
     assert _autotune.fastest("fused", {"fused": 1.0, "cudnn": edge * 1.001}) == "fused"
 
 
+def test_fastest_where_paths_were_left_out():
+    assert _autotune.fastest("patch", {"fused": 2.0, "cudnn": 1.0}) == "cudnn"
+    assert _autotune.fastest("patch", {}) == "patch"
+
+
 def test_benchmark_mode_times_every_path_that_runs_the_layer(h100_timings):
     timings, asked = h100_timings
     timings.update(patch=1.15, fused=1.9, cudnn=2.4)
@@ -183,6 +188,21 @@ def test_benchmark_mode_runs_the_path_it_timed_fastest(benchmark_mode, recorded_
     assert _path_of(_kernels_run(lambda: OP(*args))) == kept
     assert len(recorded_times) == 1  # timed once per signature
     torch.testing.assert_close(out.double(), _reference(*args), atol=2e-2, rtol=1e-2)
+
+
+@gpu
+def test_a_path_out_of_memory_is_left_out():
+    """A candidate whose first call runs out of GPU memory is not timed; the others are."""
+    x = torch.ones(1024, device="cuda")
+
+    def run(path):
+        if path == "patch":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (a test)")
+        return x * 2
+
+    measured = _autotune.times(["fused", "patch", "cudnn"], run, x.device)
+    assert sorted(measured) == ["cudnn", "fused"]
+    assert all(0 < ms < math.inf for ms in measured.values()), measured
 
 
 @gpu
