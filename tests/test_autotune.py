@@ -152,7 +152,7 @@ def _reference(x, w, b, other, stride, padding, dilation, groups):
 def recorded_times(monkeypatch):
     """The planner's timings, recorded: a list of (rule's path, {path: ms}, path kept)."""
     records = []
-    fastest, times = _autotune.fastest, _autotune.times
+    fastest = _autotune.fastest
 
     def record(rule, measured):
         kept = fastest(rule, measured)
@@ -160,7 +160,6 @@ def recorded_times(monkeypatch):
         return kept
 
     monkeypatch.setattr(_autotune, "fastest", record)
-    monkeypatch.setattr(_autotune, "times", times)
     _cuda.forget_plans()
     yield records
     _cuda.forget_plans()
