@@ -145,6 +145,12 @@ def _cudnn_enabled() -> bool:
     return os.environ.get("FX_FUSE_DISABLE_CUDNN") != "1"
 
 
+def _cudnn_runs(out_shape) -> bool:
+    """Whether the cuDNN path may run and its epilogue pass takes the output (a per-image
+    index of 32 bits) for a dense convolution."""
+    return _cudnn_enabled() and math.prod(out_shape[1:]) < _INT32_MAX
+
+
 def _cudnn_pays(
     cin: int,
     cout: int,
@@ -408,7 +414,7 @@ def _candidates(
     paths = ["fused"]
     if patch_runs:
         paths.append("patch")
-    if _cudnn_enabled() and math.prod(out_shape[1:]) < _INT32_MAX:
+    if _cudnn_runs(out_shape):
         paths.append("cudnn")
     if direct:
         paths.append("direct")
@@ -442,8 +448,7 @@ def _path(
     k = math.prod(weight.shape[1:])
     tiles = -(-pixels // 128) * -(-cout // (64 if cout <= 64 else 128))  # the K-table tiles
     cudnn = (
-        _cudnn_enabled()
-        and math.prod(out_shape[1:]) < _INT32_MAX  # the epilogue pass's per-image index
+        _cudnn_runs(out_shape)
         and _cudnn_pays(
             weight.shape[1],
             cout,
