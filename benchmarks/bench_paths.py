@@ -46,6 +46,12 @@ SHAPES = [
     ("headline, 64 out", (128, 64, 128, 128), 64, 3, 1, 0, BF16),
     ("headline channels_last, 64 out", (128, 64, 128, 128), 64, 3, 1, 0, torch.float32),
     ("headline channels_last, 64 out", (128, 64, 128, 128), 64, 3, 1, 0, BF16),
+    ("headline channels_last, 64 out", (128, 64, 128, 128), 64, 3, 1, 0, torch.float16),
+    # 16-bit channels-last layers of 64 output channels, which the patch rule leaves to
+    # cuDNN's path (its 64-channel tiles lost there before the staged output)
+    ("56px b128 channels_last, 64 out", (128, 64, 56, 56), 64, 3, 1, 1, BF16),
+    ("112px b32 channels_last, 64 out", (32, 64, 112, 112), 64, 3, 1, 1, BF16),
+    ("224px b16 channels_last, 64 out", (16, 64, 224, 224), 64, 3, 1, 1, BF16),
     ("resnet 56px b128 channels_last", (128, 64, 56, 56), 64, 3, 1, 1, torch.float32),
     ("resnet 56px b32, 256 out", (32, 64, 56, 56), 256, 3, 1, 1, torch.float32),
     ("128 channels 64px b64", (64, 128, 64, 64), 128, 3, 1, 1, torch.float32),
