@@ -14,6 +14,8 @@ one with ``--case``).
     python scripts/fuzz_paths.py                     # 300 cases, seed 0
     python scripts/fuzz_paths.py --cases 1000 --seed 3
     python scripts/fuzz_paths.py --seed 3 --case 417 # one case again, its arguments printed
+    python scripts/fuzz_paths.py --cudnn-benchmark   # the planned run's path timed
+        # (fx_fuse._autotune), cuDNN's kernels chosen by its own timing
 """
 
 from __future__ import annotations
@@ -256,7 +258,10 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--cases", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--case", type=int, default=None, help="run only this case's index")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="cuDNN's benchmark mode: the op times its paths")
     args = parser.parse_args(argv)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     import warnings
 
     import fx_fuse  # noqa: F401  (registers the op)
@@ -279,7 +284,7 @@ def main(argv: Optional[list] = None) -> int:
     rows = [[name, policy, counts[(name, policy, "cases")], counts[(name, policy, "failed")]]
             for name, policy in keys]
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, seed {args.seed}, "
-          f"{len(cases)} cases")
+          f"{len(cases)} cases, cudnn.benchmark={args.cudnn_benchmark}")
     print(table(rows, ["run", "dtype", "cases", "failed"]))
     for case, name, why in failures:
         print(f"FAIL case {case.index} on {name}: {why}\n  {case}")
