@@ -83,13 +83,15 @@ def _patch_pays(
     elem: int,
     width: int,
     exact_fp32: bool,
+    out_width: int,
 ) -> bool:
     """The size rule for the patch kernel: its tiles are 256 output pixels x 128 channels
     (64 for layers of at most 64) on a persistent grid of one CTA per SM, so it needs
     enough tiles to spread over the SMs, and K = C_in x kH x kW no larger than the conv's
     arithmetic lets its single pass over the output pay for (cuDNN multiplies faster
     beyond). ``elem``: the input's element size; ``width``: its rows' length in pixels;
-    ``exact_fp32``: fp32 with TF32 off (3xTF32 on the patch kernel).
+    ``exact_fp32``: fp32 with TF32 off (3xTF32 on the patch kernel); ``out_width``: the
+    output rows' length in pixels.
     Exact fp32, in either layout, where cuDNN's exact fp32 convolution is 1.2-8x slower:
     K >= 288 (a half-empty channel block loses, K = 144), from 16 output channels and a
     quarter of a tile per SM (v31).
@@ -98,7 +100,8 @@ def _patch_pays(
     per SM; 16-bit with K above 1152, rows longer than 128 bytes (cuDNN's 16-bit kernels
     multiply faster at such K on narrower rows, v64).
     Channels-last input, where cuDNN's sm90 kernels are stronger still: more than 64 output
-    channels (fp32: 64 or more), 4 tiles per SM and K below 1024.
+    channels (fp32: 64 or more; 16-bit: 64 where the output rows fill the tiles' rows,
+    ``_row_fill``, to 95 %), 4 tiles per SM and K below 1024.
     Measured on the H200 (GPU ms, patch / K-table / cuDNN path; docs/performance.md
     v24-v30): the headline 1.298 / 1.943 / 2.578 (bf16 0.856 / 1.861 / 2.303), with 64
     output channels 0.811 / 1.728 / 1.461 (bf16 0.556 / 1.175 / 1.469); K = 2304, 32 px,
@@ -111,7 +114,11 @@ def _patch_pays(
     headline 1.374 / 2.324 / 1.507, with 64 output channels 1.127 / 1.878 / 0.890, 56 px,
     batch 32 0.070 / 0.104 / 0.050; since the staged channels-last output (v35-v36), with
     64 output channels 0.730 / 1.879 / 0.888 (bf16 0.465 / 1.009 / 0.447), 56 px, batch 128
-    0.165 / 0.385 / 0.186, batch 32 0.055 / 0.104 / 0.050 (v48b). Exact fp32: the headline
+    0.165 / 0.385 / 0.186, batch 32 0.055 / 0.104 / 0.050 (v48b); bf16 with 64 output
+    channels (v69) at 126-128 px output rows 0.408 / 1.007 / 0.445 (the headline; fp16
+    0.419 / 1.009 / 0.471), batch 64 0.210 / 0.511 / 0.223, and at 56-224 px (rows of
+    87.5 % of their tiles) 0.096 / 0.212 / 0.095 (56 px, batch 128), 0.361 / 0.799 /
+    0.340 (224 px, batch 32). Exact fp32: the headline
     2.805 / 10.851 / 7.601 (channels-last 2.818 / 9.249 / 8.477), 64 output channels
     1.951 / 5.451 / 3.836 (channels-last 1.959 / 4.647 / 4.435), ResNet 56 px batch 32
     channels-last 0.133 / 0.244 / 0.334, batch 4 (0.37 tiles per SM) 0.038 / 0.057 /
@@ -125,9 +132,21 @@ def _patch_pays(
     if exact_fp32:
         return k >= 288 and cout >= 16 and 4 * tiles >= sms
     if channels_last:
-        return (cout >= 64 if elem == 4 else cout > 64) and tiles >= 4 * sms and k < 1024
+        if elem == 4:
+            enough_out = cout >= 64
+        else:
+            enough_out = cout > 64 or (cout == 64 and _row_fill(out_width) >= 0.95)
+        return enough_out and tiles >= 4 * sms and k < 1024
     min_row_bytes = 128 if elem == 2 and k > 1152 else 64
     return k <= 2304 and width * elem > min_row_bytes and cout >= 32 and 2 * tiles >= sms
+
+
+def _row_fill(out_width: int) -> float:
+    """The share of the patch kernel's tile columns that an output row fills: its tiles
+    are the widest power of two up to 128 pixels that covers the row (the binding narrows
+    them only where a patch would not fit its slot: long kernels, wide strides)."""
+    tile_w = min(128, max(8, 1 << (out_width - 1).bit_length()))
+    return out_width / (-(-out_width // tile_w) * tile_w)
 
 
 def _patch_runs(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
@@ -464,7 +483,7 @@ def _path(
     # the patch kernel (TF32, 3xTF32 for exact fp32, fp16 or bf16) where its size rule says
     # it pays
     if patch_runs and _patch_pays(
-        pixels, cout, k, sms, channels_last, elem, x.shape[3], exact_fp32
+        pixels, cout, k, sms, channels_last, elem, x.shape[3], exact_fp32, out_shape[3]
     ):
         return "patch"
     return "cudnn" if cudnn else "fused"

@@ -10,7 +10,7 @@ def test_patch_kernel_size_rule_nchw():
     sms = 132
 
     def pays(pixels, cout, k, elem=4, width=128):
-        return _cuda._patch_pays(pixels, cout, k, sms, False, elem, width, False)
+        return _cuda._patch_pays(pixels, cout, k, sms, False, elem, width, False, width)
 
     # the headline: 128 images of 126 x 126 output pixels, 128 channels, K = 64 x 9
     assert pays(128 * 126 * 126, 128, 576)
@@ -46,19 +46,36 @@ def test_patch_kernel_size_rule_nchw():
 def test_patch_kernel_size_rule_channels_last():
     sms = 132
 
-    def pays(pixels, cout, k):
-        return _cuda._patch_pays(pixels, cout, k, sms, True, 4, 128, False)
+    def pays(pixels, cout, k, elem=4, out_width=126):
+        return _cuda._patch_pays(pixels, cout, k, sms, True, elem, 128, False, out_width)
 
     assert pays(128 * 126 * 126, 128, 576)
-    # 4 tiles per SM, 64 output channels or more (16-bit: more than 64), K below 1024
+    # 4 tiles per SM, 64 output channels or more (16-bit: more than 64, or 64 where the
+    # output rows fill their tiles), K below 1024
     assert pays(4 * sms * 256, 128, 576)
     assert not pays((4 * sms - 1) * 256, 128, 576)
     assert pays(128 * 126 * 126, 64, 576)
+    assert pays(128 * 56 * 56, 64, 576, out_width=56)
     assert not pays(128 * 126 * 126, 48, 576)
-    assert not _cuda._patch_pays(128 * 126 * 126, 64, 576, sms, True, 2, 128, False)
-    assert _cuda._patch_pays(128 * 126 * 126, 72, 576, sms, True, 2, 128, False)
+    assert pays(128 * 126 * 126, 72, 576, elem=2)
+    assert pays(128 * 56 * 56, 72, 576, elem=2, out_width=56)
+    assert pays(128 * 126 * 126, 64, 576, elem=2)  # 126 of 128 tile columns
+    assert pays(128 * 128 * 128, 64, 576, elem=2, out_width=128)
+    assert not pays(128 * 56 * 56, 64, 576, elem=2, out_width=56)  # 56 of 64
+    assert not pays(32 * 224 * 224, 64, 576, elem=2, out_width=224)  # 224 of 256
+    assert not pays(128 * 126 * 126, 56, 576, elem=2)
     assert pays(256 * 28 * 28, 128, 1023)
     assert not pays(256 * 28 * 28, 128, 1024)
+
+
+def test_row_fill_of_the_patch_tiles():
+    # tiles of the widest power of two up to 128 pixels that covers the row
+    assert _cuda._row_fill(126) == 126 / 128
+    assert _cuda._row_fill(128) == 1.0
+    assert _cuda._row_fill(56) == 56 / 64
+    assert _cuda._row_fill(224) == 224 / 256
+    assert _cuda._row_fill(250) == 250 / 256
+    assert _cuda._row_fill(5) == 5 / 8
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -66,7 +83,7 @@ def test_patch_kernel_size_rule_exact_fp32(channels_last):
     sms = 132
 
     def pays(pixels, cout, k, width=128):
-        return _cuda._patch_pays(pixels, cout, k, sms, channels_last, 4, width, True)
+        return _cuda._patch_pays(pixels, cout, k, sms, channels_last, 4, width, True, width)
 
     # a quarter of a tile per SM, from 16 output channels and K = 288, in either layout
     assert pays(128 * 126 * 126, 128, 576)
@@ -209,7 +226,9 @@ H100_SMS = 132
         ((128, 64, 128, 128), 128, 3, torch.float32, True, "cl", True, "patch", "patch"),
         ((128, 64, 128, 128), 128, 3, torch.bfloat16, True, "cl", True, "patch", "patch"),
         ((128, 64, 128, 128), 64, 3, torch.float32, True, "cl", True, "patch", "patch"),
-        ((128, 64, 128, 128), 64, 3, torch.bfloat16, True, "cl", True, "cudnn", "fused"),
+        # 16-bit at 64 output channels: where the output rows fill the tiles' rows
+        ((128, 64, 128, 128), 64, 3, torch.bfloat16, True, "cl", True, "patch", "patch"),
+        ((128, 64, 56, 56), 64, 3, torch.bfloat16, True, "cl", True, "cudnn", "fused"),
         ((32, 64, 56, 56), 64, 3, torch.float32, True, "cl", True, "cudnn", "fused"),
         ((32, 8, 64, 64), 32, 3, torch.float32, True, "cl", True, "fused", "fused"),  # 8 channels
     ],
