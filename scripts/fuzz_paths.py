@@ -100,7 +100,7 @@ def draw(rng: random.Random, index: int) -> Case:
             c = rng.choice([1, 2, 3, 4, 8, 12, 16, 24, 32, 40, 48, 64, 72, 128, 160])
             h, w = rng.randint(1, 48), rng.randint(1, 48)
             cout = rng.choice([1, 3, 8, 16, 17, 32, 48, 64, 70, 96, 128, 130, 200])
-            if rng.random() < 0.2:  # grouped: depthwise, or groups of a few channels
+            if rng.random() < 0.2:  # grouped: depthwise, or a few groups
                 groups = c if rng.random() < 0.6 else next(
                     g for g in (8, 4, 2, 1) if c % g == 0 and g <= c
                 )
