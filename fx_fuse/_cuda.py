@@ -25,6 +25,12 @@ from . import _autotune, _build, ops
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INT32_MAX = 2**31 - 1
+# Exact fp32 (TF32 off) on the tensor cores is 3xTF32 (the patch and K-table kernels), whose
+# fp32 accumulation rounds toward zero: its error grows with K, ~3.5e-9 x K of the output's
+# norm where cuDNN's fp32 convolution stays near 1e-7-1e-6, and past this K some elements
+# are off by more than 1e-4 of their rounding scale, ten times cuDNN's error
+# (docs/performance.md, v70). Beyond it exact fp32 runs cuDNN's path where it can.
+_F32X3_MAX_K = 4608
 
 _warned: Set[str] = set()
 _properties: Dict[int, Any] = {}
@@ -147,6 +153,12 @@ def _row_fill(out_width: int) -> float:
     them only where a patch would not fit its slot: long kernels, wide strides)."""
     tile_w = min(128, max(8, 1 << (out_width - 1).bit_length()))
     return out_width / (-(-out_width // tile_w) * tile_w)
+
+
+def _f32x3_past_bound(dtype: torch.dtype, allow_tf32: bool, k: int) -> bool:
+    """Whether a layer of K = ``k`` is exact fp32 (fp32, TF32 off) past ``_F32X3_MAX_K``,
+    where 3xTF32 no longer keeps fp32's accuracy."""
+    return dtype == torch.float32 and not allow_tf32 and k > _F32X3_MAX_K
 
 
 def _patch_runs(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
@@ -426,7 +438,8 @@ def _candidates(
     the cuDNN path; else the K-table kernel, the patch kernel where it may run and takes
     them (``patch_runs``), the cuDNN path where it may run, and the direct kernel where its
     size rule and the binding take them (``direct``: past its rule, the direct kernel's
-    time grows with the multiplies, on the CUDA cores)."""
+    time grows with the multiplies, on the CUDA cores); for exact fp32 past
+    ``_F32X3_MAX_K``, not the tensor-core kernels where the cuDNN path runs."""
     if groups > 1:
         fits = _depthwise_runs(x, weight, stride, padding, dilation)
         return ["depthwise", "cudnn"] if fits else ["cudnn"]
@@ -437,6 +450,9 @@ def _candidates(
         paths.append("cudnn")
     if direct:
         paths.append("direct")
+    k = math.prod(weight.shape[1:])
+    if "cudnn" in paths and _f32x3_past_bound(x.dtype, torch.backends.cudnn.allow_tf32, k):
+        paths = [path for path in paths if path not in ("fused", "patch")]
     return paths
 
 
@@ -459,13 +475,16 @@ def _path(
     """Which implementation runs: "patch" (the patch kernel), "cudnn" (cuDNN's convolution
     and one epilogue pass) or "fused" (the K-table kernels). ``x`` is dense in its layout
     (NCHW or channels-last); ``sms``: the GPU's SM count; ``patch_runs``: whether the patch
-    kernel may run and takes these arguments (``_patch_runs``)."""
+    kernel may run and takes these arguments (``_patch_runs``). Exact fp32 past
+    ``_F32X3_MAX_K`` runs the cuDNN path wherever it may; otherwise the size rules decide."""
     pixels, cout = out_shape[0] * out_shape[2] * out_shape[3], out_shape[1]
     exact_fp32 = x.dtype == torch.float32 and not allow_tf32
     channels_last = _channels_innermost(x)
     elem = x.element_size()
     k = math.prod(weight.shape[1:])
     tiles = -(-pixels // 128) * -(-cout // (64 if cout <= 64 else 128))  # the K-table tiles
+    if _f32x3_past_bound(x.dtype, allow_tf32, k) and _cudnn_runs(out_shape):
+        return "cudnn"  # cuDNN's fp32 arithmetic, where 3xTF32 would lose accuracy
     cudnn = (
         _cudnn_runs(out_shape)
         and _cudnn_pays(

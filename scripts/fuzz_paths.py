@@ -204,7 +204,9 @@ def runs(args) -> Dict[str, Callable[[], torch.Tensor]]:
     """The runs of one case, each a function returning the output: the op as planned, then
     every path whose kernel takes the arguments, forced with the plan's layouts (the
     direct kernel beyond its size rule too, up to 2^27 multiply-adds), and the K-table
-    path on the mma.sync kernel."""
+    path on the mma.sync kernel. Not the tensor-core kernels for exact fp32 past
+    ``_cuda._F32X3_MAX_K`` where the cuDNN path runs: the planner never sends it to them
+    (3xTF32's error grows with K)."""
     from fx_fuse import _cuda, ops
 
     x, weight, bias, other, stride, padding, dilation, groups = args
@@ -218,17 +220,22 @@ def runs(args) -> Dict[str, Callable[[], torch.Tensor]]:
     geometry = (dense, weight, stride, padding, dilation)
     out_shape = ops.output_shape(*geometry)
     macs = math.prod(out_shape) * math.prod(weight.shape[1:])
+    cudnn = _cuda._cudnn_runs(out_shape)
+    exact_past_bound = _cuda._f32x3_past_bound(
+        x.dtype, torch.backends.cudnn.allow_tf32, math.prod(weight.shape[1:])
+    )
+    tensor_cores = groups == 1 and not (exact_past_bound and cudnn)
     takes = {
-        "fused": groups == 1,
-        "patch": groups == 1 and hopper and _cuda._patch_runs(*geometry),
+        "fused": tensor_cores,
+        "patch": tensor_cores and hopper and _cuda._patch_runs(*geometry),
         "direct": macs <= 1 << 27 and _cuda._direct_runs(*geometry),
         "depthwise": groups > 1 and _cuda._depthwise_runs(*geometry),
-        "cudnn": _cuda._cudnn_runs(out_shape),
+        "cudnn": cudnn,
     }
     run_plan = _cuda._extension().run_plan
     for path in (p for p, ok in takes.items() if ok):
         runs[path] = lambda path=path: run_plan((path, x_cl, out_cl, hopper), *args)
-    if groups == 1:
+    if tensor_cores:
         runs["mma.sync"] = lambda: run_plan(("fused", x_cl, out_cl, False), *args)
     return runs
 

@@ -84,6 +84,16 @@ def test_benchmark_mode_times_every_path_that_runs_the_layer(h100_timings):
     assert asked == [["fused", "patch", "cudnn"]] * 2
 
 
+def test_exact_fp32_past_the_3xtf32_bound_is_not_timed_on_the_tensor_cores(h100_timings):
+    timings, asked = h100_timings
+    timings.update(patch=1.0, fused=1.0, cudnn=3.0)
+    with torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=False):
+        assert _plan((32, 512, 28, 28), 128, 3, padding=1)[0] == "patch"  # K = 4608
+        assert _plan((32, 576, 28, 28), 128, 3, padding=1)[0] == "cudnn"  # K = 5184
+    # one candidate past the bound: nothing timed
+    assert asked == [["fused", "patch", "cudnn"]]
+
+
 def test_the_rules_decide_without_benchmark_mode(h100_timings):
     timings, asked = h100_timings
     timings.update(patch=9.0, fused=1.0, cudnn=1.0)

@@ -231,6 +231,12 @@ H100_SMS = 132
         ((128, 64, 56, 56), 64, 3, torch.bfloat16, True, "cl", True, "cudnn", "fused"),
         ((32, 64, 56, 56), 64, 3, torch.float32, True, "cl", True, "cudnn", "fused"),
         ((32, 8, 64, 64), 32, 3, torch.float32, True, "cl", True, "fused", "fused"),  # 8 channels
+        # exact fp32 (3xTF32 on the tensor cores) up to K = 4608; beyond, cuDNN's fp32
+        # arithmetic wherever the cuDNN path may run
+        ((32, 512, 28, 28), 128, 3, torch.float32, False, "nchw", True, "patch", "patch"),
+        ((32, 576, 28, 28), 128, 3, torch.float32, False, "nchw", True, "cudnn", "patch"),
+        ((32, 576, 28, 28), 128, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),
+        ((32, 576, 28, 28), 128, 3, torch.bfloat16, False, "nchw", True, "cudnn", "fused"),
     ],
 )
 def test_path_choice(
