@@ -27,8 +27,8 @@ _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INT32_MAX = 2**31 - 1
 # Exact fp32 (TF32 off) on the tensor cores is 3xTF32 (the patch and K-table kernels), whose
 # fp32 accumulation rounds toward zero: its error grows with K, ~3.5e-9 x K of the output's
-# norm where cuDNN's fp32 convolution stays near 1e-7-1e-6, and past this K some elements
-# are off by more than 1e-4 of their rounding scale, ten times cuDNN's error
+# norm where cuDNN's fp32 convolution stays near 1e-7-1e-6. At this K the worst element is
+# off by ~1.2e-4 of its rounding scale, ten times cuDNN's error, and the error keeps growing
 # (docs/performance.md, v70). Beyond it exact fp32 runs cuDNN's path where it can.
 _F32X3_MAX_K = 4608
 

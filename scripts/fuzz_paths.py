@@ -4,8 +4,9 @@ Each case draws a convolution (sizes, kernel, stride, padding, dilation, groups)
 and TF32 setting, the layouts of the input and weight (NCHW, channels-last, or a strided
 view), a bias or none, and a kind of `other` (per channel, full, broadcast over rows or
 columns, a 0-dim tensor on the GPU or the CPU). It runs the op as the planner decides, then
-every path ``fx_fuse._cuda._candidates`` lists for the arguments, each forced through the
-C++ runner (``run_plan``), and the K-table path again on the portable mma.sync kernel. Each
+every path whose kernel takes the arguments (the direct kernel past its size rule too),
+each forced through the C++ runner (``run_plan``), and the K-table path again on the
+portable mma.sync kernel. Each
 output is compared with the float64 convolution of the same inputs: NaN where the
 reference has none, or an error past the dtype's tolerance, fails the case. Prints a table
 of cases and failures per path and dtype, then every failure with the case's index (rerun
@@ -210,10 +211,10 @@ def runs(args) -> Dict[str, Callable[[], torch.Tensor]]:
     from fx_fuse import _cuda, ops
 
     x, weight, bias, other, stride, padding, dilation, groups = args
-    runs = {"planned": lambda: torch.ops.fx_fuse.conv2d_relu_add.default(*args)}
+    calls = {"planned": lambda: torch.ops.fx_fuse.conv2d_relu_add.default(*args)}
     planned = _cuda.plan(*args)
     if not isinstance(planned, tuple):  # the reference path: no kernel to force
-        return runs
+        return calls
     _, x_cl, out_cl, hopper = planned
     xb = x.unsqueeze(0) if x.dim() == 3 else x
     dense = xb.contiguous(memory_format=torch.channels_last if x_cl else torch.contiguous_format)
@@ -234,10 +235,10 @@ def runs(args) -> Dict[str, Callable[[], torch.Tensor]]:
     }
     run_plan = _cuda._extension().run_plan
     for path in (p for p, ok in takes.items() if ok):
-        runs[path] = lambda path=path: run_plan((path, x_cl, out_cl, hopper), *args)
+        calls[path] = lambda path=path: run_plan((path, x_cl, out_cl, hopper), *args)
     if tensor_cores:
-        runs["mma.sync"] = lambda: run_plan(("fused", x_cl, out_cl, False), *args)
-    return runs
+        calls["mma.sync"] = lambda: run_plan(("fused", x_cl, out_cl, False), *args)
+    return calls
 
 
 def run_case(case: Case) -> List[Tuple[str, Optional[str]]]:
