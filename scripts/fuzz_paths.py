@@ -3,14 +3,13 @@
 Each case draws a convolution (sizes, kernel, stride, padding, dilation, groups), a dtype
 and TF32 setting, the layouts of the input and weight (NCHW, channels-last, or a strided
 view), a bias or none, and a kind of `other` (per channel, full, broadcast over rows or
-columns, a 0-dim tensor on the GPU or the CPU). It runs the op as the planner decides, then
-every path whose kernel takes the arguments (the direct kernel past its size rule too),
-each forced through the C++ runner (``run_plan``), and the K-table path again on the
-portable mma.sync kernel. Each
-output is compared with the float64 convolution of the same inputs: NaN where the
-reference has none, or an error past the dtype's tolerance, fails the case. Prints a table
-of cases and failures per path and dtype, then every failure with the case's index (rerun
-one with ``--case``).
+columns, a 0-dim tensor on the GPU or the CPU). It runs the op as the planner decides,
+then every path the planner may time for the arguments (the direct kernel past its size
+rule too), each forced through the C++ runner (``run_plan``), and the K-table path again
+on the portable mma.sync kernel. Each output is compared with the float64 convolution of
+the same inputs: NaN where the reference has none, or an error past the dtype's
+tolerance, fails the case. Prints a table of cases and failures per path and dtype, then
+every failure with the case's index (rerun one with ``--case``).
 
     python scripts/fuzz_paths.py                     # 300 cases, seed 0
     python scripts/fuzz_paths.py --cases 1000 --seed 3
@@ -203,11 +202,11 @@ def mismatch(out, ref, scale, policy: str) -> Optional[str]:
 
 def runs(args) -> Dict[str, Callable[[], torch.Tensor]]:
     """The runs of one case, each a function returning the output: the op as planned, then
-    every path whose kernel takes the arguments, forced with the plan's layouts (the
-    direct kernel beyond its size rule too, up to 2^27 multiply-adds), and the K-table
-    path on the mma.sync kernel. Not the tensor-core kernels for exact fp32 past
-    ``_cuda._F32X3_MAX_K`` where the cuDNN path runs: the planner never sends it to them
-    (3xTF32's error grows with K)."""
+    every path the planner may time for it (``_cuda._candidates``: not the tensor-core
+    kernels for exact fp32 past ``_cuda._F32X3_MAX_K`` where the cuDNN path runs), forced
+    with the plan's layouts, with the direct kernel wherever the binding takes it up to
+    2^27 multiply-adds (past its size rule, and on grouped convolutions), and the K-table
+    path on the mma.sync kernel."""
     from fx_fuse import _cuda, ops
 
     x, weight, bias, other, stride, padding, dilation, groups = args
@@ -221,22 +220,16 @@ def runs(args) -> Dict[str, Callable[[], torch.Tensor]]:
     geometry = (dense, weight, stride, padding, dilation)
     out_shape = ops.output_shape(*geometry)
     macs = math.prod(out_shape) * math.prod(weight.shape[1:])
-    cudnn = _cuda._cudnn_runs(out_shape)
-    exact_past_bound = _cuda._f32x3_past_bound(
-        x.dtype, torch.backends.cudnn.allow_tf32, math.prod(weight.shape[1:])
-    )
-    tensor_cores = groups == 1 and not (exact_past_bound and cudnn)
-    takes = {
-        "fused": tensor_cores,
-        "patch": tensor_cores and hopper and _cuda._patch_runs(*geometry),
-        "direct": macs <= 1 << 27 and _cuda._direct_runs(*geometry),
-        "depthwise": groups > 1 and _cuda._depthwise_runs(*geometry),
-        "cudnn": cudnn,
-    }
+    direct = macs <= 1 << 27 and _cuda._direct_runs(*geometry)
+    patch_runs = groups == 1 and hopper and _cuda._patch_runs(*geometry)
+    paths = _cuda._candidates(dense, weight, out_shape, stride, padding, dilation, groups,
+                              direct, patch_runs)
+    if direct and "direct" not in paths:  # grouped: the binding takes it, the planner does not
+        paths.append("direct")
     run_plan = _cuda._extension().run_plan
-    for path in (p for p, ok in takes.items() if ok):
+    for path in paths:
         calls[path] = lambda path=path: run_plan((path, x_cl, out_cl, hopper), *args)
-    if tensor_cores:
+    if "fused" in paths:
         calls["mma.sync"] = lambda: run_plan(("fused", x_cl, out_cl, False), *args)
     return calls
 
