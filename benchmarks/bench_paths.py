@@ -7,6 +7,7 @@ do_bench medians (L2 flushed), GPU kernel time, and which path the op's planner
     python benchmarks/bench_paths.py
     python benchmarks/bench_paths.py --only resnet
     python benchmarks/bench_paths.py --unseen    # layers no rule was measured on
+    python benchmarks/bench_paths.py --random 40 --seed 1  # 40 layers drawn at random
     python benchmarks/bench_paths.py --cudnn-benchmark  # cuDNN's benchmark mode, every
         # path and eager; the op's pick is then timed (fx_fuse._autotune), and the first
         # call's milliseconds, the timing included, and the planner's timings are printed
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import sys
 import time
 from pathlib import Path
@@ -226,12 +228,57 @@ UNSEEN = [
 ]
 
 
+
+
+def random_layers(count: int, seed: int) -> list:
+    """``count`` dense layers drawn as networks build them (channel counts, kernel sizes,
+    strides, image sizes, batches and dtypes that models use, channels-last a quarter of
+    the time), each between 2^24 and 2^37 multiply-adds: rows in SHAPES' form, for a panel
+    that no rule was written from."""
+    rng = random.Random(seed)
+    channels = (3, 16, 24, 32, 48, 64, 64, 96, 128, 128, 160, 192, 256, 256, 384, 512, 1024)
+    layers = []
+    while len(layers) < count:
+        cin = rng.choice(channels)
+        cout = rng.choice((16, 32, 64)) if cin == 3 else max(8, int(cin * rng.choice((1, 1, 2, 0.5))))
+        k = rng.choice((1, 3, 3, 3, 3, 5, 7))
+        stride = rng.choice((1, 1, 1, 2))
+        padding = rng.choice((k // 2, k // 2, 0))
+        size = rng.choice((7, 14, 28, 30, 32, 48, 56, 64, 80, 112, 128, 224))
+        batch = rng.choice((1, 8, 16, 32, 64, 128))
+        kind = rng.choice((torch.float32, torch.float32, BF16, torch.float16, TF32_OFF))
+        out = (size + 2 * padding - k) // stride + 1
+        macs = batch * cout * out * out * cin * k * k
+        if out < 1 or not 2**24 <= macs <= 2**37 or batch * cin * size * size > 2**28:
+            continue
+        layout = " channels_last" if rng.random() < 0.25 else ""
+        name = f"r{len(layers)} {cin} -> {cout} {k}x{k} s{stride} p{padding} {size}px b{batch}{layout}"
+        layers.append((name, (batch, cin, size, size), cout, k, stride, padding, kind))
+    return layers
+
+
+def summary(rows: list, at: int) -> str:
+    """How often the pick is the fastest path on the GPU (within 5 %) and ahead of eager;
+    the pick / fastest ratio is column ``at`` of a row, eager / pick the next."""
+    ratios = [(row[at], row[at + 1]) for row in rows if not math.isnan(row[at])]
+    if not ratios:
+        return "no layer timed"
+    near = sum(r <= 1.05 for r, _ in ratios)
+    behind = sum(e < 1 for _, e in ratios)
+    geomean = math.exp(sum(math.log(r) for r, _ in ratios) / len(ratios))
+    return (f"{len(ratios)} layers: the pick within 5 % of the fastest path on {near}, "
+            f"pick / fastest geomean {geomean:.3f}, worst {max(r for r, _ in ratios):.2f}; "
+            f"slower than eager on the GPU on {behind}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--only", default="", help="the shapes whose name contains one of these (comma-separated)"
     )
     parser.add_argument("--unseen", action="store_true", help="the layers no rule was measured on")
+    parser.add_argument("--random", type=int, default=0, help="this many layers drawn at random")
+    parser.add_argument("--seed", type=int, default=0, help="the draw's seed (--random)")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="cuDNN's benchmark mode: the op's pick timed")
     args = parser.parse_args()
@@ -243,7 +290,8 @@ def main() -> None:
     timed = {}  # the planner's timings of the last layer (benchmark mode)
     time_paths = _autotune.times
     _autotune.times = lambda *args: timed.update(time_paths(*args)) or dict(timed)
-    for name, x_shape, cout, k, stride, padding, kind in UNSEEN if args.unseen else SHAPES:
+    layers = random_layers(args.random, args.seed) if args.random else UNSEEN if args.unseen else SHAPES
+    for name, x_shape, cout, k, stride, padding, kind in layers:
         if not any(part in name for part in args.only.split(",")):
             continue
         dtype = torch.float32 if kind == TF32_OFF else kind
@@ -286,7 +334,10 @@ def main() -> None:
         ran = [p for p in PATHS if not math.isnan(times[p][1])]
         best = min(ran, key=lambda p: times[p][1])
         label = "tf32 off" if kind == TF32_OFF else str(dtype).replace("torch.", "")
-        row = [name, label, *(t for p in (*PATHS, "eager") for t in times[p]), best, rule]
+        # the pick's GPU time over the fastest path's, and eager's over the pick's
+        pick_ms = times[rule][1] if rule in times else float("nan")
+        ratios = [pick_ms / times[best][1], times["eager"][1] / pick_ms]
+        row = [name, label, *(t for p in (*PATHS, "eager") for t in times[p]), best, rule, *ratios]
         timings = " ".join(f"{path} {ms:.3f}" for path, ms in timed.items())
         rows.append(row + [plan_ms, timings] if args.cudnn_benchmark else row)
         print(rows[-1], flush=True)
@@ -296,7 +347,9 @@ def main() -> None:
         headers += ["op picks (timed)", "planning ms", "the planner's ms"]
     else:
         headers += ["rule picks"]
+    headers[len(PATHS) * 2 + 6:len(PATHS) * 2 + 6] = ["pick / fastest", "eager / pick"]
     print(table(rows, headers))
+    print(summary(rows, len(PATHS) * 2 + 6))
 
 
 if __name__ == "__main__":
