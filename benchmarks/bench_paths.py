@@ -190,6 +190,38 @@ SHAPES = [
     ("channels_last 128 -> 128 56px b32", (32, 128, 56, 56), 128, 3, 1, 1, torch.float32),
     ("channels_last 64 -> 128 56px b32", (32, 64, 56, 56), 128, 3, 1, 1, torch.float32),
     ("channels_last 64 -> 256 28px b64", (64, 64, 28, 28), 256, 3, 1, 1, torch.float32),
+    # exact fp32 below 16 input channels, which the cuDNN rule leaves to the K-table kernel
+    # (3xTF32), and exact fp32 layers the patch kernel does not take (strided, 1x1, short
+    # rows): the drawn list's misses both ways (docs/performance.md, the fifth list)
+    ("exact 3 -> 32 224px b8", (8, 3, 224, 224), 32, 3, 1, 1, TF32_OFF),
+    ("exact 3 -> 64 7x7 s2 224px b32", (32, 3, 224, 224), 64, 7, 2, 3, TF32_OFF),
+    ("exact 3 -> 16 32px b128", (128, 3, 32, 32), 16, 3, 1, 1, TF32_OFF),
+    ("exact 3 -> 32 5x5 224px b1 channels_last", (1, 3, 224, 224), 32, 5, 1, 2, TF32_OFF),
+    ("exact 3 -> 64 224px b16 channels_last", (16, 3, 224, 224), 64, 3, 1, 1, TF32_OFF),
+    ("exact 8 -> 64 128px b16", (16, 8, 128, 128), 64, 3, 1, 1, TF32_OFF),
+    ("exact 8 -> 32 64px b64 channels_last", (64, 8, 64, 64), 32, 3, 1, 1, TF32_OFF),
+    ("exact s2 32 -> 64 112px b64", (64, 32, 112, 112), 64, 3, 2, 1, TF32_OFF),
+    ("exact s2 64 -> 128 56px b32", (32, 64, 56, 56), 128, 3, 2, 1, TF32_OFF),
+    ("exact s2 128 -> 256 28px b32", (32, 128, 28, 28), 256, 3, 2, 1, TF32_OFF),
+    ("exact s2 7x7 64 -> 128 32px b128", (128, 64, 32, 32), 128, 7, 2, 3, TF32_OFF),
+    ("exact 1x1 256 -> 512 28px b32", (32, 256, 28, 28), 512, 1, 1, 0, TF32_OFF),
+    ("exact 1x1 64 -> 128 32px b128", (128, 64, 32, 32), 128, 1, 1, 0, TF32_OFF),
+    ("exact 160 -> 80 30px b16", (16, 160, 30, 30), 80, 3, 1, 1, TF32_OFF),
+    ("exact 384 -> 384 30px b64", (64, 384, 30, 30), 384, 3, 1, 0, TF32_OFF),
+    ("exact 48 -> 48 7x7 14px b128", (128, 48, 14, 14), 48, 7, 1, 3, TF32_OFF),
+    # fp32 NCHW past the patch rule's K = 2304 (5x5 and wide 3x3 layers), and 16-bit NCHW
+    # of 16 output channels, under the rule's 32
+    ("K 3200 128 -> 64 5x5 80px b8", (8, 128, 80, 80), 64, 5, 1, 2, torch.float32),
+    ("K 3200 128 -> 64 5x5 64px b1", (1, 128, 64, 64), 64, 5, 1, 2, torch.float32),
+    ("K 3200 128 -> 128 5x5 64px b16", (16, 128, 64, 64), 128, 5, 1, 2, torch.float32),
+    ("K 2880 320 -> 320 64px b16", (16, 320, 64, 64), 320, 3, 1, 1, torch.float32),
+    ("K 3456 384 -> 384 32px b32", (32, 384, 32, 32), 384, 3, 1, 1, torch.float32),
+    ("K 4608 512 -> 512 28px b32", (32, 512, 28, 28), 512, 3, 1, 1, torch.float32),
+    ("K 3136 64 -> 64 7x7 64px b16", (16, 64, 64, 64), 64, 7, 1, 3, torch.float32),
+    ("K 3200 128 -> 64 5x5 80px b8", (8, 128, 80, 80), 64, 5, 1, 2, BF16),
+    ("16 out 32 -> 16 32px b128", (128, 32, 32, 32), 16, 3, 1, 0, torch.float16),
+    ("16 out 64 -> 16 56px b32", (32, 64, 56, 56), 16, 3, 1, 1, BF16),
+    ("16 out 32 -> 16 32px b128", (128, 32, 32, 32), 16, 3, 1, 0, torch.float32),
 ]
 
 # Layers that none of the rules' measurements used (``--unseen``): real networks' layers and
