@@ -101,10 +101,11 @@ def _patch_pays(
     Exact fp32, in either layout, where cuDNN's exact fp32 convolution is 1.2-8x slower:
     K >= 288 (a half-empty channel block loses, K = 144), from 16 output channels and a
     quarter of a tile per SM (v31).
-    NCHW input: K <= 2304 and rows longer than 64 bytes (each row of a patch is one bulk
-    copy: short ones cost more than they bring), from 32 output channels and half a tile
-    per SM; 16-bit with K above 1152, rows longer than 128 bytes (cuDNN's 16-bit kernels
-    multiply faster at such K on narrower rows, v64).
+    NCHW input: rows longer than 64 bytes (each row of a patch is one bulk copy: short
+    ones cost more than they bring), from 16 output channels and half a tile per SM, and
+    K <= 2304 (fp32: 3456; beyond, cuDNN multiplies faster); 16-bit with K above 1152,
+    rows longer than 128 bytes (cuDNN's 16-bit kernels multiply faster at such K on
+    narrower rows, v64).
     Channels-last input, where cuDNN's sm90 kernels are stronger still: more than 64 output
     channels (fp32: 64 or more; 16-bit: 64 where the output rows fill the tiles' rows,
     ``_row_fill``, to 95 %), 4 tiles per SM and K below 1024.
@@ -133,7 +134,13 @@ def _patch_pays(
     (K = 144) 0.075 / 0.136 / 0.057. 16-bit NCHW beyond K = 1152 (v64, bf16; fp16 alike):
     K = 2304 at 56 px (112-byte rows), batch 16 0.164 / 0.448 / 0.143, at 112 px, batch 8
     0.254 / 0.840 / 0.276; K = 1728 at 56 px, batch 32 0.204 / 0.666 / 0.201; K = 1152 at
-    64 px, batch 64 0.167 / 0.674 / 0.268 (fp32 at K = 2304, 56 px: 0.227 / 0.558 / 0.248)."""
+    64 px, batch 64 0.167 / 0.674 / 0.268 (fp32 at K = 2304, 56 px: 0.227 / 0.558 / 0.248).
+    fp32 NCHW past K = 2304 (v71): K = 2880 at 64 px, batch 16 0.417 / 1.478 / 0.512;
+    5x5 K = 3200 at 64 px, batch 16 0.142 / 0.547 / 0.282, batch 1 0.057 / 0.231 / 0.075,
+    at 80 px, batch 8 0.145 / 0.522 / 0.164; K = 3456 at 32 px, batch 32 0.321 / 0.863 /
+    0.322; K = 4608 at 28 px, batch 32 0.545 / 2.854 / 0.382. 16 output channels (v71):
+    fp32 32 -> 16 at 32 px, batch 128 0.037 / 0.059 / 0.074, bf16 64 -> 16 at 56 px,
+    batch 32 0.041 / 0.115 / 0.044."""
     tiles = -(-pixels // 256) * -(-cout // 128)
     if exact_fp32:
         return k >= 288 and cout >= 16 and 4 * tiles >= sms
@@ -144,7 +151,8 @@ def _patch_pays(
             enough_out = cout > 64 or (cout == 64 and _row_fill(out_width) >= 0.95)
         return enough_out and tiles >= 4 * sms and k < 1024
     min_row_bytes = 128 if elem == 2 and k > 1152 else 64
-    return k <= 2304 and width * elem > min_row_bytes and cout >= 32 and 2 * tiles >= sms
+    max_k = 3456 if elem == 4 else 2304
+    return k <= max_k and width * elem > min_row_bytes and cout >= 16 and 2 * tiles >= sms
 
 
 def _row_fill(out_width: int) -> float:
@@ -198,8 +206,9 @@ def _cudnn_pays(
     pixels x 64 (C_out <= 64) or 128 channels; ``channels_last``: the input's layout;
     ``elem``: the input's element size.
 
-    Never below 16 input channels (cuDNN's tensor-core kernels pad them; the K-table kernel
-    wins). Otherwise cuDNN for channels-last input (its sm90 channels-last kernels beat the
+    Below 16 input channels only for exact fp32 (cuDNN's tensor-core kernels pad the
+    channels, and the K-table kernel wins; but its 3xTF32 multiplies a channel block padded
+    to 32 three times, and cuDNN's fp32 arithmetic is faster, v71). Otherwise cuDNN for channels-last input (its sm90 channels-last kernels beat the
     K-table kernel), for exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's
     fp32), for 16-bit input (cuDNN's 16-bit kernels beat the K-table kernel's on every
     16-bit layer measured, v64) but 1x1 strided layers (there cuDNN's 16-bit kernels lose
@@ -236,9 +245,14 @@ def _cudnn_pays(
     in 16-bit too: bf16 64 to 128 from 56 px 0.015 / 0.026, 256 to 512 from 56 px 0.068 /
     0.095 (fp16 the same; batch 8 0.022 / 0.030), 512 to 1024 from 28 px 0.055 / 0.086
     (batch 64 0.105 / 0.164); on cuDNN at K = 1024, 1024 to 2048 from 14 px, bf16 0.069 /
-    0.055, fp32 0.097 / 0.069."""
+    0.055, fp32 0.097 / 0.069. Exact fp32 below 16 input channels (v71), on cuDNN: 3 to
+    32 channels at 224 px, batch 8 0.137 / 0.079, 5x5 batch 1 channels-last 0.041 /
+    0.026; 3 to 16 at 32 px, batch 128 0.043 / 0.022; 8 to 64 at 128 px, batch 16 0.180 /
+    0.119, 8 to 32 at 64 px channels-last, batch 64 0.127 / 0.087; against two near ties,
+    the 7x7 stride-2 stem at 224 px, batch 32 0.412 / 0.420, 3 to 64 at 224 px
+    channels-last, batch 16 0.319 / 0.330."""
     if cin < 16:
-        return False
+        return exact_fp32
     compute_heavy = k >= 1024 or (k >= 512 and tiles < 64 * sms)
     stride_one = not strided and compute_heavy
     strided_heavy = strided and k >= 1024 and cout > 128

@@ -22,15 +22,24 @@ def test_patch_kernel_size_rule_nchw():
     assert not pays((sms // 2 - 1) * 256, 128, 576, elem=2)
     assert pays(32 * 56 * 56, 64, 576, width=56)  # ResNet 56 px at batch 32: 392 tiles
     assert pays(32 * 128 * 128, 32, 288)
-    assert not pays(32 * 128 * 128, 16, 144)
     assert pays(32 * 56 * 56, 64, 576, elem=2, width=56)
     assert pays(32 * 128 * 128, 32, 288, elem=2)
-    assert not pays(32 * 128 * 128, 16, 144, elem=2)
+    # from 16 output channels
+    assert pays(128 * 30 * 30, 16, 288, width=32)
+    assert pays(32 * 56 * 56, 16, 576, elem=2, width=56)
+    assert not pays(32 * 128 * 128, 15, 144)
+    assert not pays(32 * 128 * 128, 8, 144, elem=2)
     # rows longer than 64 bytes (one bulk copy per patch row)
     assert pays(128 * 32 * 32, 256, 2304, width=32)
     assert not pays(128 * 32 * 32, 256, 2304, elem=2, width=32)
     assert not pays(512 * 16 * 16, 128, 1152, width=16)
-    # K up to 2304 (256 input channels); cuDNN multiplies faster beyond
+    # K up to 3456 in fp32 (5x5 layers of 128 input channels, 3x3 of 384), 2304 in 16-bit;
+    # cuDNN multiplies faster beyond
+    assert pays(16 * 64 * 64, 128, 3200, width=64)
+    assert pays(32 * 32 * 32, 384, 3456, width=32)
+    assert not pays(32 * 32 * 32, 384, 3457, width=32)
+    assert not pays(32 * 28 * 28, 512, 4608, width=28)
+    assert not pays(8 * 112 * 112, 256, 2305, elem=2, width=112)
     assert not pays(256 * 16 * 16, 512, 4608)
     # 16-bit above K = 1152: rows longer than 128 bytes (VGG's 256 channels at 56 px go to
     # cuDNN, at 112 px stay); fp32 keeps 64
@@ -147,10 +156,15 @@ def test_cudnn_path_size_rule():
     assert _cudnn_pays(16, 144, True, sms - 1, sms, exact_fp32=False, cout=128)
     assert not _cudnn_pays(16, 144, True, sms, sms, exact_fp32=False, cout=128)
     assert _cudnn_pays(64, 576, True, 15876, sms, exact_fp32=True)
-    # few input channels (a 3-channel stem, an 8-channel layer): always the K-table kernel
-    assert not _cudnn_pays(3, 147, True, 10, sms, exact_fp32=True)
+    # few input channels (a 3-channel stem, an 8-channel layer): the K-table kernel, but
+    # for exact fp32 (3xTF32 on a padded channel block against cuDNN's fp32)
+    assert not _cudnn_pays(3, 147, True, 10, sms, exact_fp32=False)
     assert not _cudnn_pays(8, 72, False, 10, sms, exact_fp32=False)
     assert not _cudnn_pays(8, 72, False, 10, sms, exact_fp32=False, elem=2)
+    assert not _cudnn_pays(15, 135, False, 4096, sms, exact_fp32=False, channels_last=True)
+    assert _cudnn_pays(3, 147, True, 10, sms, exact_fp32=True)
+    assert _cudnn_pays(8, 72, False, 4096, sms, exact_fp32=True, channels_last=True)
+    assert _cudnn_pays(15, 135, False, 4096, sms, exact_fp32=True, cout=128)
 
 
 def test_cudnn_path_size_rule_16bit():
@@ -216,11 +230,19 @@ H100_SMS = 132
         ((16, 256, 56, 56), 256, 3, torch.bfloat16, True, "nchw", True, "cudnn", "fused"),
         ((8, 256, 112, 112), 256, 3, torch.bfloat16, True, "nchw", True, "patch", "patch"),
         ((16, 256, 56, 56), 256, 3, torch.float32, True, "nchw", True, "patch", "patch"),
-        # from 32 output channels
+        # from 16 output channels
         ((32, 32, 128, 128), 32, 3, torch.float32, True, "nchw", True, "patch", "patch"),
         ((32, 32, 128, 128), 32, 3, torch.bfloat16, True, "nchw", True, "patch", "patch"),
+        ((32, 64, 58, 58), 16, 3, torch.bfloat16, True, "nchw", True, "patch", "patch"),
+        ((32, 64, 58, 58), 8, 3, torch.bfloat16, True, "nchw", True, "cudnn", "fused"),
+        # fp32 up to K = 3456 (5x5 from 128 channels); 4608 on cuDNN
+        ((16, 128, 68, 68), 128, 5, torch.float32, True, "nchw", True, "patch", "patch"),
+        ((32, 512, 30, 30), 512, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),
         ((128, 64, 128, 128), 128, 3, torch.float32, True, "nchw", False, "fused", "fused"),
-        ((1, 3, 16, 16), 16, 3, torch.float32, False, "nchw", False, "fused", "fused"),  # 3 channels
+        # 3 and 8 input channels: the K-table kernel, but for exact fp32
+        ((1, 3, 16, 16), 16, 3, torch.float32, True, "nchw", False, "fused", "fused"),
+        ((1, 3, 16, 16), 16, 3, torch.float32, False, "nchw", False, "cudnn", "fused"),
+        ((64, 8, 64, 64), 32, 3, torch.float32, False, "cl", True, "cudnn", "fused"),
         ((1, 16, 16, 16), 16, 3, torch.float32, True, "nchw", True, "cudnn", "fused"),  # one tile
         # channels-last input: the patch kernel where it pays, else cuDNN
         ((128, 64, 128, 128), 128, 3, torch.float32, True, "cl", True, "patch", "patch"),
