@@ -222,6 +222,16 @@ SHAPES = [
     ("16 out 32 -> 16 32px b128", (128, 32, 32, 32), 16, 3, 1, 0, torch.float16),
     ("16 out 64 -> 16 56px b32", (32, 64, 56, 56), 16, 3, 1, 1, BF16),
     ("16 out 32 -> 16 32px b128", (128, 32, 32, 32), 16, 3, 1, 0, torch.float32),
+    # NCHW layers under the patch rule's half a tile per SM (one to four images)
+    ("few tiles 256 -> 256 64px b1", (1, 256, 64, 64), 256, 3, 1, 1, torch.float32),
+    ("few tiles 256 -> 256 32px b2", (2, 256, 32, 32), 256, 3, 1, 1, torch.float32),
+    ("few tiles 384 -> 256 32px b4", (4, 384, 32, 32), 256, 3, 1, 1, torch.float32),
+    ("few tiles 128 -> 128 56px b2", (2, 128, 56, 56), 128, 3, 1, 1, torch.float32),
+    ("few tiles 128 -> 128 64px b1", (1, 128, 64, 64), 128, 3, 1, 1, torch.float32),
+    ("few tiles 64 -> 64 56px b4", (4, 64, 56, 56), 64, 3, 1, 1, torch.float32),
+    ("few tiles 64 -> 128 128px b1", (1, 64, 128, 128), 128, 3, 1, 1, torch.float32),
+    ("few tiles 128 -> 128 64px b1", (1, 128, 64, 64), 128, 3, 1, 1, BF16),
+    ("few tiles 64 -> 64 56px b4", (4, 64, 56, 56), 64, 3, 1, 1, BF16),
 ]
 
 # Layers that none of the rules' measurements used (``--unseen``): real networks' layers and
