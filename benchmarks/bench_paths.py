@@ -209,7 +209,7 @@ SHAPES = [
     ("exact 160 -> 80 30px b16", (16, 160, 30, 30), 80, 3, 1, 1, TF32_OFF),
     ("exact 384 -> 384 30px b64", (64, 384, 30, 30), 384, 3, 1, 0, TF32_OFF),
     ("exact 48 -> 48 7x7 14px b128", (128, 48, 14, 14), 48, 7, 1, 3, TF32_OFF),
-    # fp32 NCHW past the patch rule's K = 2304 (5x5 and wide 3x3 layers), and 16-bit NCHW
+    # fp32 NCHW past the patch rule's K = 2304 (5x5 and wide 3x3 layers), and NCHW layers
     # of 16 output channels, under the rule's 32
     ("K 3200 128 -> 64 5x5 80px b8", (8, 128, 80, 80), 64, 5, 1, 2, torch.float32),
     ("K 3200 128 -> 64 5x5 64px b1", (1, 128, 64, 64), 64, 5, 1, 2, torch.float32),
@@ -270,8 +270,6 @@ UNSEEN = [
 ]
 
 
-
-
 def random_layers(count: int, seed: int) -> list:
     """``count`` dense layers drawn as networks build them (channel counts, kernel sizes,
     strides, image sizes, batches and dtypes that models use, channels-last a quarter of
@@ -282,7 +280,10 @@ def random_layers(count: int, seed: int) -> list:
     layers = []
     while len(layers) < count:
         cin = rng.choice(channels)
-        cout = rng.choice((16, 32, 64)) if cin == 3 else max(8, int(cin * rng.choice((1, 1, 2, 0.5))))
+        if cin == 3:
+            cout = rng.choice((16, 32, 64))
+        else:
+            cout = max(8, int(cin * rng.choice((1, 1, 2, 0.5))))
         k = rng.choice((1, 3, 3, 3, 3, 5, 7))
         stride = rng.choice((1, 1, 1, 2))
         padding = rng.choice((k // 2, k // 2, 0))
@@ -294,7 +295,8 @@ def random_layers(count: int, seed: int) -> list:
         if out < 1 or not 2**24 <= macs <= 2**37 or batch * cin * size * size > 2**28:
             continue
         layout = " channels_last" if rng.random() < 0.25 else ""
-        name = f"r{len(layers)} {cin} -> {cout} {k}x{k} s{stride} p{padding} {size}px b{batch}{layout}"
+        name = (f"r{len(layers)} {cin} -> {cout} {k}x{k} s{stride} p{padding} {size}px "
+                f"b{batch}{layout}")
         layers.append((name, (batch, cin, size, size), cout, k, stride, padding, kind))
     return layers
 
@@ -332,7 +334,8 @@ def main() -> None:
     timed = {}  # the planner's timings of the last layer (benchmark mode)
     time_paths = _autotune.times
     _autotune.times = lambda *args: timed.update(time_paths(*args)) or dict(timed)
-    layers = random_layers(args.random, args.seed) if args.random else UNSEEN if args.unseen else SHAPES
+    layers = (random_layers(args.random, args.seed) if args.random
+              else UNSEEN if args.unseen else SHAPES)
     for name, x_shape, cout, k, stride, padding, kind in layers:
         if not any(part in name for part in args.only.split(",")):
             continue

@@ -208,10 +208,11 @@ def _cudnn_pays(
 
     Below 16 input channels only for exact fp32 (cuDNN's tensor-core kernels pad the
     channels, and the K-table kernel wins; but its 3xTF32 multiplies a channel block padded
-    to 32 three times, and cuDNN's fp32 arithmetic is faster, v71). Otherwise cuDNN for channels-last input (its sm90 channels-last kernels beat the
-    K-table kernel), for exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's
-    fp32), for 16-bit input (cuDNN's 16-bit kernels beat the K-table kernel's on every
-    16-bit layer measured, v64) but 1x1 strided layers (there cuDNN's 16-bit kernels lose
+    to 32 three times, and cuDNN's fp32 arithmetic is faster, v71). Otherwise cuDNN for
+    channels-last input (its sm90 channels-last kernels beat the K-table kernel), for
+    exact fp32 (3xTF32 on the K-table kernel is slower than cuDNN's fp32), for 16-bit
+    input (cuDNN's 16-bit kernels beat the K-table kernel's on every 16-bit layer
+    measured, v64) but 1x1 strided layers (there cuDNN's 16-bit kernels lose
     as its fp32 ones do, v66), where the K-table tiles do not fill one wave of the SMs
     (no split-K), at stride 1 where the conv is compute-heavy (K >= 1024, or K >= 512
     unless the problem is large, 64 tiles per SM: there the K-table kernel's single pass

@@ -32,7 +32,8 @@ def test_random_layers_are_valid_bounded_and_repeat(paths):
 
 def test_summary_counts_near_picks_and_losses_to_eager(paths):
     # pick / fastest, eager / pick in columns 2 and 3; a layer without a pick is left out
-    rows = [["a", 0, 1.0, 1.5], ["b", 0, 1.04, 0.9], ["c", 0, 1.3, 2.0], ["d", 0, math.nan, math.nan]]
+    rows = [["a", 0, 1.0, 1.5], ["b", 0, 1.04, 0.9], ["c", 0, 1.3, 2.0],
+            ["d", 0, math.nan, math.nan]]
     line = paths.summary(rows, 2)
     assert line.startswith("3 layers: the pick within 5 % of the fastest path on 2,")
     assert f"geomean {(1.0 * 1.04 * 1.3) ** (1 / 3):.3f}, worst 1.30" in line
