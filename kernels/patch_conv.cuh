@@ -218,6 +218,7 @@ constexpr int kBarConsumer = 1;
 constexpr int kBarPatchWarps = 3;
 constexpr int kBarConsumers = 4;
 constexpr int kBarExtStaged = 5;
+constexpr int kBarTurn = 6;  // p.stagger: + c, consumer c's turn may start (patch_consume)
 
 // How the epilogue writes a lane's values (patch_consume's store_rows).
 enum StoreLayout : int { kStoreSingle, kStorePixelPairs, kStageChannelRows, kStageChannelPairs };
@@ -1247,22 +1248,38 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // wgmmas of its unit's last slice are done (here, a slice later; the tile's last unit
   // after the tile), and a unit's patch is awaited before its first slice.
   // p.stagger: the consumers take turns a unit apart, each on weight slices of its own
-  // (patch_produce_weights): past each unit, this one skips the other's slices of it.
-  int held_slot = 0;  // the weight slot of the slice before
-  auto step_planes = [&](int s, const PatchTile& pt, const Slice& cur) {
+  // (patch_produce_weights). A turn starts once the other consumer has issued its turn's
+  // last wgmmas (kBarTurn): only then has the producer copied this turn's slices into the
+  // ring's previous lap, so that the slots' parities tell this turn's lap from that one.
+  // A turn ends with its unit: its wgmmas are awaited and its last weight slot and (but
+  // for the tile's last unit) its patch slot released at once, since the other
+  // consumer's turn needs that ring slot; then this one skips the other's slices of the
+  // unit. `last_tile`: the CTA's last tile, after whose last turn the second consumer
+  // hands no turn on.
+  int held_slot = 0;  // the weight slot of the slice before, not yet released
+  auto step_planes = [&](int s, const PatchTile& pt, const Slice& cur, bool first_tile, bool last_tile) {
     const Slice nxt = next_slice(cur);
+    if (p.stagger && cur.tap == 0 && !(c == 0 && first_tile && s == 0))
+      named_sync(kBarTurn + c, kPatchConsumerThreads);
     mbar_wait(k.bar(kBarWFull + static_cast<int>(ring.slot)), ring.parity);
     multiply_planes(cur, pt.shift, ring.slot, s == 0);
+    if (p.stagger && nxt.tap == 0 && !(c == 1 && last_tile && s + 1 == k.S))
+      named_arrive(kBarTurn + (1 - c), kPatchConsumerThreads);
     wgmma_wait<1>();  // the slice before is done: its weight slot is free, and its patch slot
-    if (s > 0) {      // where it ended a unit of this tile
+    if (s > 0 && !(p.stagger && cur.tap == 0)) {  // where it ended a unit of this tile
       release(kBarWEmpty + held_slot);
       if (cur.tap == 0) release(kBarPEmpty + (cur.slot ^ 1));
     }
-    if (nxt.tap == 0) ++u;
-    if (s + 1 < k.S && nxt.tap == 0) mbar_wait(k.bar(kBarPFull + nxt.slot), static_cast<uint32_t>(u >> 1) & 1u);
     held_slot = static_cast<int>(ring.slot);
     ring.advance();
-    if (p.stagger && nxt.tap == 0) ring.skip(p.taps);
+    if (p.stagger && nxt.tap == 0) {
+      wgmma_wait<0>();
+      release(kBarWEmpty + held_slot);
+      if (s + 1 < k.S) release(kBarPEmpty + cur.slot);
+      ring.skip(p.taps);
+    }
+    if (nxt.tap == 0) ++u;
+    if (s + 1 < k.S && nxt.tap == 0) mbar_wait(k.bar(kBarPFull + nxt.slot), static_cast<uint32_t>(u >> 1) & 1u);
     return nxt;
   };
 
@@ -1360,9 +1377,9 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       wgmma_wait<0>();
       release_held();
     } else if constexpr (PLANES) {
-      for (int s = 0; s < k.S; ++s) cur = step_planes(s, pt, cur);
+      for (int s = 0; s < k.S; ++s) cur = step_planes(s, pt, cur, i == 0, i + 1 == k.my_tiles);
       wgmma_wait<0>();
-      release(kBarWEmpty + held_slot);
+      if (!p.stagger) release(kBarWEmpty + held_slot);  // (stagger: at its turn's end)
       if constexpr (!kStaged) release(kBarPEmpty + (cur.slot ^ 1));  // the tile's last unit
     } else {
       int s = 0;
