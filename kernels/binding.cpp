@@ -8,8 +8,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <string>
 
@@ -336,15 +334,7 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   p.w_nonfinite = pp.nonfinite;
 
   if (plan.tile == kTilePatch) {
-    bool stage_rows = stage_rows_pays(plan, p, math, x.device().index());
-    // (probe) FX_FUSE_PLANES=direct|stagger: the planes kernel without staged rows, its
-    // consumers in step or taking turns
-    const char* planes_env = std::getenv("FX_FUSE_PLANES");
-    if (planes_env != nullptr &&
-        patch_planes(math == Math::kTF32, plan.patch_cl, plan.patch_bn, p.tile_w, p.stride_w)) {
-      stage_rows = false;
-      p.stagger = std::strcmp(planes_env, "stagger") == 0;
-    }
+    const bool stage_rows = stage_rows_pays(plan, p, math, x.device().index());
     launch_patch(p, math, plan.patch_cl, plan.patch_bn, stage_rows, stream);
     return;
   }

@@ -158,10 +158,6 @@ struct ConvParams {
   FastDiv div_cout_tiles, div_tiles_w, div_tiles_h;
   uint32_t patch_tile_count;
   int patch_rows, patch_chunks, patch_pitch, cblocks;
-  // The planes patch kernel without staged rows: nonzero where its two consumers take
-  // turns a unit apart, each with weight slices of its own (patch_conv.cuh,
-  // patch_produce_weights), so that one's epilogue runs beside the other's multiplies.
-  int stagger;
   int other_kind;
   float other_scalar;
   int64_t o_sn, o_sc, o_sh, o_sw;

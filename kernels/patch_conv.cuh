@@ -218,7 +218,6 @@ constexpr int kBarConsumer = 1;
 constexpr int kBarPatchWarps = 3;
 constexpr int kBarConsumers = 4;
 constexpr int kBarExtStaged = 5;
-constexpr int kBarTurn = 6;  // p.stagger: + c, consumer c's turn may start (patch_consume)
 
 // How the epilogue writes a lane's values (patch_consume's store_rows).
 enum StoreLayout : int { kStoreSingle, kStorePixelPairs, kStageChannelRows, kStageChannelPairs };
@@ -377,12 +376,6 @@ struct RingPos {
   __device__ int previous_slot() const {
     return static_cast<int>((slot + kPatchBStages - 1) % kPatchBStages);
   }
-  // Past n positions (another consumer's slices).
-  __device__ void skip(int n) {
-    const uint32_t to = slot + static_cast<uint32_t>(n);
-    parity ^= (to / kPatchBStages) & 1u;
-    slot = to % kPatchBStages;
-  }
 };
 
 // Where one tile lies: its image, first output row / column / channel, and the input
@@ -473,9 +466,7 @@ struct PatchCta {
 };
 
 // Warp 0 of the producer, one thread: the weight slices, in the order the consumers use
-// them, each into the next ring slot once the consumers are past its previous slice.
-// p.stagger: each unit's slices twice, the first consumer's then the second's (each slot
-// released by one consumer).
+// them, each into the next ring slot once both consumers are past its previous slice.
 template <Math MATH, int BN>
 __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const PatchCta& k) {
 #ifdef FX_FUSE_WGMMA
@@ -485,24 +476,18 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
   // sets prepared per slice, and copied (3xTF32: the finite big only where it differs)
   constexpr int kStored = MATH == Math::kF32x3 ? 3 : 1;
   const int sets = MATH == Math::kF32x3 ? k.sets : 1;
-  const int turns = p.stagger ? 2 : 1, chunk = p.stagger ? p.taps : k.S;  // slices a turn
   const T* wp = static_cast<const T*>(p.wprep);
   RingPos at;  // where the next set goes
   for (int64_t i = 0; i < k.my_tiles; ++i) {
     const uint32_t nt = divmod(static_cast<uint32_t>(k.tile(i)), p.div_cout_tiles).r;  // the channel tile
-    const T* w0 = wp + static_cast<int64_t>(nt) * k.S * kStored * kSet;
-    for (int s0 = 0; s0 < k.S; s0 += chunk) {
-      for (int turn = 0; turn < turns; ++turn) {
-        const T* w = w0 + static_cast<int64_t>(s0) * kStored * kSet;
-        for (int s = 0; s < chunk; ++s, w += kStored * kSet) {
-          for (int j = 0; j < sets; ++j) {
-            constexpr int kBytes = kPatchSliceBytes<BN>;
-            mbar_wait(k.bar(kBarWEmpty + at.slot), at.parity ^ 1u);
-            mbar_arrive_expect(k.bar(kBarWFull + at.slot), kBytes);
-            bulk_copy(k.ring + at.slot * kBytes, w + j * kSet, kBytes, k.bar(kBarWFull + at.slot));
-            at.advance();
-          }
-        }
+    const T* w = wp + static_cast<int64_t>(nt) * k.S * kStored * kSet;
+    for (int s = 0; s < k.S; ++s, w += kStored * kSet) {
+      for (int j = 0; j < sets; ++j) {
+        constexpr int kBytes = kPatchSliceBytes<BN>;
+        mbar_wait(k.bar(kBarWEmpty + at.slot), at.parity ^ 1u);
+        mbar_arrive_expect(k.bar(kBarWFull + at.slot), kBytes);
+        bulk_copy(k.ring + at.slot * kBytes, w + j * kSet, kBytes, k.bar(kBarWFull + at.slot));
+        at.advance();
       }
     }
   }
@@ -1247,39 +1232,18 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   // PLANES: slice s, its wgmmas reading the patch slot. A patch slot is released once the
   // wgmmas of its unit's last slice are done (here, a slice later; the tile's last unit
   // after the tile), and a unit's patch is awaited before its first slice.
-  // p.stagger: the consumers take turns a unit apart, each on weight slices of its own
-  // (patch_produce_weights). A turn starts once the other consumer has issued its turn's
-  // last wgmmas (kBarTurn): only then has the producer copied this turn's slices into the
-  // ring's previous lap, so that the slots' parities tell this turn's lap from that one.
-  // A turn ends with its unit: its wgmmas are awaited and its last weight slot and (but
-  // for the tile's last unit) its patch slot released at once, since the other
-  // consumer's turn needs that ring slot; then this one skips the other's slices of the
-  // unit. `last_tile`: the CTA's last tile, after whose last turn the second consumer
-  // hands no turn on.
-  int held_slot = 0;  // the weight slot of the slice before, not yet released
-  auto step_planes = [&](int s, const PatchTile& pt, const Slice& cur, bool first_tile, bool last_tile) {
+  auto step_planes = [&](int s, const PatchTile& pt, const Slice& cur) {
     const Slice nxt = next_slice(cur);
-    if (p.stagger && cur.tap == 0 && !(c == 0 && first_tile && s == 0))
-      named_sync(kBarTurn + c, kPatchConsumerThreads);
     mbar_wait(k.bar(kBarWFull + static_cast<int>(ring.slot)), ring.parity);
     multiply_planes(cur, pt.shift, ring.slot, s == 0);
-    if (p.stagger && nxt.tap == 0 && !(c == 1 && last_tile && s + 1 == k.S))
-      named_arrive(kBarTurn + (1 - c), kPatchConsumerThreads);
     wgmma_wait<1>();  // the slice before is done: its weight slot is free, and its patch slot
-    if (s > 0 && !(p.stagger && cur.tap == 0)) {  // where it ended a unit of this tile
-      release(kBarWEmpty + held_slot);
+    if (s > 0) {      // where it ended a unit of this tile
+      release(kBarWEmpty + ring.previous_slot());
       if (cur.tap == 0) release(kBarPEmpty + (cur.slot ^ 1));
-    }
-    held_slot = static_cast<int>(ring.slot);
-    ring.advance();
-    if (p.stagger && nxt.tap == 0) {
-      wgmma_wait<0>();
-      release(kBarWEmpty + held_slot);
-      if (s + 1 < k.S) release(kBarPEmpty + cur.slot);
-      ring.skip(p.taps);
     }
     if (nxt.tap == 0) ++u;
     if (s + 1 < k.S && nxt.tap == 0) mbar_wait(k.bar(kBarPFull + nxt.slot), static_cast<uint32_t>(u >> 1) & 1u);
+    ring.advance();
     return nxt;
   };
 
@@ -1364,7 +1328,6 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   };
 
   PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(0));
-  if (PLANES && p.stagger && c == 1) ring.skip(p.taps);  // the first consumer's turn comes first
   Slice cur{0, 0, 0, 0, 0};
   KFrag raw;
   mbar_wait(k.bar(kBarPFull + 0), 0);
@@ -1377,9 +1340,9 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       wgmma_wait<0>();
       release_held();
     } else if constexpr (PLANES) {
-      for (int s = 0; s < k.S; ++s) cur = step_planes(s, pt, cur, i == 0, i + 1 == k.my_tiles);
+      for (int s = 0; s < k.S; ++s) cur = step_planes(s, pt, cur);
       wgmma_wait<0>();
-      if (!p.stagger) release(kBarWEmpty + held_slot);  // (stagger: at its turn's end)
+      release(kBarWEmpty + ring.previous_slot());
       if constexpr (!kStaged) release(kBarPEmpty + (cur.slot ^ 1));  // the tile's last unit
     } else {
       int s = 0;
@@ -1464,7 +1427,7 @@ __global__ void __launch_bounds__(kPatchThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < kPatchBStages; ++s) {
       mbar_init(k.bar(kBarWFull + s), 1);
-      mbar_init(k.bar(kBarWEmpty + s), p.stagger ? kPatchConsumerThreads / 2 : kPatchConsumerThreads);
+      mbar_init(k.bar(kBarWEmpty + s), kPatchConsumerThreads);
     }
     for (int s = 0; s < kPatchSlots; ++s) {
       mbar_init(k.bar(kBarPLanded + s), kPatchCopyThreads);
