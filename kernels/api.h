@@ -22,11 +22,10 @@ void launch_conv_bf16(const ConvParams& p, bool avec, int tile, cudaStream_t str
 // The patch kernel (Hopper): whether its sm_90a code is loaded for this GPU, and its launch
 // (TF32, 3xTF32, fp16 or bf16; NCHW or channels-last input; tiles of bn = kPatchBN or kPatchBNSmall
 // output channels; stage_rows: NCHW output staged for the copy engine, binding.cpp
-// stage_rows_pays; wide: the planes kernel with its GEMM turned around, params.h
-// patch_wide, p's patch rows tile_w positions apart).
+// stage_rows_pays).
 bool patch_kernel_ready(Math math);
 void launch_patch(const ConvParams& p, Math math, bool channels_last, int bn, bool stage_rows,
-                  bool wide, cudaStream_t stream);
+                  cudaStream_t stream);
 // elem_bytes: 4 (fp32), 2 (fp16 / bf16: the same bits are copied)
 void launch_prep(const PrepParams& p, int elem_bytes, cudaStream_t stream);
 // The cuDNN path's epilogue: p.out = relu(p.x + bias) + other over a convolution output

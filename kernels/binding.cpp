@@ -7,7 +7,6 @@
 #include <torch/extension.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -237,16 +236,6 @@ bool stage_rows_pays(const Plan& plan, const ConvParams& p, Math math, c10::Devi
   return false;
 }
 
-
-// Whether the TF32 planes kernel runs with its GEMM turned around (params.h, patch_wide):
-// NCHW tiles of 128 channels, one tile wide.
-bool patch_wide_runs(const Plan& plan, const ConvParams& p, Math math) {
-  const char* off = std::getenv("FX_FUSE_NO_WIDE");  // probe only
-  if (off != nullptr && off[0] == '1') return false;
-  return plan.tile == kTilePatch && p.tiles_w == 1 &&
-         patch_planes(math == Math::kTF32, plan.patch_cl, plan.patch_bn, p.tile_w, p.stride_w) &&
-         patch_wide(p.tile_w, p.patch_rows, p.OW, p.KW, p.stride_h, p.stride_w, p.dil_w, p.pad_w);
-}
 }  // namespace
 
 // The fused kernels (host.h): picks the kernel (make_plan), prepares the weights, launches.
@@ -345,16 +334,8 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
   p.w_nonfinite = pp.nonfinite;
 
   if (plan.tile == kTilePatch) {
-    const bool wide = patch_wide_runs(plan, p, math);
-    if (wide) {  // the patch's rows tile_w positions apart
-      p.patch_pitch = p.tile_w;
-      p.patch_chunks = p.tile_w / 4;  // fp32: 4 columns a 16-byte chunk
-    }
-    const char* nr = std::getenv("FX_FUSE_NO_ROWS");  // PROBE
-    const char* ns = std::getenv("FX_FUSE_NO_STORE");  // PROBE
-    p.probe_no_store = ns != nullptr && ns[0] == '1';
-    const bool stage_rows = !(nr != nullptr && nr[0] == '1') && stage_rows_pays(plan, p, math, x.device().index());
-    launch_patch(p, math, plan.patch_cl, plan.patch_bn, stage_rows, wide, stream);
+    const bool stage_rows = stage_rows_pays(plan, p, math, x.device().index());
+    launch_patch(p, math, plan.patch_cl, plan.patch_bn, stage_rows, stream);
     return;
   }
   switch (math) {

@@ -9,7 +9,7 @@ namespace fx_fuse {
 
 void launch_patch_small(const ConvParams& p, Math math, bool channels_last, cudaStream_t stream);
 void launch_patch_rows(const ConvParams& p, Math math, cudaStream_t stream);
-void launch_patch_planes(const ConvParams& p, bool stage_rows, bool wide, cudaStream_t stream);
+void launch_patch_planes(const ConvParams& p, bool stage_rows, cudaStream_t stream);
 
 bool patch_kernel_ready(Math math) {
   switch (math) {
@@ -22,9 +22,9 @@ bool patch_kernel_ready(Math math) {
 }
 
 void launch_patch(const ConvParams& p, Math math, bool channels_last, int bn, bool stage_rows,
-                  bool wide, cudaStream_t stream) {
+                  cudaStream_t stream) {
   if (patch_planes(math == Math::kTF32, channels_last, bn, p.tile_w, p.stride_w)) {
-    launch_patch_planes(p, stage_rows, wide, stream);
+    launch_patch_planes(p, stage_rows, stream);
   } else if (stage_rows) {
     launch_patch_rows(p, math, stream);
   } else if (bn == kPatchBNSmall) {

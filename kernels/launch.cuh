@@ -89,12 +89,11 @@ bool patch_compiled() {
 
 // One persistent CTA per SM (or per tile, when there are fewer tiles); tiles of BN channels;
 // ROWS: the output staged for the copy engine (patch_conv.cuh, stage_row_bytes); PLANES:
-// A read by wgmma from the patch (patch_planes); WIDE: the planes kernel's GEMM turned
-// around (patch_wide).
-template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES = false, bool WIDE = false>
+// A read by wgmma from the patch (patch_planes).
+template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES = false>
 void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   constexpr int smem = patch_smem_bytes<MATH, BN, ROWS>();
-  auto kernel = conv_relu_add_patch_kernel<MATH, CL, BN, ROWS, PLANES, WIDE>;
+  auto kernel = conv_relu_add_patch_kernel<MATH, CL, BN, ROWS, PLANES>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));

@@ -69,24 +69,6 @@ constexpr bool patch_planes(bool tf32, bool channels_last, int bn, int tile_w, i
   return tf32 && !channels_last && bn == kPatchBN && tile_w >= 64 && stride_w == 1;
 }
 
-// Whether the planes kernel turns its GEMM around (WIDE, patch_conv.cuh; v73): D (channels
-// x pixels) = W x X, each consumer 64 channels x the tile's 256 pixels, one m64n256k8 per
-// k-step, which reads a k-step's weights once per consumer instead of once per 64 pixels.
-// Its B operand is the tile's 256 pixels at one stride in the planes: 256 / tile_w whole
-// output rows of a patch whose rows are tile_w positions apart. That holds at stride 1
-// where the output row is at most one tile wide and its window, from the first chunk's
-// `shift` (the padding's remainder modulo a 16-byte chunk: tiles_w == 1, so the window
-// starts at column -pad_w), fits tile_w columns; the columns from OW to tile_w are computed
-// from the next row's positions and not stored. The reads past the patch (up to shift +
-// dil_w (KW - 1) positions) stay inside a channel's kPatchChannelPitch.
-inline bool patch_wide(int tile_w, int patch_rows, int OW, int KW, int stride_h, int stride_w,
-                       int dil_w, int pad_w) {
-  const int shift = (4 - pad_w % 4) % 4;  // fp32: 4 columns a chunk
-  const int reach = shift + dil_w * (KW - 1);
-  return stride_h == 1 && stride_w == 1 && OW + reach <= tile_w &&
-         patch_rows * tile_w + reach <= kPatchChannelPitch;
-}
-
 // The K-table sits in shared memory when it has at most this many entries (32 KB); the
 // 128x128 kernels require it there (the launcher picks 128x64 tiles for longer K).
 constexpr int kSmemTableEntries = 4096;
@@ -176,7 +158,6 @@ struct ConvParams {
   FastDiv div_cout_tiles, div_tiles_w, div_tiles_h;
   uint32_t patch_tile_count;
   int patch_rows, patch_chunks, patch_pitch, cblocks;
-  int probe_no_store;  // PROBE
   int other_kind;
   float other_scalar;
   int64_t o_sn, o_sc, o_sh, o_sw;

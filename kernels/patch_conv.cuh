@@ -243,9 +243,6 @@ constexpr int staged_channels(int elem) {
 constexpr int slot_staged_channels(int elem) {
   return elem == 2 ? staged_channels(2) - kPatchExtChannels : staged_channels(elem);
 }
-// WIDE with staged rows: each consumer stages its first kWideStaged channels (runs
-// kWideStaged c ..), half of the slot's runs, and stores its others directly.
-constexpr int kWideStaged = staged_channels(4) / 2;
 static_assert(kPatchExtChannels % 8 == 0 && kPatchExtChannels < kPatchBN, "the ext stage: whole n-fragments");
 static_assert(staged_channels(2) * stage_row_bytes(2) <= kPatchSlotBytes &&
                   staged_channels(4) * stage_row_bytes(4) <= kPatchSlotBytes,
@@ -354,46 +351,6 @@ __device__ __forceinline__ void wgmma_ss_tf32(float (&d)[BN / 2], uint64_t a, ui
     FX_FUSE_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32", FX_FUSE_D32_LIST, FX_FUSE_D32,
                      "%32", "%33", "%34");
   }
-#else
-  __trap();  // never launched: the host picks this kernel only where sm_90a code exists
-#endif
-}
-
-// The 128 fp32 accumulator registers of an m64n256 wgmma: the asm operand list (%0-%127)
-// and its constraints.
-#define FX_FUSE_D128_LIST \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, " \
-  "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, " \
-  "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, " \
-  "%54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, " \
-  "%72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, " \
-  "%90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, " \
-  "%108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, " \
-  "%126, %127}"
-#define FX_FUSE_D128(d) \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
-  "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
-  "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
-  "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
-  "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
-  "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
-  "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
-  "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
-  "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-
-// D (64 x 256, fp32) += A (64 x 8) * B (256 x 8)^T, TF32, both K-major in shared memory
-// (WIDE: A the weights, B the planes). scale_d == 0: D = A * B.
-__device__ __forceinline__ void wgmma_ss_tf32_n256(float (&d)[128], uint64_t a, uint64_t b, int scale_d) {
-#ifdef FX_FUSE_WGMMA
-  FX_FUSE_WGMMA_SS("wgmma.mma_async.sync.aligned.m64n256k8.f32.tf32.tf32", FX_FUSE_D128_LIST, FX_FUSE_D128,
-                   "%128", "%129", "%130");
 #else
   __trap();  // never launched: the host picks this kernel only where sm_90a code exists
 #endif
@@ -548,7 +505,7 @@ __device__ __forceinline__ void patch_produce_weights(const ConvParams& p, const
 // copy. Once it has landed, a TF32 patch is rounded in place (once per element, not once
 // per tap that reads it) and a 16-bit NCHW one gets its channel pairs interleaved; then
 // the consumers may read it.
-template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES, bool WIDE>
+template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES>
 __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const PatchCta& k) {
 #ifdef FX_FUSE_WGMMA
   using T = typename MathTraits<MATH>::T;
@@ -746,15 +703,8 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
   static_assert(!ROWS || (!CL && MATH != Math::kF32x3 && BN == kPatchBN),
                 "staged rows: TF32 or 16-bit NCHW, 128-channel tiles");
   auto write_rows = [&](int i, int slot) {
-    const PatchTile pt = patch_tile<VEC, CL, BN>(p, k.tile(i));
-    const uint32_t base = k.slots + static_cast<uint32_t>(slot * kPatchSlotBytes);
-    if constexpr (WIDE) {  // each consumer's first kWideStaged channels
-      write_runs<ELEM>(p, pt, 0, kWideStaged, base, tid, kPatchCopyThreads);
-      write_runs<ELEM>(p, pt, 64, 64 + kWideStaged, base + kWideStaged * stage_row_bytes(ELEM), tid,
-                       kPatchCopyThreads);
-    } else {
-      write_runs<ELEM>(p, pt, 0, slot_staged_channels(ELEM), base, tid, kPatchCopyThreads);
-    }
+    write_runs<ELEM>(p, patch_tile<VEC, CL, BN>(p, k.tile(i)), 0, slot_staged_channels(ELEM),
+                     k.slots + static_cast<uint32_t>(slot * kPatchSlotBytes), tid, kPatchCopyThreads);
     bulk_wait_read();
     named_sync(kBarPatchWarps, kPatchCopyThreads);
   };
@@ -793,9 +743,8 @@ __device__ __forceinline__ void patch_produce_patches(const ConvParams& p, const
 #endif
 }
 
-// Warpgroup 1 + c (c = 0, 1): tile rows 128 c .. 128 c + 127 of every tile of the CTA
-// (WIDE: tile channels 64 c .. 64 c + 63 at all 256 of its pixels).
-template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES, bool WIDE>
+// Warpgroup 1 + c (c = 0, 1): tile rows 128 c .. 128 c + 127 of every tile of the CTA.
+template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES>
 __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCta& k, int c) {
 #ifdef FX_FUSE_WGMMA
   using T = typename MathTraits<MATH>::T;
@@ -901,9 +850,6 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   };
 
   float acc[2][BN / 2] = {};
-  // WIDE: the same registers as one m64n256 accumulator (channels x pixels)
-  static_assert(!WIDE || (PLANES && BN == kPatchBN), "wide: the planes kernel's 128-channel tiles");
-  float (&acc_wide)[BN] = *reinterpret_cast<float (*)[BN]>(&acc[0][0]);
 
   // PLANES: A straight from the transposed patch (transpose_planes). This consumer's
   // m-half h is 64 neighbouring positions of one patch row, from byte a_pix[h] (before the
@@ -925,23 +871,6 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       for (int h = 0; h < 2; ++h)  // the tile's first slice overwrites the accumulators
         wgmma_ss_tf32<BN>(acc[h], wgmma_desc_planes(a + a_pix[h] + 2 * st * plane_bytes, plane_bytes),
                           wgmma_desc(b_tile + st * 32), !(first && st == 0));
-    wgmma_commit();
-  };
-
-  // WIDE: the GEMM turned around (params.h, patch_wide). A is this consumer's 64 rows of
-  // the weight slot (the same 128B-swizzled rows B is read from otherwise); B is the
-  // tile's 256 pixels, 256 neighbouring positions of the planes from the tap's offset
-  // (the patch's rows are tile_w positions apart: whole output rows at one stride).
-  auto multiply_wide = [&](const Slice& s, int shift, uint32_t slot, bool first) {
-    const uint32_t w_rows = k.ring + slot * kPatchSliceBytes<BN> + static_cast<uint32_t>(c * 64 * kSliceBytes);
-    const uint32_t b = k.slots + static_cast<uint32_t>(s.slot * kPatchSlotBytes + 16 * (s.off + shift));
-    wgmma_fence();
-    if constexpr (WIDE) {
-#pragma unroll
-      for (int st = 0; st < NSTEP; ++st)  // the tile's first slice overwrites the accumulators
-        wgmma_ss_tf32_n256(acc_wide, wgmma_desc(w_rows + st * 32),
-                           wgmma_desc_planes(b + 2 * st * plane_bytes, plane_bytes), !(first && st == 0));
-    }
     wgmma_commit();
   };
 
@@ -1259,77 +1188,6 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
     }
   };
 
-  // WIDE's epilogue: a lane holds tile channels ch and ch + 8 (ch = 64 c + 16 wq + g) at
-  // pixel pairs 8 j + 2 tq, + 1 (j < 32); each pair is one 8-byte store where the output's
-  // rows allow it (unit width stride, even strides, aligned), else two. The tile spans
-  // whole output rows (tiles_w == 1): pixel r is output row r / tile_w, column r % tile_w,
-  // stored where inside the output.
-  auto store_wide = [&](const PatchTile& pt, int buf, uint32_t stage_base) {
-    const float* chan = chan_of(buf);
-    constexpr int kRowBytes = stage_row_bytes(ELEM);
-    const int tw_shift = __ffs(p.tile_w) - 1;  // tile_w is a power of two
-    const bool pairs = p.y_sw == 1 && ((p.y_sh | p.y_sc | p.y_sn) & 1) == 0 &&
-                       (reinterpret_cast<uintptr_t>(p.out) & 7) == 0;
-    auto rows = [&](auto per_channel) {
-#pragma unroll
-      for (int hi = 0; hi < 2; ++hi) {
-        const int ch = 64 * c + 16 * wq + g + 8 * hi, co = pt.n0 + ch;
-        if (co >= p.Cout) continue;
-        const float b = chan[ch], oc = chan[kPatchBN + ch];
-        float* __restrict__ y = static_cast<float*>(p.out) + (pt.n * p.y_sn + co * p.y_sc);
-        const int64_t o = pt.n * p.o_sn + co * p.o_sc;
-        // ROWS: the channel's run (the tile's rows, contiguous), staged at the shift of its
-        // output address (write_runs)
-        const int lc = ch - 64 * c;
-        const bool staged = ROWS && lc < kWideStaged;
-        float* run_y = y + pt.oh0 * p.y_sh;
-        const uint32_t run = stage_base + static_cast<uint32_t>((kWideStaged * c + lc) * kRowBytes) +
-                             static_cast<uint32_t>(reinterpret_cast<uintptr_t>(run_y) & 15);
-        auto values = [&](int j, int oh, int ow, bool ok0, bool ok1, float& v0, float& v1) {
-          float o0 = oc, o1 = oc;
-          if constexpr (!decltype(per_channel)::value) {
-            const int64_t at = o + oh * p.o_sh + ow * p.o_sw;
-            o0 = ok0 ? load_other(p, at) : 0.f;
-            o1 = ok1 ? load_other(p, at + p.o_sw) : 0.f;
-          }
-          v0 = fused_value(acc_wide[4 * j + 2 * hi], b, o0);
-          v1 = fused_value(acc_wide[4 * j + 2 * hi + 1], b, o1);
-        };
-        if (staged) {
-#pragma unroll
-          for (int j = 0; j < BN / 4; ++j) {
-            const int r = 8 * j + 2 * tq;
-            const int oh = pt.oh0 + (r >> tw_shift), ow = pt.ow0 + (r & (p.tile_w - 1));
-            const bool ok0 = oh < p.OH && ow < p.OW, ok1 = oh < p.OH && ow + 1 < p.OW;
-            float v0, v1;
-            values(j, oh, ow, ok0, ok1, v0, v1);
-            const uint32_t at = run + static_cast<uint32_t>(4 * ((r >> tw_shift) * p.OW + ow));
-            if (ok0) stage_value(at, v0);
-            if (ok1) stage_value(at + 4, v1);
-          }
-        } else {
-#pragma unroll
-          for (int j = 0; j < BN / 4; ++j) {
-            const int r = 8 * j + 2 * tq;
-            const int oh = pt.oh0 + (r >> tw_shift), ow = pt.ow0 + (r & (p.tile_w - 1));
-            const bool ok0 = oh < p.OH && ow < p.OW, ok1 = oh < p.OH && ow + 1 < p.OW;
-            float v0, v1;
-            values(j, oh, ow, ok0, ok1, v0, v1);
-            float* yp = y + (oh * p.y_sh + ow * p.y_sw);
-            if (pairs & ok1) {
-              *reinterpret_cast<float2*>(yp) = make_float2(v0, v1);
-            } else {
-              if (ok0) yp[0] = v0;
-              if (ok1) yp[p.y_sw] = v1;
-            }
-          }
-        }
-      }
-    };
-    if (other_per_channel) rows(std::true_type{});
-    else rows(std::false_type{});
-  };
-
   // Every consumer thread arrives, after its own last read of the slot: the barrier's
   // phase then completes after every read, with no ordering left to the warp.
   auto release = [&](int b) { mbar_arrive(k.bar(b)); };
@@ -1377,8 +1235,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
   auto step_planes = [&](int s, const PatchTile& pt, const Slice& cur) {
     const Slice nxt = next_slice(cur);
     mbar_wait(k.bar(kBarWFull + static_cast<int>(ring.slot)), ring.parity);
-    if constexpr (WIDE) multiply_wide(cur, pt.shift, ring.slot, s == 0);
-    else multiply_planes(cur, pt.shift, ring.slot, s == 0);
+    multiply_planes(cur, pt.shift, ring.slot, s == 0);
     wgmma_wait<1>();  // the slice before is done: its weight slot is free, and its patch slot
     if (s > 0) {      // where it ended a unit of this tile
       release(kBarWEmpty + ring.previous_slot());
@@ -1509,8 +1366,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
         if (ct != 0) release(kBarPEmpty + slot);
       } else {  // the producer's patch warps write the slot's staged runs out
         const uint32_t base = k.slots + static_cast<uint32_t>(slot) * kPatchSlotBytes;
-        if constexpr (WIDE) store_wide(pt, static_cast<int>(i & 1), base);
-        else store_tile(pt, static_cast<int>(i & 1), Stage<0, 2>{base});
+        store_tile(pt, static_cast<int>(i & 1), Stage<0, 2>{base});
         fence_proxy_async();  // the copy engine reads what these shared stores wrote
         release(kBarPEmpty + slot);
         if constexpr (kExt) {  // the ext stage's runs, once both consumers have staged them,
@@ -1525,9 +1381,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
       }
     } else {
       named_sync(kBarConsumer + c, 128);  // this consumer's bias and `other` are written
-      if (p.probe_no_store) {
-      } else if constexpr (WIDE) store_wide(pt, static_cast<int>(i & 1), 0u);
-      else store_tile(pt, static_cast<int>(i & 1), Stage<0, 2>{0});
+      store_tile(pt, static_cast<int>(i & 1), Stage<0, 2>{0});
     }
     if (i + 1 < k.my_tiles) {
       // The next tile's first unit: cur walked past the last slice into (cb = cblocks,
@@ -1543,7 +1397,7 @@ __device__ __forceinline__ void patch_consume(const ConvParams& p, const PatchCt
 #endif
 }
 
-template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES, bool WIDE = false>
+template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES>
 __global__ void __launch_bounds__(kPatchThreads, 1)
     conv_relu_add_patch_kernel(const ConvParams p, const __grid_constant__ CUtensorMap x_map,
                                const __grid_constant__ CUtensorMap y_map) {
@@ -1587,10 +1441,10 @@ __global__ void __launch_bounds__(kPatchThreads, 1)
   if (threadIdx.x < kPatchProducerThreads) {
     setmaxnreg_dec<kPatchProducerRegs<PLANES>>();
     if (threadIdx.x == 0) patch_produce_weights<MATH, BN>(p, k);
-    else if (threadIdx.x >= 32) patch_produce_patches<MATH, CL, BN, ROWS, PLANES, WIDE>(p, k);
+    else if (threadIdx.x >= 32) patch_produce_patches<MATH, CL, BN, ROWS, PLANES>(p, k);
   } else {
     setmaxnreg_inc<kPatchConsumerRegs<PLANES>>();
-    patch_consume<MATH, CL, BN, ROWS, PLANES, WIDE>(p, k, (threadIdx.x - kPatchProducerThreads) / 128);
+    patch_consume<MATH, CL, BN, ROWS, PLANES>(p, k, (threadIdx.x - kPatchProducerThreads) / 128);
   }
 #else
   __trap();  // never launched: the host picks this kernel only where sm_90a code exists
