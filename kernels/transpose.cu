@@ -4,7 +4,8 @@
 // channel or a number. Both are one batched tile transpose of dense matrices, image n's
 // in[R][S] -> out[S][R], by 64 x 64 tiles through shared memory, 16 bytes a thread on
 // both sides (R and S multiples of 16 / sizeof(T), the data 16-byte aligned; checked by
-// the binding).
+// the binding). A thread's reads of a tile go out together, by cp.async, so that each
+// has its whole share of the tile in flight at once.
 #include <c10/cuda/CUDAException.h>
 
 #include "api.h"
@@ -30,24 +31,30 @@ __global__ void __launch_bounds__(kThreads) transpose_kernel(const ConvParams p,
                                                              int64_t images) {
   constexpr int VEC = 16 / sizeof(T);
   constexpr int kChunks = kTile / VEC;
+  constexpr int kMoves = kTile * kChunks / kThreads;  // 16-byte chunks a thread moves each way
+  static_assert(kTile * kChunks % kThreads == 0, "the tile splits evenly over the threads");
   __shared__ __align__(16) T tile[kTile][kTile];
   const int r0 = blockIdx.y * kTile, s0 = blockIdx.x * kTile;
   const int64_t plane = static_cast<int64_t>(R) * S;
   for (int64_t n = blockIdx.z; n < images; n += gridDim.z) {
     const T* src = in + n * plane;
     T* dst = out + n * plane;
-    // in rows r0.., 16 bytes of columns s0 + VEC j.. each
-    for (int i = threadIdx.x; i < kTile * kChunks; i += kThreads) {
-      const int r = i / kChunks, j = i % kChunks;
-      uint4 v = make_uint4(0, 0, 0, 0);
+    // in rows r0.., 16 bytes of columns s0 + VEC j.. each (chunks past the edge are
+    // left unset: no store reads them)
+#pragma unroll
+    for (int u = 0; u < kMoves; ++u) {
+      const int i = threadIdx.x + u * kThreads, r = i / kChunks, j = i % kChunks;
       if (r0 + r < R && s0 + VEC * j < S)
-        v = *reinterpret_cast<const uint4*>(src + static_cast<int64_t>(r0 + r) * S + s0 + VEC * j);
-      *reinterpret_cast<uint4*>(&tile[r][VEC * chunk_at<VEC>(r, j)]) = v;
+        cp_async_16(smem_u32(&tile[r][VEC * chunk_at<VEC>(r, j)]),
+                    src + static_cast<int64_t>(r0 + r) * S + s0 + VEC * j);
     }
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
     // out rows s0 + s, 16 bytes of columns r0 + VEC jj.. each: column s of VEC tile rows
-    for (int i = threadIdx.x; i < kTile * kChunks; i += kThreads) {
-      const int s = i / kChunks, jj = i % kChunks;
+#pragma unroll
+    for (int u = 0; u < kMoves; ++u) {
+      const int i = threadIdx.x + u * kThreads, s = i / kChunks, jj = i % kChunks;
       if (s0 + s >= S || r0 + VEC * jj >= R) continue;
       alignas(16) T e[VEC];
       float b = 0.f, o = 0.f;
