@@ -2,11 +2,10 @@
 // NHWC kernels: the input NCHW -> NHWC, and the epilogue pass that reads the NHWC
 // convolution output and writes NCHW, out = relu(y + bias) + other with `other` per
 // channel or a number. Both are one batched tile transpose of dense matrices, image n's
-// in[R][S] -> out[S][R], by tiles of 64 rows of 256 bytes (64 fp32 or 128 16-bit
-// columns) through shared memory, 16 bytes a thread on both sides (R and S multiples of
-// 16 / sizeof(T), the data 16-byte aligned; checked by the binding). A thread's reads of
-// a tile go out together, by cp.async, so that each has its whole share of the tile (four
-// chunks) in flight at once.
+// in[R][S] -> out[S][R], by 64 x 64 tiles through shared memory, 16 bytes a thread on
+// both sides (R and S multiples of 16 / sizeof(T), the data 16-byte aligned; checked by
+// the binding). A thread's reads of a tile go out together, by cp.async, so that each
+// has its whole share of the tile in flight at once.
 #include <c10/cuda/CUDAException.h>
 
 #include "api.h"
@@ -15,30 +14,27 @@
 namespace fx_fuse {
 namespace {
 
-constexpr int kRows = 64;       // tile rows, of R
-constexpr int kRowBytes = 256;  // a tile row's bytes, of S
-constexpr int kChunks = kRowBytes / 16;
+constexpr int kTile = 64;
 constexpr int kThreads = 256;
-constexpr int kMoves = kRows * kChunks / kThreads;  // 16-byte chunks a thread moves each way
-static_assert(kRows * kChunks % kThreads == 0, "the tile splits evenly over the threads");
-constexpr int kBlocksPerSM = 4;  // 64 KB of reads in flight an SM: registers for four
 
 // Tile row r's 16-byte chunk j sits at chunk j ^ swizzle(r) of its row, so that the
 // column reads (VEC rows a chunk apart, one element each) fall on distinct banks.
 template <int VEC> __device__ __forceinline__ int chunk_at(int r, int j) {
+  constexpr int kChunks = kTile / VEC;
   return j ^ ((r / VEC) % kChunks);
 }
 
 // EPI: the rows of `out` are the output channels (S = Cout), bias and `other` added.
 template <typename T, bool EPI>
-__global__ void __launch_bounds__(kThreads, kBlocksPerSM) transpose_kernel(const ConvParams p, const T* __restrict__ in,
+__global__ void __launch_bounds__(kThreads) transpose_kernel(const ConvParams p, const T* __restrict__ in,
                                                              T* __restrict__ out, int R, int S,
                                                              int64_t images) {
   constexpr int VEC = 16 / sizeof(T);
-  constexpr int kCols = kRowBytes / sizeof(T);
-  constexpr int kChunksOut = kRows / VEC;  // an out row's chunks in the tile
-  __shared__ __align__(16) T tile[kRows][kCols];
-  const int r0 = blockIdx.y * kRows, s0 = blockIdx.x * kCols;
+  constexpr int kChunks = kTile / VEC;
+  constexpr int kMoves = kTile * kChunks / kThreads;  // 16-byte chunks a thread moves each way
+  static_assert(kTile * kChunks % kThreads == 0, "the tile splits evenly over the threads");
+  __shared__ __align__(16) T tile[kTile][kTile];
+  const int r0 = blockIdx.y * kTile, s0 = blockIdx.x * kTile;
   const int64_t plane = static_cast<int64_t>(R) * S;
   for (int64_t n = blockIdx.z; n < images; n += gridDim.z) {
     const T* src = in + n * plane;
@@ -56,9 +52,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) transpose_kernel(const
     cp_async_wait<0>();
     __syncthreads();
     // out rows s0 + s, 16 bytes of columns r0 + VEC jj.. each: column s of VEC tile rows
-#pragma unroll 2  // four chunks a thread unrolled take 75-78 registers in 16-bit
+#pragma unroll
     for (int u = 0; u < kMoves; ++u) {
-      const int i = threadIdx.x + u * kThreads, s = i / kChunksOut, jj = i % kChunksOut;
+      const int i = threadIdx.x + u * kThreads, s = i / kChunks, jj = i % kChunks;
       if (s0 + s >= S || r0 + VEC * jj >= R) continue;
       alignas(16) T e[VEC];
       float b = 0.f, o = 0.f;
@@ -84,8 +80,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM) transpose_kernel(const
 template <typename T, bool EPI>
 void launch_t(const ConvParams& p, const void* in, void* out, int R, int S, int64_t images,
               cudaStream_t stream) {
-  constexpr int kCols = kRowBytes / sizeof(T);
-  const dim3 grid(static_cast<unsigned>((S + kCols - 1) / kCols), static_cast<unsigned>((R + kRows - 1) / kRows),
+  const dim3 grid(static_cast<unsigned>((S + kTile - 1) / kTile), static_cast<unsigned>((R + kTile - 1) / kTile),
                   static_cast<unsigned>(images < 65535 ? images : 65535));
   transpose_kernel<T, EPI><<<grid, kThreads, 0, stream>>>(p, static_cast<const T*>(in), static_cast<T*>(out), R, S,
                                                           images);
