@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import torch
 from torch import Tensor
@@ -188,6 +188,41 @@ def _cudnn_runs(out_shape) -> bool:
     """Whether the cuDNN path may run and its epilogue pass takes the output (a per-image
     index of 32 bits) for a dense convolution."""
     return _cudnn_enabled() and math.prod(out_shape[1:]) < _INT32_MAX
+
+
+# cuDNN's path through channels-last data (``_cudnn_reads_channels_last``): output planes
+# from this many pixels (docs/performance.md, v74: ResNet 28 px gained 5 %, 14 px in fp32
+# lost 3 %).
+_CUDNN_CL_MIN_PLANE = 28 * 28
+
+
+def _cudnn_reads_channels_last(
+    x: Tensor, weight: Tensor, out_shape, stride, dilation, groups: int
+) -> bool:
+    """Whether cuDNN's path reads an NCHW input channels-last: our transpose of the input
+    (and the weights) to NHWC, cuDNN's NHWC kernel on it and an epilogue pass that writes
+    NCHW, instead of cuDNN's own transposes around the same kernel (docs/performance.md,
+    v74: 5-14 % faster). Where that was measured: 3x3 layers at stride 1 or 2 without
+    dilation, one group, TF32 or 16-bit, output planes of at least ``_CUDNN_CL_MIN_PLANE``
+    pixels, and channels and planes of whole 16-byte chunks, as the transposes' tiles
+    take them (1x1 and 7x7 layers run other cuDNN kernels, slower on channels-last data)."""
+    vec = 16 // x.element_size()
+    plane, out_plane = x.shape[2] * x.shape[3], out_shape[2] * out_shape[3]
+    tf32_or_16bit = x.dtype in (torch.float16, torch.bfloat16) or (
+        x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    )
+    return (
+        groups == 1
+        and tuple(weight.shape[2:]) == (3, 3)
+        and max(stride) <= 2
+        and tuple(dilation) == (1, 1)
+        and tf32_or_16bit
+        and out_plane >= _CUDNN_CL_MIN_PLANE
+        and x.shape[1] % vec == 0
+        and plane % vec == 0
+        and out_shape[1] % vec == 0
+        and out_plane % vec == 0
+    )
 
 
 def _cudnn_pays(
@@ -390,7 +425,9 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
     direct kernel) where ``_direct_pays`` and the binding takes the sizes, else from
     ``_path`` (``_grouped_path`` for groups > 1), or in cuDNN's benchmark mode the fastest
     of the ``_candidates`` timed (``_timed_path``); the layouts the input is read in (made
-    dense in it) and the output is written in, and whether the wgmma kernels may run; or,
+    dense in it: its own, or channels-last on cuDNN's path where
+    ``_cudnn_reads_channels_last``) and the output is written in, and whether the wgmma
+    kernels may run; or,
     for the arguments the kernels do not cover, the reference path's result (announced
     once per reason; that answer is not remembered). Bad arguments raise the op's errors."""
     stride, padding, dilation = ops.check_args(
@@ -433,7 +470,14 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
         allow_tf32 = bool(torch.backends.cudnn.allow_tf32)
         path = _path(x, weight, out_shape, stride, allow_tf32, sms, patch_runs)
     out_channels_last = ops.output_memory_format(input, weight) == torch.channels_last
-    layouts = (x_format == torch.channels_last, out_channels_last, hopper)
+
+    def layouts(path: str) -> tuple:
+        reads_channels_last = x_format == torch.channels_last or (
+            path == "cudnn"
+            and _cudnn_reads_channels_last(x, weight, out_shape, stride, dilation, groups)
+        )
+        return (reads_channels_last, out_channels_last, hopper)
+
     if _autotune.enabled(x.device):
         candidates = _candidates(
             x, weight, out_shape, stride, padding, dilation, groups, direct, patch_runs
@@ -441,7 +485,7 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
         if len(candidates) > 1:
             args = (input, weight, bias, other, stride, padding, dilation, groups)
             path = _timed_path(path, candidates, layouts, args)
-    return (path, *layouts)
+    return (path, *layouts(path))
 
 
 def _candidates(
@@ -471,13 +515,15 @@ def _candidates(
     return paths
 
 
-def _timed_path(rule: str, candidates: List[str], layouts: tuple, args: tuple) -> str:
+def _timed_path(
+    rule: str, candidates: List[str], layouts: Callable[[str], tuple], args: tuple
+) -> str:
     """The path ``_autotune`` keeps for the op's arguments ``args`` among ``candidates``
-    (``rule``: the size rules' path; ``layouts``: the plan's other three fields), each
-    timed through the C++ kernel's runner with that plan."""
+    (``rule``: the size rules' path; ``layouts(path)``: the plan's other three fields for
+    a path), each timed through the C++ kernel's runner with its plan."""
 
     def run(path: str) -> None:
-        _extension().run_plan((path, *layouts), *args)
+        _extension().run_plan((path, *layouts(path)), *args)
 
     with torch.no_grad():
         measured = _autotune.times(candidates, run, args[0].device)

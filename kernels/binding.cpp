@@ -384,8 +384,32 @@ void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
                       out.strides() == y.strides() && per_channel && aligned16(y.data_ptr()) &&
                       (channels_last ? y.size(1) : y.size(2) * y.size(3)) % vec == 0 &&
                       y.numel() / vec < kI32;
-  launch_epilogue(p, static_cast<int>(y.element_size()), y.scalar_type() == at::kBFloat16,
-                  channels_last, vector, c10::cuda::getCurrentCUDAStream());
+  const int elem = static_cast<int>(y.element_size());
+  const bool bf16 = y.scalar_type() == at::kBFloat16;
+  // channels-last y into a dense NCHW out: one tile transpose pass
+  const int64_t plane = y.size(2) * y.size(3);
+  if (channels_last && out.is_contiguous() && per_channel && aligned16(y.data_ptr()) &&
+      aligned16(out.data_ptr()) && y.size(1) % vec == 0 && plane % vec == 0 && plane < kI32) {
+    launch_epilogue_to_nchw(p, elem, bf16, c10::cuda::getCurrentCUDAStream());
+    return;
+  }
+  launch_epilogue(p, elem, bf16, channels_last, vector, c10::cuda::getCurrentCUDAStream());
+}
+
+at::Tensor to_channels_last(const at::Tensor& x) {
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const int64_t vec = 16 / x.element_size(), plane = x.size(2) * x.size(3);
+  const auto t = x.scalar_type();
+  const bool takes = x.is_cuda() && x.dim() == 4 && x.is_contiguous() && !x.is_contiguous(cl) &&
+                     (t == at::kFloat || t == at::kHalf || t == at::kBFloat16) && aligned16(x.data_ptr()) &&
+                     x.size(1) % vec == 0 && plane % vec == 0 && x.size(1) * plane < std::numeric_limits<int32_t>::max();
+  if (!takes) return x.contiguous(cl);
+  auto y = at::empty_like(x, x.options(), cl);
+  if (x.numel() == 0) return y;
+  const c10::cuda::CUDAGuard guard(x.device());
+  launch_to_nhwc(x.data_ptr(), y.data_ptr(), static_cast<int>(x.size(1)), static_cast<int>(plane), x.size(0),
+                 static_cast<int>(x.element_size()), t == at::kBFloat16, c10::cuda::getCurrentCUDAStream());
+  return y;
 }
 
 namespace {

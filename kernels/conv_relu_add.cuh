@@ -120,13 +120,15 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
   return __float2bfloat16_rn(v);
 }
 
+// `other` at element offset `off`, or the number. Plain loads: __ldg is inline asm without
+// side effects, which the compiler may hoist above the kind's test and so read through a
+// null `other`.
 __device__ __forceinline__ float load_other(const ConvParams& p, int64_t off) {
   switch (p.other_kind) {
-    case kOtherF32: return __ldg(static_cast<const float*>(p.other) + off);
-    case kOtherF16: return __half2float(__ldg(static_cast<const __half*>(p.other) + off));
-    case kOtherBF16:
-      return __bfloat162float(__ldg(static_cast<const __nv_bfloat16*>(p.other) + off));
-    case kOtherF64: return static_cast<float>(__ldg(static_cast<const double*>(p.other) + off));
+    case kOtherF32: return static_cast<const float*>(p.other)[off];
+    case kOtherF16: return __half2float(static_cast<const __half*>(p.other)[off]);
+    case kOtherBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p.other)[off]);
+    case kOtherF64: return static_cast<float>(static_cast<const double*>(p.other)[off]);
     default: return p.other_scalar;
   }
 }

@@ -31,6 +31,11 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
 void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
                   const c10::optional<at::Tensor>& other, double other_scalar, at::Tensor out);
 
+// `x` dense in the channels-last layout: an NCHW tensor by one tile transpose pass where it
+// is dense, 16-byte aligned, and its channels and planes are multiples of 16 bytes;
+// otherwise Tensor.contiguous.
+at::Tensor to_channels_last(const at::Tensor& x);
+
 // The depthwise kernel: fills `out` (N, Cout, OH, OW), any strides, with relu(conv2d(x,
 // weight, groups) + bias) + other, for weight (groups x multiplier, C_in / groups, kH, kW)
 // (groups = C_in / weight.size(1); 1 input channel per group: depthwise); `other` as above.

@@ -171,8 +171,7 @@ at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weig
                at::IntArrayRef dilation_arg, int64_t groups) {
   const bool unbatched = input.dim() == 3;
   at::Tensor x = unbatched ? input.unsqueeze(0) : input;
-  x = x.contiguous(plan.input_channels_last ? at::MemoryFormat::ChannelsLast
-                                            : at::MemoryFormat::Contiguous);
+  x = plan.input_channels_last ? to_channels_last(x) : x.contiguous();
   const auto stride = pair(stride_arg), padding = pair(padding_arg), dilation = pair(dilation_arg);
   std::vector<int64_t> out_shape{x.size(0), weight.size(0), 0, 0};
   for (int i = 0; i < 2; ++i) {
@@ -199,8 +198,9 @@ at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weig
     at::Tensor y;
     {
       c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-      y = cudnn_conv(x, weight, stride, padding, dilation, groups,
-                     out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3]);
+      // channels-last input with the weights channels-last too (cuDNN's NHWC kernels)
+      y = cudnn_conv(x, plan.input_channels_last ? to_channels_last(weight) : weight, stride, padding,
+                     dilation, groups, out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3]);
     }
     out = y.is_contiguous(format) ? y : at::empty_like(y, y.options(), format);
     relu_add_out(y, b, other_t, scalar, out);

@@ -131,7 +131,7 @@ def _path_of(kernels: str) -> str:
         return "direct"
     if "depthwise" in kernels:
         return "depthwise"
-    if "conv_epilogue" in kernels:
+    if "conv_epilogue" in kernels or "transpose_kernel" in kernels:  # NCHW or NHWC data
         return "cudnn"
     return "patch" if "patch_kernel" in kernels else "fused"
 

@@ -323,6 +323,52 @@ def test_plan_for_the_cpp_kernel(h100_planner, monkeypatch, dtype, layout, expec
     assert _cuda.plan(x, w, b, other, [1, 1], [0, 0], [1, 1], 1) == expected
 
 
+@pytest.mark.parametrize(
+    "x_shape,cout,k,stride,dtype,reads_channels_last",
+    [
+        ((16, 256, 56, 56), 256, 3, 1, torch.bfloat16, True),  # VGG at 56 px
+        ((16, 256, 56, 56), 256, 3, 1, torch.float32, True),
+        ((32, 128, 56, 56), 256, 3, 2, torch.bfloat16, True),  # stride 2
+        ((32, 128, 28, 28), 128, 3, 1, torch.bfloat16, True),  # ResNet 28 px
+        ((32, 256, 14, 14), 256, 3, 1, torch.float32, False),  # planes under 28 x 28
+        ((32, 256, 56, 56), 256, 1, 1, torch.bfloat16, False),  # 1x1: cuDNN's GEMM kernel
+        ((16, 64, 64, 64), 64, 7, 1, torch.float32, False),  # 7x7: a kernel of its own
+        ((16, 36, 56, 56), 64, 3, 1, torch.float16, False),  # channels not 16-byte chunks
+    ],
+)
+def test_plan_reads_nchw_input_channels_last_on_cudnns_path(
+    h100_planner, monkeypatch, x_shape, cout, k, stride, dtype, reads_channels_last
+):
+    """cuDNN's path reads an NCHW input channels-last (its NHWC kernel without cuDNN's own
+    transposes) on 3x3 layers whose planes and channels the transposes take; the output
+    stays NCHW."""
+    monkeypatch.setattr(_cuda, "_patch_runs", lambda *args: False)
+    monkeypatch.setattr(_cuda, "_path", lambda *args: "cudnn")
+    x = torch.empty(*x_shape, dtype=dtype, device="meta")
+    w = torch.empty(cout, x_shape[1], k, k, dtype=dtype, device="meta")
+    b, other = torch.empty(cout, dtype=dtype, device="meta"), ops.scalar_other(0.5)
+    pad = k // 2
+    plan = _cuda.plan(x, w, b, other, [stride, stride], [pad, pad], [1, 1], 1)
+    assert plan == ("cudnn", reads_channels_last, False, True)
+
+
+def test_plan_reads_channels_last_only_on_cudnns_path(h100_planner, monkeypatch):
+    """The other paths read an NCHW input as it is; so does exact fp32 on cuDNN's path
+    (not measured there), and a channels-last input stays channels-last."""
+    monkeypatch.setattr(_cuda, "_patch_runs", lambda *args: False)
+    x = torch.empty(16, 256, 56, 56, device="meta")
+    w = torch.empty(256, 256, 3, 3, device="meta")
+    b, other = torch.empty(256, device="meta"), ops.scalar_other(0.5)
+    args = (x, w, b, other, [1, 1], [1, 1], [1, 1], 1)
+    monkeypatch.setattr(_cuda, "_path", lambda *a: "fused")
+    assert _cuda.plan(*args) == ("fused", False, False, True)
+    monkeypatch.setattr(_cuda, "_path", lambda *a: "cudnn")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert _cuda.plan(*args) == ("cudnn", False, False, True)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert _cuda.plan(cl, *args[1:]) == ("cudnn", True, True, True)
+
+
 def test_plan_asks_the_binding_before_the_patch_kernel(h100_planner, monkeypatch):
     """Where the binding does not take the input on the patch kernel, the other rules pick
     (the headline: the K-table kernel), not the patch kernel's size rule."""

@@ -530,6 +530,48 @@ def _patch_instance(kernels: str) -> dict:
     return {"rows": args[3] == "true", "planes": args[4] == "true"}
 
 
+# cuDNN's path through channels-last data (_cuda._cudnn_reads_channels_last): 3x3 layers
+# with output planes of at least 28 x 28; partial transpose tiles (40 and 200 channels,
+# planes of 1024 and 1600 pixels), stride 2, every kind of `other` the epilogue takes
+# (per channel and numbers by the NCHW epilogue pass, the others by the general pass).
+@pytest.mark.parametrize("policy", ["tf32", "fp16", "bf16"])
+@pytest.mark.parametrize("kind", ["c11", "1c11", "0dim_cpu_f64", "0dim_cuda", "full_nchw", "chw"])
+@pytest.mark.parametrize(
+    "cfg",
+    [(2, 16, 28, 28, 24, 3, 3, 1, 1, 1), (1, 32, 64, 64, 40, 3, 3, 2, 1, 1), (2, 64, 40, 40, 200, 3, 3, 1, 1, 1)],
+    ids=["28px", "stride2", "cout200"],
+)
+def test_cudnn_path_through_channels_last_data(cfg, kind, policy, kernel_path, monkeypatch):
+    if kernel_path == "cudnn":
+        monkeypatch.setenv("FX_FUSE_DISABLE_PATCH", "1")  # the cuDNN path on every layer here
+    dtype = set_policy(policy)
+    x, w, b, stride, padding, dilation = make(cfg, dtype)
+    reads_channels_last = _cuda.plan(x, w, b, ops.scalar_other(1.0), stride, padding, dilation, 1)[1]
+    assert reads_channels_last == (kernel_path == "cudnn")
+    shape = ops.output_shape(x, w, stride, padding, dilation)
+    other = _others(shape, dtype)[kind]
+    out = run_op(x, w, b, other, stride, padding, dilation)
+    assert out.is_contiguous() and out.dtype == dtype
+    assert_close64(out, reference64(x, w, b, other, stride, padding, dilation), policy)
+    if kernel_path == "cudnn":
+        kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, padding, dilation))
+        assert "transpose_kernel" in kernels, kernels
+
+
+def test_cudnn_path_through_channels_last_data_unaligned(kernel_path):
+    """An input 16-byte misaligned in memory takes Tensor.contiguous instead of the
+    transpose pass; the result is the same."""
+    if kernel_path != "cudnn":
+        pytest.skip("the cuDNN path's layouts")
+    dtype = set_policy("fp16")
+    x, w, b, stride, padding, dilation = make((2, 16, 28, 28, 24, 3, 3, 1, 1, 1), dtype)
+    shifted = torch.empty(x.numel() + 1, dtype=dtype, device=DEV)[1:].view(x.shape)
+    shifted.copy_(x)
+    other = torch.randn(24, 1, 1, device=DEV).to(dtype)
+    out = run_op(shifted, w, b, other, stride, padding, dilation)
+    assert_close64(out, reference64(x, w, b, other, stride, padding, dilation), "fp16")
+
+
 def test_cudnn_path_follows_the_cudnn_switches(monkeypatch):
     """The cuDNN path calls cuDNN's convolution below at::conv2d, so it reads
     torch.backends.cudnn itself: with cuDNN disabled the convolution is ATen's own (im2col

@@ -1,0 +1,110 @@
+// Layout transposes of the cuDNN path (binding.cpp), for NCHW layers that run cuDNN's
+// NHWC kernels: the input NCHW -> NHWC, and the epilogue pass that reads the NHWC
+// convolution output and writes NCHW, out = relu(y + bias) + other with `other` per
+// channel or a number. Both are one batched tile transpose of dense matrices, image n's
+// in[R][S] -> out[S][R], by 64 x 64 tiles through shared memory, 16 bytes a thread on
+// both sides (R and S multiples of 16 / sizeof(T), the data 16-byte aligned; checked by
+// the binding). A thread's reads of a tile go out together, by cp.async, so that each
+// has its whole share of the tile in flight at once.
+#include <c10/cuda/CUDAException.h>
+
+#include "api.h"
+#include "conv_relu_add.cuh"
+
+namespace fx_fuse {
+namespace {
+
+constexpr int kTile = 64;
+constexpr int kThreads = 256;
+
+// Tile row r's 16-byte chunk j sits at chunk j ^ swizzle(r) of its row, so that the
+// column reads (VEC rows a chunk apart, one element each) fall on distinct banks.
+template <int VEC> __device__ __forceinline__ int chunk_at(int r, int j) {
+  constexpr int kChunks = kTile / VEC;
+  return j ^ ((r / VEC) % kChunks);
+}
+
+// EPI: the rows of `out` are the output channels (S = Cout), bias and `other` added.
+template <typename T, bool EPI>
+__global__ void __launch_bounds__(kThreads) transpose_kernel(const ConvParams p, const T* __restrict__ in,
+                                                             T* __restrict__ out, int R, int S,
+                                                             int64_t images) {
+  constexpr int VEC = 16 / sizeof(T);
+  constexpr int kChunks = kTile / VEC;
+  constexpr int kMoves = kTile * kChunks / kThreads;  // 16-byte chunks a thread moves each way
+  static_assert(kTile * kChunks % kThreads == 0, "the tile splits evenly over the threads");
+  __shared__ __align__(16) T tile[kTile][kTile];
+  const int r0 = blockIdx.y * kTile, s0 = blockIdx.x * kTile;
+  const int64_t plane = static_cast<int64_t>(R) * S;
+  for (int64_t n = blockIdx.z; n < images; n += gridDim.z) {
+    const T* src = in + n * plane;
+    T* dst = out + n * plane;
+    // in rows r0.., 16 bytes of columns s0 + VEC j.. each (chunks past the edge are
+    // left unset: no store reads them)
+#pragma unroll
+    for (int u = 0; u < kMoves; ++u) {
+      const int i = threadIdx.x + u * kThreads, r = i / kChunks, j = i % kChunks;
+      if (r0 + r < R && s0 + VEC * j < S)
+        cp_async_16(smem_u32(&tile[r][VEC * chunk_at<VEC>(r, j)]),
+                    src + static_cast<int64_t>(r0 + r) * S + s0 + VEC * j);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    // out rows s0 + s, 16 bytes of columns r0 + VEC jj.. each: column s of VEC tile rows
+#pragma unroll
+    for (int u = 0; u < kMoves; ++u) {
+      const int i = threadIdx.x + u * kThreads, s = i / kChunks, jj = i % kChunks;
+      if (s0 + s >= S || r0 + VEC * jj >= R) continue;
+      alignas(16) T e[VEC];
+      float b = 0.f, o = 0.f;
+      if constexpr (EPI) {
+        const int c = s0 + s;
+        b = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
+        o = load_other(p, c * p.o_sc);  // per channel, or the number
+      }
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const int r = VEC * jj + k;
+        const T v = tile[r][VEC * chunk_at<VEC>(r, s / VEC) + s % VEC];
+        if constexpr (EPI) e[k] = from_float<T>(fused_value(to_float(v), b, o));
+        else e[k] = v;
+      }
+      *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(s0 + s) * R + r0 + VEC * jj) =
+          *reinterpret_cast<const uint4*>(e);
+    }
+    __syncthreads();
+  }
+}
+
+template <typename T, bool EPI>
+void launch_t(const ConvParams& p, const void* in, void* out, int R, int S, int64_t images,
+              cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((S + kTile - 1) / kTile), static_cast<unsigned>((R + kTile - 1) / kTile),
+                  static_cast<unsigned>(images < 65535 ? images : 65535));
+  transpose_kernel<T, EPI><<<grid, kThreads, 0, stream>>>(p, static_cast<const T*>(in), static_cast<T*>(out), R, S,
+                                                          images);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <bool EPI>
+void launch_any(const ConvParams& p, const void* in, void* out, int R, int S, int64_t images, int elem_bytes,
+                bool bf16, cudaStream_t stream) {
+  if (elem_bytes == 4) launch_t<float, EPI>(p, in, out, R, S, images, stream);
+  else if (bf16) launch_t<__nv_bfloat16, EPI>(p, in, out, R, S, images, stream);
+  else launch_t<__half, EPI>(p, in, out, R, S, images, stream);
+}
+
+}  // namespace
+
+void launch_to_nhwc(const void* x, void* y, int C, int HW, int64_t images, int elem_bytes, bool bf16,
+                    cudaStream_t stream) {
+  launch_any<false>(ConvParams{}, x, y, C, HW, images, elem_bytes, bf16, stream);
+}
+
+void launch_epilogue_to_nchw(const ConvParams& p, int elem_bytes, bool bf16, cudaStream_t stream) {
+  const int HW = p.OH * p.OW;
+  launch_any<true>(p, p.x, p.out, HW, p.Cout, p.M / HW, elem_bytes, bf16, stream);
+}
+
+}  // namespace fx_fuse
