@@ -348,7 +348,9 @@ void conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight,
 
 // The cuDNN path's epilogue (host.h). The pass runs in channels-last order when y is
 // channels-last; 16 bytes per thread where y is dense, written in place, and `other` is per
-// channel or a number.
+// channel or a number. A channels-last y into a dense NCHW out (cuDNN on channels-last data
+// for an NCHW layer) takes the tile transpose pass where `other` is per channel or a number
+// and the channels and planes are whole 16-byte chunks.
 void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
                   const c10::optional<at::Tensor>& other, double other_scalar, at::Tensor out) {
   TORCH_CHECK(y.is_cuda() && y.dim() == 4, kOp, ": expected a 4-D CUDA tensor, got ", y.sizes());
