@@ -81,14 +81,16 @@ def main() -> None:
             scale = ref.abs().max().item()
             row = [name, str(dtype).replace("torch.", ""),
                    rule_reads_channels_last(x_shape, cout, k, stride, padding, dtype)]
+            gpu = []  # the GPU us of the NCHW plan, then of the channels-last one
             for channels_last in (False, True):
                 def op(cl=channels_last):
                     return ext.run_plan(("cudnn", cl, False, True), *conv_args)
 
                 err = (op().double() - ref).abs().max().item() / scale
                 total, kernels = gpu_us(op)
+                gpu.append(total)
                 row += [err, bench_ms(op)["ms"], total, kernel_split(kernels)]
-            row.append(row[9] / row[5])
+            row.append(gpu[1] / gpu[0])
         rows.append(row)
         del x, w, b, other, conv_args, ref
         torch.cuda.empty_cache()
