@@ -95,9 +95,9 @@ void launch_t(const ConvParams& p, const void* in, void* out, int R, int S, int6
 template <bool EPI>
 void launch_any(const ConvParams& p, const void* in, void* out, int R, int S, int64_t images, int elem_bytes,
                 bool bf16, cudaStream_t stream) {
-  if (elem_bytes == 4) launch_t<float, EPI>(p, in, out, R, S, images, stream);
-  else if (bf16) launch_t<__nv_bfloat16, EPI>(p, in, out, R, S, images, stream);
-  else launch_t<__half, EPI>(p, in, out, R, S, images, stream);
+  dispatch_elem(elem_bytes, bf16, [&](auto e) {
+    launch_t<typename decltype(e)::type, EPI>(p, in, out, R, S, images, stream);
+  });
 }
 
 }  // namespace
