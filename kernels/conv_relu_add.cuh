@@ -29,6 +29,15 @@ template <> struct MathTraits<Math::kF32x3> { using T = float; };
 template <> struct MathTraits<Math::kF16> { using T = __half; };
 template <> struct MathTraits<Math::kBF16> { using T = __nv_bfloat16; };
 
+// Calls f(ElemType<T>{}) with T the element type that elem_bytes and bf16 name (float,
+// __nv_bfloat16 or __half): the one dtype dispatch of the launchers.
+template <typename T> struct ElemType { using type = T; };
+template <typename F> void dispatch_elem(int elem_bytes, bool bf16, F&& f) {
+  if (elem_bytes == 4) f(ElemType<float>{});
+  else if (bf16) f(ElemType<__nv_bfloat16>{});
+  else f(ElemType<__half>{});
+}
+
 
 // Per-CTA information about one output pixel (one row of the A tile).
 struct RowInfo {

@@ -246,9 +246,9 @@ void launch_depthwise_dtype(const ConvParams& p, const DepthwiseShape& d, cudaSt
 
 void launch_depthwise(const ConvParams& p, const DepthwiseShape& d, int elem_bytes, bool bf16,
                       cudaStream_t stream) {
-  if (elem_bytes == 4) launch_depthwise_dtype<float>(p, d, stream);
-  else if (bf16) launch_depthwise_dtype<__nv_bfloat16>(p, d, stream);
-  else launch_depthwise_dtype<__half>(p, d, stream);
+  dispatch_elem(elem_bytes, bf16, [&](auto e) {
+    launch_depthwise_dtype<typename decltype(e)::type>(p, d, stream);
+  });
 }
 
 }  // namespace fx_fuse

@@ -232,9 +232,9 @@ void launch_cl_dtype(const ConvParams& p, const DepthwiseClShape& d, cudaStream_
 
 void launch_depthwise_cl(const ConvParams& p, const DepthwiseClShape& d, int elem_bytes, bool bf16,
                          cudaStream_t stream) {
-  if (elem_bytes == 4) launch_cl_dtype<float>(p, d, stream);
-  else if (bf16) launch_cl_dtype<__nv_bfloat16>(p, d, stream);
-  else launch_cl_dtype<__half>(p, d, stream);
+  dispatch_elem(elem_bytes, bf16, [&](auto e) {
+    launch_cl_dtype<typename decltype(e)::type>(p, d, stream);
+  });
 }
 
 }  // namespace fx_fuse

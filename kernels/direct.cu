@@ -118,9 +118,9 @@ void launch_direct_t(const ConvParams& p, const DirectShape& d, cudaStream_t str
 
 void launch_direct(const ConvParams& p, const DirectShape& d, int elem_bytes, bool bf16,
                    cudaStream_t stream) {
-  if (elem_bytes == 4) launch_direct_t<float>(p, d, stream);
-  else if (bf16) launch_direct_t<__nv_bfloat16>(p, d, stream);
-  else launch_direct_t<__half>(p, d, stream);
+  dispatch_elem(elem_bytes, bf16, [&](auto e) {
+    launch_direct_t<typename decltype(e)::type>(p, d, stream);
+  });
 }
 
 }  // namespace fx_fuse

@@ -128,9 +128,9 @@ void launch_epilogue_t(const ConvParams& p, bool channels_last, bool vector, cud
 
 void launch_epilogue(const ConvParams& p, int elem_bytes, bool bf16, bool channels_last,
                      bool vector, cudaStream_t stream) {
-  if (elem_bytes == 4) launch_epilogue_t<float>(p, channels_last, vector, stream);
-  else if (bf16) launch_epilogue_t<__nv_bfloat16>(p, channels_last, vector, stream);
-  else launch_epilogue_t<__half>(p, channels_last, vector, stream);
+  dispatch_elem(elem_bytes, bf16, [&](auto e) {
+    launch_epilogue_t<typename decltype(e)::type>(p, channels_last, vector, stream);
+  });
 }
 
 }  // namespace fx_fuse

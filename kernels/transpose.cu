@@ -34,8 +34,17 @@ __global__ void __launch_bounds__(kThreads) transpose_kernel(const ConvParams p,
   constexpr int kMoves = kTile * kChunks / kThreads;  // 16-byte chunks a thread moves each way
   static_assert(kTile * kChunks % kThreads == 0, "the tile splits evenly over the threads");
   __shared__ __align__(16) T tile[kTile][kTile];
+  // EPI: the tile's channels' bias and `other`, read once a block, off the stores' path
+  __shared__ float chan_bias[EPI ? kTile : 1], chan_other[EPI ? kTile : 1];
   const int r0 = blockIdx.y * kTile, s0 = blockIdx.x * kTile;
   const int64_t plane = static_cast<int64_t>(R) * S;
+  if constexpr (EPI) {
+    const int c = s0 + static_cast<int>(threadIdx.x);
+    if (threadIdx.x < kTile && c < S) {
+      chan_bias[threadIdx.x] = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
+      chan_other[threadIdx.x] = load_other(p, c * p.o_sc);  // per channel, or the number
+    }
+  }  // read after the first tile's __syncthreads
   for (int64_t n = blockIdx.z; n < images; n += gridDim.z) {
     const T* src = in + n * plane;
     T* dst = out + n * plane;
@@ -58,11 +67,7 @@ __global__ void __launch_bounds__(kThreads) transpose_kernel(const ConvParams p,
       if (s0 + s >= S || r0 + VEC * jj >= R) continue;
       alignas(16) T e[VEC];
       float b = 0.f, o = 0.f;
-      if constexpr (EPI) {
-        const int c = s0 + s;
-        b = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
-        o = load_other(p, c * p.o_sc);  // per channel, or the number
-      }
+      if constexpr (EPI) b = chan_bias[s], o = chan_other[s];
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         const int r = VEC * jj + k;
@@ -90,9 +95,9 @@ void launch_t(const ConvParams& p, const void* in, void* out, int R, int S, int6
 template <bool EPI>
 void launch_any(const ConvParams& p, const void* in, void* out, int R, int S, int64_t images, int elem_bytes,
                 bool bf16, cudaStream_t stream) {
-  if (elem_bytes == 4) launch_t<float, EPI>(p, in, out, R, S, images, stream);
-  else if (bf16) launch_t<__nv_bfloat16, EPI>(p, in, out, R, S, images, stream);
-  else launch_t<__half, EPI>(p, in, out, R, S, images, stream);
+  dispatch_elem(elem_bytes, bf16, [&](auto e) {
+    launch_t<typename decltype(e)::type, EPI>(p, in, out, R, S, images, stream);
+  });
 }
 
 }  // namespace
