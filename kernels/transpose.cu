@@ -5,7 +5,8 @@
 // in[R][S] -> out[S][R], by 64 x 64 tiles through shared memory, 16 bytes a thread on
 // both sides (R and S multiples of 16 / sizeof(T), the data 16-byte aligned; checked by
 // the binding). A thread's reads of a tile go out together, by cp.async, so that each
-// has its whole share of the tile in flight at once.
+// has its whole share of the tile in flight at once. And the weights' copy for cuDNN's NHWC
+// kernels, whose planes (3 x 3) are no 16-byte multiple: one block a filter.
 #include <c10/cuda/CUDAException.h>
 
 #include "api.h"
@@ -82,6 +83,19 @@ __global__ void __launch_bounds__(kThreads) transpose_kernel(const ConvParams p,
   }
 }
 
+// The filters w[Cout][C][KHW] -> y[Cout][KHW][C], one block a filter: its C * KHW
+// elements are a few KB, so the reads KHW elements apart stay in L1. T: the element's bits.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) filter_transpose_kernel(const T* __restrict__ w, T* __restrict__ y,
+                                                                    int C, int KHW) {
+  const int n = C * KHW;
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const int t = i / C, c = i - t * C;
+    y[base + i] = w[base + static_cast<int64_t>(c) * KHW + t];
+  }
+}
+
 template <typename T, bool EPI>
 void launch_t(const ConvParams& p, const void* in, void* out, int R, int S, int64_t images,
               cudaStream_t stream) {
@@ -110,6 +124,19 @@ void launch_to_nhwc(const void* x, void* y, int C, int HW, int64_t images, int e
 void launch_epilogue_to_nchw(const ConvParams& p, int elem_bytes, bool bf16, cudaStream_t stream) {
   const int HW = p.OH * p.OW;
   launch_any<true>(p, p.x, p.out, HW, p.Cout, p.M / HW, elem_bytes, bf16, stream);
+}
+
+void launch_filter_to_nhwc(const void* w, void* y, int C, int KHW, int64_t Cout, int elem_bytes,
+                           cudaStream_t stream) {
+  const auto blocks = static_cast<unsigned>(Cout);
+  if (elem_bytes == 4) {
+    filter_transpose_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<const uint32_t*>(w),
+                                                             static_cast<uint32_t*>(y), C, KHW);
+  } else {
+    filter_transpose_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<const uint16_t*>(w),
+                                                             static_cast<uint16_t*>(y), C, KHW);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace fx_fuse

@@ -556,6 +556,7 @@ def test_cudnn_path_through_channels_last_data(cfg, kind, policy, kernel_path, m
     if kernel_path == "cudnn":
         kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, padding, dilation))
         assert "transpose_kernel" in kernels, kernels
+        assert "filter_transpose_kernel" in kernels, kernels  # the weights by our copy
 
 
 def test_cudnn_path_through_channels_last_data_unaligned(kernel_path):
