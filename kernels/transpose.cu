@@ -5,8 +5,12 @@
 // in[R][S] -> out[S][R], by 64 x 64 tiles through shared memory, 16 bytes a thread on
 // both sides (R and S multiples of 16 / sizeof(T), the data 16-byte aligned; checked by
 // the binding). A thread's reads of a tile go out together, by cp.async, so that each
-// has its whole share of the tile in flight at once. And the weights' copy for cuDNN's NHWC
-// kernels, whose planes (3 x 3) are no 16-byte multiple: one block a filter.
+// has its whole share of the tile in flight at once, and a block takes the same tile of
+// several images through two buffers: the next image's reads are in flight while it
+// stores the current one. And the weights' copy for cuDNN's NHWC kernels, whose planes
+// (3 x 3) are no 16-byte multiple: one block a filter.
+#include <algorithm>
+
 #include <c10/cuda/CUDAException.h>
 
 #include "api.h"
@@ -25,16 +29,20 @@ template <int VEC> __device__ __forceinline__ int chunk_at(int r, int j) {
   return j ^ ((r / VEC) % kChunks);
 }
 
+// Blocks an SM: v77's register counts (40 for 16-bit elements, 48 for fp32), held while
+// a block has two images' reads in flight.
+template <typename T> constexpr int kBlocksPerSM = sizeof(T) == 4 ? 5 : 6;
+
 // EPI: the rows of `out` are the output channels (S = Cout), bias and `other` added.
 template <typename T, bool EPI>
-__global__ void __launch_bounds__(kThreads) transpose_kernel(const ConvParams p, const T* __restrict__ in,
+__global__ void __launch_bounds__(kThreads, kBlocksPerSM<T>) transpose_kernel(const ConvParams p, const T* __restrict__ in,
                                                              T* __restrict__ out, int R, int S,
                                                              int64_t images) {
   constexpr int VEC = 16 / sizeof(T);
   constexpr int kChunks = kTile / VEC;
   constexpr int kMoves = kTile * kChunks / kThreads;  // 16-byte chunks a thread moves each way
   static_assert(kTile * kChunks % kThreads == 0, "the tile splits evenly over the threads");
-  __shared__ __align__(16) T tile[kTile][kTile];
+  __shared__ __align__(16) T tile[2][kTile][kTile];
   // EPI: the tile's channels' bias and `other`, read once a block, off the stores' path
   __shared__ float chan_bias[EPI ? kTile : 1], chan_other[EPI ? kTile : 1];
   const int r0 = blockIdx.y * kTile, s0 = blockIdx.x * kTile;
@@ -46,34 +54,43 @@ __global__ void __launch_bounds__(kThreads) transpose_kernel(const ConvParams p,
       chan_other[threadIdx.x] = load_other(p, c * p.o_sc);  // per channel, or the number
     }
   }  // read after the first tile's __syncthreads
-  for (int64_t n = blockIdx.z; n < images; n += gridDim.z) {
+  // image n's in rows r0.., 16 bytes of columns s0 + VEC j.. each, into buffer b (chunks
+  // past the edge are left unset: no store reads them); one commit group an image
+  const auto load = [&](int64_t n, int b) {
     const T* src = in + n * plane;
-    T* dst = out + n * plane;
-    // in rows r0.., 16 bytes of columns s0 + VEC j.. each (chunks past the edge are
-    // left unset: no store reads them)
 #pragma unroll
     for (int u = 0; u < kMoves; ++u) {
       const int i = threadIdx.x + u * kThreads, r = i / kChunks, j = i % kChunks;
       if (r0 + r < R && s0 + VEC * j < S)
-        cp_async_16(smem_u32(&tile[r][VEC * chunk_at<VEC>(r, j)]),
+        cp_async_16(smem_u32(&tile[b][r][VEC * chunk_at<VEC>(r, j)]),
                     src + static_cast<int64_t>(r0 + r) * S + s0 + VEC * j);
     }
     cp_async_commit();
-    cp_async_wait<0>();
+  };
+  if (blockIdx.z < images) load(blockIdx.z, 0);
+  int b = 0;
+  for (int64_t n = blockIdx.z; n < images; n += gridDim.z, b ^= 1) {
+    if (n + gridDim.z < images) {
+      load(n + gridDim.z, b ^ 1);  // its buffer's stores ended at the last barrier
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
+    T* dst = out + n * plane;
     // out rows s0 + s, 16 bytes of columns r0 + VEC jj.. each: column s of VEC tile rows
 #pragma unroll
     for (int u = 0; u < kMoves; ++u) {
       const int i = threadIdx.x + u * kThreads, s = i / kChunks, jj = i % kChunks;
       if (s0 + s >= S || r0 + VEC * jj >= R) continue;
       alignas(16) T e[VEC];
-      float b = 0.f, o = 0.f;
-      if constexpr (EPI) b = chan_bias[s], o = chan_other[s];
+      float bias = 0.f, o = 0.f;
+      if constexpr (EPI) bias = chan_bias[s], o = chan_other[s];
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         const int r = VEC * jj + k;
-        const T v = tile[r][VEC * chunk_at<VEC>(r, s / VEC) + s % VEC];
-        if constexpr (EPI) e[k] = from_float<T>(fused_value(to_float(v), b, o));
+        const T v = tile[b][r][VEC * chunk_at<VEC>(r, s / VEC) + s % VEC];
+        if constexpr (EPI) e[k] = from_float<T>(fused_value(to_float(v), bias, o));
         else e[k] = v;
       }
       *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(s0 + s) * R + r0 + VEC * jj) =
@@ -88,19 +105,29 @@ __global__ void __launch_bounds__(kThreads) transpose_kernel(const ConvParams p,
 template <typename T>
 __global__ void __launch_bounds__(kThreads) filter_transpose_kernel(const T* __restrict__ w, T* __restrict__ y,
                                                                     int C, int KHW) {
+  constexpr int kRound = 4;  // a thread's reads in flight together
   const int n = C * KHW;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
-  for (int i = threadIdx.x; i < n; i += kThreads) {
-    const int t = i / C, c = i - t * C;
-    y[base + i] = w[base + static_cast<int64_t>(c) * KHW + t];
+  for (int i0 = threadIdx.x; i0 < n; i0 += kRound * kThreads) {
+    T v[kRound];
+#pragma unroll
+    for (int u = 0; u < kRound; ++u) {
+      const int i = i0 + u * kThreads, t = i / C, c = i - t * C;
+      if (i < n) v[u] = w[base + static_cast<int64_t>(c) * KHW + t];
+    }
+#pragma unroll
+    for (int u = 0; u < kRound; ++u)
+      if (i0 + u * kThreads < n) y[base + i0 + u * kThreads] = v[u];
   }
 }
 
 template <typename T, bool EPI>
 void launch_t(const ConvParams& p, const void* in, void* out, int R, int S, int64_t images,
               cudaStream_t stream) {
+  // two images a block where there are two (the second's reads overlap the first's stores)
+  const int64_t blocks_z = std::min<int64_t>((images + 1) / 2, 65535);
   const dim3 grid(static_cast<unsigned>((S + kTile - 1) / kTile), static_cast<unsigned>((R + kTile - 1) / kTile),
-                  static_cast<unsigned>(images < 65535 ? images : 65535));
+                  static_cast<unsigned>(blocks_z));
   transpose_kernel<T, EPI><<<grid, kThreads, 0, stream>>>(p, static_cast<const T*>(in), static_cast<T*>(out), R, S,
                                                           images);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
