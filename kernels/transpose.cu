@@ -5,10 +5,11 @@
 // in[R][S] -> out[S][R], by 64 x 64 tiles through shared memory, 16 bytes a thread on
 // both sides (R and S multiples of 16 / sizeof(T), the data 16-byte aligned; checked by
 // the binding). A thread's reads of a tile go out together, by cp.async, so that each
-// has its whole share of the tile in flight at once, and a block takes the same tile of
-// several images through two buffers: the next image's reads are in flight while it
-// stores the current one. And the weights' copy for cuDNN's NHWC kernels, whose planes
-// (3 x 3) are no 16-byte multiple: one block a filter.
+// has its whole share of the tile in flight at once. A block may take the same tile of
+// several images, through two buffers: the next image's reads are in flight while it
+// stores the current one (the epilogue pass takes two images a block). And the weights'
+// copy for cuDNN's NHWC kernels, whose planes (3 x 3) are no 16-byte multiple: one block
+// a filter.
 #include <algorithm>
 
 #include <c10/cuda/CUDAException.h>
@@ -105,27 +106,20 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<T>) transpose_kernel(co
 template <typename T>
 __global__ void __launch_bounds__(kThreads) filter_transpose_kernel(const T* __restrict__ w, T* __restrict__ y,
                                                                     int C, int KHW) {
-  constexpr int kRound = 4;  // a thread's reads in flight together
   const int n = C * KHW;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
-  for (int i0 = threadIdx.x; i0 < n; i0 += kRound * kThreads) {
-    T v[kRound];
-#pragma unroll
-    for (int u = 0; u < kRound; ++u) {
-      const int i = i0 + u * kThreads, t = i / C, c = i - t * C;
-      if (i < n) v[u] = w[base + static_cast<int64_t>(c) * KHW + t];
-    }
-#pragma unroll
-    for (int u = 0; u < kRound; ++u)
-      if (i0 + u * kThreads < n) y[base + i0 + u * kThreads] = v[u];
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const int t = i / C, c = i - t * C;
+    y[base + i] = w[base + static_cast<int64_t>(c) * KHW + t];
   }
 }
 
 template <typename T, bool EPI>
 void launch_t(const ConvParams& p, const void* in, void* out, int R, int S, int64_t images,
               cudaStream_t stream) {
-  // two images a block where there are two (the second's reads overlap the first's stores)
-  const int64_t blocks_z = std::min<int64_t>((images + 1) / 2, 65535);
+  // the epilogue pass two images a block (the second's reads beside the first's stores);
+  // the input pass, whose stores carry no arithmetic, one (two measured slower)
+  const int64_t blocks_z = std::min<int64_t>(EPI ? (images + 1) / 2 : images, 65535);
   const dim3 grid(static_cast<unsigned>((S + kTile - 1) / kTile), static_cast<unsigned>((R + kTile - 1) / kTile),
                   static_cast<unsigned>(blocks_z));
   transpose_kernel<T, EPI><<<grid, kThreads, 0, stream>>>(p, static_cast<const T*>(in), static_cast<T*>(out), R, S,
