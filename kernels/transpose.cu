@@ -7,7 +7,7 @@
 // the binding). A thread's reads of a tile go out together, by cp.async, so that each
 // has its whole share of the tile in flight at once. A block may take the same tile of
 // several images, through two buffers: the next image's reads are in flight while it
-// stores the current one (the epilogue pass takes two images a block). And the weights'
+// stores the current one (two images a block where there are two). And the weights'
 // copy for cuDNN's NHWC kernels, whose planes (3 x 3) are no 16-byte multiple: one block
 // a filter.
 #include <algorithm>
@@ -117,9 +117,8 @@ __global__ void __launch_bounds__(kThreads) filter_transpose_kernel(const T* __r
 template <typename T, bool EPI>
 void launch_t(const ConvParams& p, const void* in, void* out, int R, int S, int64_t images,
               cudaStream_t stream) {
-  // the epilogue pass two images a block (the second's reads beside the first's stores);
-  // the input pass, whose stores carry no arithmetic, one (two measured slower)
-  const int64_t blocks_z = std::min<int64_t>(EPI ? (images + 1) / 2 : images, 65535);
+  // two images a block where there are two: the second's reads beside the first's stores
+  const int64_t blocks_z = std::min<int64_t>((images + 1) / 2, 65535);
   const dim3 grid(static_cast<unsigned>((S + kTile - 1) / kTile), static_cast<unsigned>((R + kTile - 1) / kTile),
                   static_cast<unsigned>(blocks_z));
   transpose_kernel<T, EPI><<<grid, kThreads, 0, stream>>>(p, static_cast<const T*>(in), static_cast<T*>(out), R, S,
