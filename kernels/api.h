@@ -42,6 +42,10 @@ void launch_epilogue(const ConvParams& p, int elem_bytes, bool bf16, bool channe
 void launch_to_nhwc(const void* x, void* y, int C, int HW, int64_t images, int elem_bytes, bool bf16,
                     cudaStream_t stream);
 void launch_epilogue_to_nchw(const ConvParams& p, int elem_bytes, bool bf16, cudaStream_t stream);
+// The weights' copy for cuDNN's NHWC kernels: w (Cout, C, KHW) dense -> y (Cout, KHW, C),
+// elements of 2 or 4 bytes, Cout < 2^31 and C * KHW < 2^31.
+void launch_filter_to_nhwc(const void* w, void* y, int C, int KHW, int64_t Cout, int elem_bytes,
+                           cudaStream_t stream);
 
 // The depthwise kernel (depthwise.cu): p.out = relu(grouped conv2d(p.x, p.wprep) + bias) +
 // other, NCHW input, the weights (Cout, d.cpg, KH, KW) contiguous; elem_bytes and bf16 as

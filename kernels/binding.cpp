@@ -414,6 +414,23 @@ at::Tensor to_channels_last(const at::Tensor& x) {
   return y;
 }
 
+at::Tensor filter_to_channels_last(const at::Tensor& weight) {
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
+  const int64_t size = weight.element_size();
+  const bool takes = weight.is_cuda() && weight.dim() == 4 && weight.is_contiguous() &&
+                     !weight.is_contiguous(cl) && (size == 2 || size == 4) && weight.size(0) < kI32 &&
+                     weight.size(1) * weight.size(2) * weight.size(3) < kI32;
+  if (!takes) return weight.contiguous(cl);
+  auto y = at::empty_like(weight, weight.options(), cl);
+  if (weight.numel() == 0) return y;
+  const c10::cuda::CUDAGuard guard(weight.device());
+  launch_filter_to_nhwc(weight.data_ptr(), y.data_ptr(), static_cast<int>(weight.size(1)),
+                        static_cast<int>(weight.size(2) * weight.size(3)), weight.size(0),
+                        static_cast<int>(size), c10::cuda::getCurrentCUDAStream());
+  return y;
+}
+
 namespace {
 
 // The depthwise kernel's shape for these arguments; tiles = 0 where it does not take them

@@ -36,6 +36,10 @@ void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
 // otherwise Tensor.contiguous.
 at::Tensor to_channels_last(const at::Tensor& x);
 
+// The weights dense in the channels-last layout, by one copy a filter where they are dense
+// CUDA tensors of 2- or 4-byte elements; otherwise Tensor.contiguous.
+at::Tensor filter_to_channels_last(const at::Tensor& weight);
+
 // The depthwise kernel: fills `out` (N, Cout, OH, OW), any strides, with relu(conv2d(x,
 // weight, groups) + bias) + other, for weight (groups x multiplier, C_in / groups, kH, kW)
 // (groups = C_in / weight.size(1); 1 input channel per group: depthwise); `other` as above.

@@ -199,7 +199,7 @@ at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weig
     {
       c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
       // channels-last input with the weights channels-last too (cuDNN's NHWC kernels)
-      y = cudnn_conv(x, plan.input_channels_last ? to_channels_last(weight) : weight, stride, padding,
+      y = cudnn_conv(x, plan.input_channels_last ? filter_to_channels_last(weight) : weight, stride, padding,
                      dilation, groups, out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3]);
     }
     out = y.is_contiguous(format) ? y : at::empty_like(y, y.options(), format);

@@ -5,7 +5,13 @@
 // in[R][S] -> out[S][R], by 64 x 64 tiles through shared memory, 16 bytes a thread on
 // both sides (R and S multiples of 16 / sizeof(T), the data 16-byte aligned; checked by
 // the binding). A thread's reads of a tile go out together, by cp.async, so that each
-// has its whole share of the tile in flight at once.
+// has its whole share of the tile in flight at once. A block may take the same tile of
+// several images, through two buffers: the next image's reads are in flight while it
+// stores the current one (two images a block where there are two). And the weights'
+// copy for cuDNN's NHWC kernels, whose planes (3 x 3) are no 16-byte multiple: one block
+// a filter.
+#include <algorithm>
+
 #include <c10/cuda/CUDAException.h>
 
 #include "api.h"
@@ -24,16 +30,20 @@ template <int VEC> __device__ __forceinline__ int chunk_at(int r, int j) {
   return j ^ ((r / VEC) % kChunks);
 }
 
+// Blocks an SM: v77's register counts (40 for 16-bit elements, 48 for fp32), held while
+// a block has two images' reads in flight.
+template <typename T> constexpr int kBlocksPerSM = sizeof(T) == 4 ? 5 : 6;
+
 // EPI: the rows of `out` are the output channels (S = Cout), bias and `other` added.
 template <typename T, bool EPI>
-__global__ void __launch_bounds__(kThreads) transpose_kernel(const ConvParams p, const T* __restrict__ in,
+__global__ void __launch_bounds__(kThreads, kBlocksPerSM<T>) transpose_kernel(const ConvParams p, const T* __restrict__ in,
                                                              T* __restrict__ out, int R, int S,
                                                              int64_t images) {
   constexpr int VEC = 16 / sizeof(T);
   constexpr int kChunks = kTile / VEC;
   constexpr int kMoves = kTile * kChunks / kThreads;  // 16-byte chunks a thread moves each way
   static_assert(kTile * kChunks % kThreads == 0, "the tile splits evenly over the threads");
-  __shared__ __align__(16) T tile[kTile][kTile];
+  __shared__ __align__(16) T tile[2][kTile][kTile];
   // EPI: the tile's channels' bias and `other`, read once a block, off the stores' path
   __shared__ float chan_bias[EPI ? kTile : 1], chan_other[EPI ? kTile : 1];
   const int r0 = blockIdx.y * kTile, s0 = blockIdx.x * kTile;
@@ -45,34 +55,43 @@ __global__ void __launch_bounds__(kThreads) transpose_kernel(const ConvParams p,
       chan_other[threadIdx.x] = load_other(p, c * p.o_sc);  // per channel, or the number
     }
   }  // read after the first tile's __syncthreads
-  for (int64_t n = blockIdx.z; n < images; n += gridDim.z) {
+  // image n's in rows r0.., 16 bytes of columns s0 + VEC j.. each, into buffer b (chunks
+  // past the edge are left unset: no store reads them); one commit group an image
+  const auto load = [&](int64_t n, int b) {
     const T* src = in + n * plane;
-    T* dst = out + n * plane;
-    // in rows r0.., 16 bytes of columns s0 + VEC j.. each (chunks past the edge are
-    // left unset: no store reads them)
 #pragma unroll
     for (int u = 0; u < kMoves; ++u) {
       const int i = threadIdx.x + u * kThreads, r = i / kChunks, j = i % kChunks;
       if (r0 + r < R && s0 + VEC * j < S)
-        cp_async_16(smem_u32(&tile[r][VEC * chunk_at<VEC>(r, j)]),
+        cp_async_16(smem_u32(&tile[b][r][VEC * chunk_at<VEC>(r, j)]),
                     src + static_cast<int64_t>(r0 + r) * S + s0 + VEC * j);
     }
     cp_async_commit();
-    cp_async_wait<0>();
+  };
+  if (blockIdx.z < images) load(blockIdx.z, 0);
+  int b = 0;
+  for (int64_t n = blockIdx.z; n < images; n += gridDim.z, b ^= 1) {
+    if (n + gridDim.z < images) {
+      load(n + gridDim.z, b ^ 1);  // its buffer's stores ended at the last barrier
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
+    T* dst = out + n * plane;
     // out rows s0 + s, 16 bytes of columns r0 + VEC jj.. each: column s of VEC tile rows
 #pragma unroll
     for (int u = 0; u < kMoves; ++u) {
       const int i = threadIdx.x + u * kThreads, s = i / kChunks, jj = i % kChunks;
       if (s0 + s >= S || r0 + VEC * jj >= R) continue;
       alignas(16) T e[VEC];
-      float b = 0.f, o = 0.f;
-      if constexpr (EPI) b = chan_bias[s], o = chan_other[s];
+      float bias = 0.f, o = 0.f;
+      if constexpr (EPI) bias = chan_bias[s], o = chan_other[s];
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         const int r = VEC * jj + k;
-        const T v = tile[r][VEC * chunk_at<VEC>(r, s / VEC) + s % VEC];
-        if constexpr (EPI) e[k] = from_float<T>(fused_value(to_float(v), b, o));
+        const T v = tile[b][r][VEC * chunk_at<VEC>(r, s / VEC) + s % VEC];
+        if constexpr (EPI) e[k] = from_float<T>(fused_value(to_float(v), bias, o));
         else e[k] = v;
       }
       *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(s0 + s) * R + r0 + VEC * jj) =
@@ -82,11 +101,26 @@ __global__ void __launch_bounds__(kThreads) transpose_kernel(const ConvParams p,
   }
 }
 
+// The filters w[Cout][C][KHW] -> y[Cout][KHW][C], one block a filter: its C * KHW
+// elements are a few KB, so the reads KHW elements apart stay in L1. T: the element's bits.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) filter_transpose_kernel(const T* __restrict__ w, T* __restrict__ y,
+                                                                    int C, int KHW) {
+  const int n = C * KHW;
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const int t = i / C, c = i - t * C;
+    y[base + i] = w[base + static_cast<int64_t>(c) * KHW + t];
+  }
+}
+
 template <typename T, bool EPI>
 void launch_t(const ConvParams& p, const void* in, void* out, int R, int S, int64_t images,
               cudaStream_t stream) {
+  // two images a block where there are two: the second's reads beside the first's stores
+  const int64_t blocks_z = std::min<int64_t>((images + 1) / 2, 65535);
   const dim3 grid(static_cast<unsigned>((S + kTile - 1) / kTile), static_cast<unsigned>((R + kTile - 1) / kTile),
-                  static_cast<unsigned>(images < 65535 ? images : 65535));
+                  static_cast<unsigned>(blocks_z));
   transpose_kernel<T, EPI><<<grid, kThreads, 0, stream>>>(p, static_cast<const T*>(in), static_cast<T*>(out), R, S,
                                                           images);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -110,6 +144,19 @@ void launch_to_nhwc(const void* x, void* y, int C, int HW, int64_t images, int e
 void launch_epilogue_to_nchw(const ConvParams& p, int elem_bytes, bool bf16, cudaStream_t stream) {
   const int HW = p.OH * p.OW;
   launch_any<true>(p, p.x, p.out, HW, p.Cout, p.M / HW, elem_bytes, bf16, stream);
+}
+
+void launch_filter_to_nhwc(const void* w, void* y, int C, int KHW, int64_t Cout, int elem_bytes,
+                           cudaStream_t stream) {
+  const auto blocks = static_cast<unsigned>(Cout);
+  if (elem_bytes == 4) {
+    filter_transpose_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<const uint32_t*>(w),
+                                                             static_cast<uint32_t*>(y), C, KHW);
+  } else {
+    filter_transpose_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<const uint16_t*>(w),
+                                                             static_cast<uint16_t*>(y), C, KHW);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace fx_fuse

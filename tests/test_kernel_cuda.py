@@ -532,13 +532,14 @@ def _patch_instance(kernels: str) -> dict:
 
 # cuDNN's path through channels-last data (_cuda._cudnn_reads_channels_last): 3x3 layers
 # with output planes of at least 28 x 28; partial transpose tiles (40 and 200 channels,
-# planes of 1024 and 1600 pixels), stride 2, every kind of `other` the epilogue takes
-# (per channel and numbers by the NCHW epilogue pass, the others by the general pass).
+# planes of 1024 and 1600 pixels), stride 2, batches of 1, 2 and 3 (a transpose block takes
+# two images, or one), every kind of `other` the epilogue takes (per channel and numbers
+# by the NCHW epilogue pass, the others by the general pass).
 @pytest.mark.parametrize("policy", ["tf32", "fp16", "bf16"])
 @pytest.mark.parametrize("kind", ["c11", "1c11", "0dim_cpu_f64", "0dim_cuda", "full_nchw", "chw"])
 @pytest.mark.parametrize(
     "cfg",
-    [(2, 16, 28, 28, 24, 3, 3, 1, 1, 1), (1, 32, 64, 64, 40, 3, 3, 2, 1, 1), (2, 64, 40, 40, 200, 3, 3, 1, 1, 1)],
+    [(2, 16, 28, 28, 24, 3, 3, 1, 1, 1), (1, 32, 64, 64, 40, 3, 3, 2, 1, 1), (3, 64, 40, 40, 200, 3, 3, 1, 1, 1)],
     ids=["28px", "stride2", "cout200"],
 )
 def test_cudnn_path_through_channels_last_data(cfg, kind, policy, kernel_path, monkeypatch):
@@ -556,6 +557,7 @@ def test_cudnn_path_through_channels_last_data(cfg, kind, policy, kernel_path, m
     if kernel_path == "cudnn":
         kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, padding, dilation))
         assert "transpose_kernel" in kernels, kernels
+        assert "filter_transpose_kernel" in kernels, kernels  # the weights by our copy
 
 
 def test_cudnn_path_through_channels_last_data_unaligned(kernel_path):
