@@ -30,15 +30,15 @@ template <int VEC> __device__ __forceinline__ int chunk_at(int r, int j) {
   return j ^ ((r / VEC) % kChunks);
 }
 
-// Blocks an SM: v77's register counts (40 for 16-bit elements, 48 for fp32), held while
-// a block has two images' reads in flight.
+// Blocks an SM to hold the registers at 40 (16-bit elements) and 48 (fp32), as with one
+// buffer: unbounded, the second image's addresses take them to 54-76 and cost blocks.
 template <typename T> constexpr int kBlocksPerSM = sizeof(T) == 4 ? 5 : 6;
 
 // EPI: the rows of `out` are the output channels (S = Cout), bias and `other` added.
 template <typename T, bool EPI>
-__global__ void __launch_bounds__(kThreads, kBlocksPerSM<T>) transpose_kernel(const ConvParams p, const T* __restrict__ in,
-                                                             T* __restrict__ out, int R, int S,
-                                                             int64_t images) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSM<T>)
+    transpose_kernel(const ConvParams p, const T* __restrict__ in, T* __restrict__ out, int R, int S,
+                     int64_t images) {
   constexpr int VEC = 16 / sizeof(T);
   constexpr int kChunks = kTile / VEC;
   constexpr int kMoves = kTile * kChunks / kThreads;  // 16-byte chunks a thread moves each way

@@ -26,8 +26,9 @@ def test_each_layer_is_where_its_name_says_the_rule_puts_it(layouts, monkeypatch
 
 def test_kernel_split_names_the_kernels_of_a_microsecond_or_more(layouts):
     kernels = [("void fx_fuse::(anonymous namespace)::transpose_kernel<float, false>(...)", 14.8),
+               ("void fx_fuse::(anonymous namespace)::filter_transpose_kernel<unsigned int>(...)", 3.4),
                ("at::native::elementwise_kernel<...>", 3.6),
                ("sm90_xmma_fprop_implicit_gemm_bf16bf16_...", 77.5),
                ("void cudnn::engines_precompiled::nhwcToNchwKernel<...>", 26.2),
                ("Memset (Device)", 0.9)]
-    assert layouts.kernel_split(kernels) == "ours 14.8; copy 3.6; conv 77.5; to NCHW 26.2"
+    assert layouts.kernel_split(kernels) == "ours 14.8; weights 3.4; copy 3.6; conv 77.5; to NCHW 26.2"
