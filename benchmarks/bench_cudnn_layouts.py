@@ -3,7 +3,7 @@ the input to NHWC and the result back around its kernel, then our epilogue pass)
 channels-last data (our input transpose, the weights' copy, cuDNN's NHWC kernel, our
 epilogue pass writing NCHW). Per layer: each plan's error against float64, the op's
 do_bench median, its GPU time and each kernel's share. The evidence behind
-``fx_fuse._cuda._cudnn_reads_channels_last`` (docs/performance.md, v74-v80c).
+``fx_fuse._cuda._cudnn_reads_channels_last`` (docs/performance.md, v74-v81).
 
     python benchmarks/bench_cudnn_layouts.py
     python benchmarks/bench_cudnn_layouts.py --only VGG

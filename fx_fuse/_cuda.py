@@ -202,7 +202,7 @@ def _cudnn_reads_channels_last(
     """Whether cuDNN's path reads an NCHW input channels-last: our transpose of the input
     (and the weights) to NHWC, cuDNN's NHWC kernel on it and an epilogue pass that writes
     NCHW, instead of cuDNN's own transposes around the same kernel (docs/performance.md,
-    v80c: 17-24 % less GPU time). Where that was measured: 3x3 layers at stride 1 or 2 without
+    v81: 19-26 % less GPU time). Where that was measured: 3x3 layers at stride 1 or 2 without
     dilation, one group, TF32 or 16-bit, output planes of at least ``_CUDNN_CL_MIN_PLANE``
     pixels, and channels and planes of whole 16-byte chunks, as the transposes' tiles
     take them (1x1 and 7x7 layers run other cuDNN kernels, slower on channels-last data)."""

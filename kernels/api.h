@@ -35,17 +35,25 @@ void launch_prep(const PrepParams& p, int elem_bytes, cudaStream_t stream);
 void launch_epilogue(const ConvParams& p, int elem_bytes, bool bf16, bool channels_last,
                      bool vector, cudaStream_t stream);
 
+// The weights' copy for cuDNN's NHWC kernels: w (Cout, C, KHW) dense -> y (Cout, KHW, C),
+// C * KHW < 2^31; Cout = 0: none.
+struct FilterCopy {
+  const void* w = nullptr;
+  void* y = nullptr;
+  int C = 0, KHW = 0;
+  int64_t Cout = 0;
+};
+
 // The cuDNN path's layout transposes (transpose.cu): x (images, C, HW) dense -> y (images,
-// HW, C); and the epilogue pass from an NHWC y (p.x) to NCHW p.out, `other` per channel
-// or a number. C, HW (and Cout, OH * OW) multiples of 16 / elem_bytes, the data 16-byte
+// HW, C), with `filter` (of x's element type) copied by extra blocks of the same launch;
+// and the epilogue pass from an NHWC y (p.x) to NCHW p.out, `other` per channel or a
+// number. C, HW (and Cout, OH * OW) multiples of 16 / elem_bytes, the data 16-byte
 // aligned.
 void launch_to_nhwc(const void* x, void* y, int C, int HW, int64_t images, int elem_bytes, bool bf16,
-                    cudaStream_t stream);
+                    const FilterCopy& filter, cudaStream_t stream);
 void launch_epilogue_to_nchw(const ConvParams& p, int elem_bytes, bool bf16, cudaStream_t stream);
-// The weights' copy for cuDNN's NHWC kernels: w (Cout, C, KHW) dense -> y (Cout, KHW, C),
-// elements of 2 or 4 bytes, Cout < 2^31 and C * KHW < 2^31.
-void launch_filter_to_nhwc(const void* w, void* y, int C, int KHW, int64_t Cout, int elem_bytes,
-                           cudaStream_t stream);
+// The weights' copy alone, elements of 2 or 4 bytes.
+void launch_filter_to_nhwc(const FilterCopy& filter, int elem_bytes, cudaStream_t stream);
 
 // The depthwise kernel (depthwise.cu): p.out = relu(grouped conv2d(p.x, p.wprep) + bias) +
 // other, NCHW input, the weights (Cout, d.cpg, KH, KW) contiguous; elem_bytes and bf16 as

@@ -398,37 +398,70 @@ void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
   launch_epilogue(p, elem, bf16, channels_last, vector, c10::cuda::getCurrentCUDAStream());
 }
 
-at::Tensor to_channels_last(const at::Tensor& x) {
+namespace {
+
+// Whether our transpose takes x to channels-last: a dense NCHW CUDA tensor of 16-byte
+// chunks of channels and of pixels.
+bool transposes(const at::Tensor& x) {
   const auto cl = at::MemoryFormat::ChannelsLast;
   const int64_t vec = 16 / x.element_size(), plane = x.size(2) * x.size(3);
   const auto t = x.scalar_type();
-  const bool takes = x.is_cuda() && x.dim() == 4 && x.is_contiguous() && !x.is_contiguous(cl) &&
-                     (t == at::kFloat || t == at::kHalf || t == at::kBFloat16) && aligned16(x.data_ptr()) &&
-                     x.size(1) % vec == 0 && plane % vec == 0 && x.size(1) * plane < std::numeric_limits<int32_t>::max();
-  if (!takes) return x.contiguous(cl);
-  auto y = at::empty_like(x, x.options(), cl);
-  if (x.numel() == 0) return y;
+  return x.is_cuda() && x.dim() == 4 && x.is_contiguous() && !x.is_contiguous(cl) &&
+         (t == at::kFloat || t == at::kHalf || t == at::kBFloat16) && aligned16(x.data_ptr()) &&
+         x.size(1) % vec == 0 && plane % vec == 0 && x.size(1) * plane < std::numeric_limits<int32_t>::max();
+}
+
+// Whether our copy takes the weights to channels-last: dense CUDA filters of 2- or 4-byte
+// elements.
+bool copies_filter(const at::Tensor& weight) {
+  constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
+  const int64_t size = weight.element_size();
+  return weight.is_cuda() && weight.dim() == 4 && weight.is_contiguous() &&
+         !weight.is_contiguous(at::MemoryFormat::ChannelsLast) && (size == 2 || size == 4) &&
+         weight.size(0) < kI32 && weight.size(1) * weight.size(2) * weight.size(3) < kI32;
+}
+
+FilterCopy filter_copy(const at::Tensor& weight, at::Tensor& y) {
+  return FilterCopy{weight.data_ptr(), y.data_ptr(), static_cast<int>(weight.size(1)),
+                    static_cast<int>(weight.size(2) * weight.size(3)), weight.size(0)};
+}
+
+// x into y (channels-last) by our transpose, and `filter` by the same launch
+void launch_transpose(const at::Tensor& x, at::Tensor& y, const FilterCopy& filter) {
   const c10::cuda::CUDAGuard guard(x.device());
-  launch_to_nhwc(x.data_ptr(), y.data_ptr(), static_cast<int>(x.size(1)), static_cast<int>(plane), x.size(0),
-                 static_cast<int>(x.element_size()), t == at::kBFloat16, c10::cuda::getCurrentCUDAStream());
+  launch_to_nhwc(x.data_ptr(), y.data_ptr(), static_cast<int>(x.size(1)), static_cast<int>(x.size(2) * x.size(3)),
+                 x.size(0), static_cast<int>(x.element_size()), x.scalar_type() == at::kBFloat16, filter,
+                 c10::cuda::getCurrentCUDAStream());
+}
+
+}  // namespace
+
+at::Tensor to_channels_last(const at::Tensor& x) {
+  if (!transposes(x)) return x.contiguous(at::MemoryFormat::ChannelsLast);
+  auto y = at::empty_like(x, x.options(), at::MemoryFormat::ChannelsLast);
+  if (x.numel() > 0) launch_transpose(x, y, FilterCopy{});
   return y;
 }
 
 at::Tensor filter_to_channels_last(const at::Tensor& weight) {
-  const auto cl = at::MemoryFormat::ChannelsLast;
-  constexpr int64_t kI32 = std::numeric_limits<int32_t>::max();
-  const int64_t size = weight.element_size();
-  const bool takes = weight.is_cuda() && weight.dim() == 4 && weight.is_contiguous() &&
-                     !weight.is_contiguous(cl) && (size == 2 || size == 4) && weight.size(0) < kI32 &&
-                     weight.size(1) * weight.size(2) * weight.size(3) < kI32;
-  if (!takes) return weight.contiguous(cl);
-  auto y = at::empty_like(weight, weight.options(), cl);
+  if (!copies_filter(weight)) return weight.contiguous(at::MemoryFormat::ChannelsLast);
+  auto y = at::empty_like(weight, weight.options(), at::MemoryFormat::ChannelsLast);
   if (weight.numel() == 0) return y;
   const c10::cuda::CUDAGuard guard(weight.device());
-  launch_filter_to_nhwc(weight.data_ptr(), y.data_ptr(), static_cast<int>(weight.size(1)),
-                        static_cast<int>(weight.size(2) * weight.size(3)), weight.size(0),
-                        static_cast<int>(size), c10::cuda::getCurrentCUDAStream());
+  launch_filter_to_nhwc(filter_copy(weight, y), static_cast<int>(weight.element_size()),
+                        c10::cuda::getCurrentCUDAStream());
   return y;
+}
+
+std::pair<at::Tensor, at::Tensor> operands_to_channels_last(const at::Tensor& x, const at::Tensor& weight) {
+  if (!(transposes(x) && copies_filter(weight) && weight.scalar_type() == x.scalar_type() &&
+        weight.device() == x.device() && x.numel() > 0 && weight.numel() > 0)) {
+    return {to_channels_last(x), filter_to_channels_last(weight)};
+  }
+  auto y = at::empty_like(x, x.options(), at::MemoryFormat::ChannelsLast);
+  auto wy = at::empty_like(weight, weight.options(), at::MemoryFormat::ChannelsLast);
+  launch_transpose(x, y, filter_copy(weight, wy));
+  return {y, wy};
 }
 
 namespace {
@@ -714,6 +747,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("plan"), pybind11::arg("input"), pybind11::arg("weight"),
         pybind11::arg("bias"), pybind11::arg("other"), pybind11::arg("stride"),
         pybind11::arg("padding"), pybind11::arg("dilation"), pybind11::arg("groups"));
+  m.def("operands_to_channels_last", &fx_fuse::operands_to_channels_last,
+        "the input and the weights channels-last as cuDNN's path makes them (one launch where "
+        "both take our copies)",
+        pybind11::arg("x"), pybind11::arg("weight"));
   m.def("register_op", &fx_fuse::register_op,
         "register the op's CUDA and AutogradCUDA kernels with the planner and the backward "
         "formula (Python functions)",

@@ -4,6 +4,7 @@
 
 #include <torch/extension.h>
 
+#include <utility>
 #include <vector>
 
 namespace fx_fuse {
@@ -39,6 +40,9 @@ at::Tensor to_channels_last(const at::Tensor& x);
 // The weights dense in the channels-last layout, by one copy a filter where they are dense
 // CUDA tensors of 2- or 4-byte elements; otherwise Tensor.contiguous.
 at::Tensor filter_to_channels_last(const at::Tensor& weight);
+
+// Both of the above, in one launch where both take our copies (the same dtype and device).
+std::pair<at::Tensor, at::Tensor> operands_to_channels_last(const at::Tensor& x, const at::Tensor& weight);
 
 // The depthwise kernel: fills `out` (N, Cout, OH, OW), any strides, with relu(conv2d(x,
 // weight, groups) + bias) + other, for weight (groups x multiplier, C_in / groups, kH, kW)

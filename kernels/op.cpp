@@ -16,6 +16,7 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -171,7 +172,12 @@ at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weig
                at::IntArrayRef dilation_arg, int64_t groups) {
   const bool unbatched = input.dim() == 3;
   at::Tensor x = unbatched ? input.unsqueeze(0) : input;
-  x = plan.input_channels_last ? to_channels_last(x) : x.contiguous();
+  at::Tensor w = weight;  // channels-last too on cuDNN's path with channels-last input (its NHWC kernels)
+  if (plan.path == Path::kCudnn && plan.input_channels_last) {
+    std::tie(x, w) = operands_to_channels_last(x, weight);
+  } else {
+    x = plan.input_channels_last ? to_channels_last(x) : x.contiguous();
+  }
   const auto stride = pair(stride_arg), padding = pair(padding_arg), dilation = pair(dilation_arg);
   std::vector<int64_t> out_shape{x.size(0), weight.size(0), 0, 0};
   for (int i = 0; i < 2; ++i) {
@@ -198,9 +204,8 @@ at::Tensor run(const Plan& plan, const at::Tensor& input, const at::Tensor& weig
     at::Tensor y;
     {
       c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-      // channels-last input with the weights channels-last too (cuDNN's NHWC kernels)
-      y = cudnn_conv(x, plan.input_channels_last ? filter_to_channels_last(weight) : weight, stride, padding,
-                     dilation, groups, out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3]);
+      y = cudnn_conv(x, w, stride, padding, dilation, groups,
+                     out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3]);
     }
     out = y.is_contiguous(format) ? y : at::empty_like(y, y.options(), format);
     relu_add_out(y, b, other_t, scalar, out);

@@ -9,7 +9,7 @@
 // several images, through two buffers: the next image's reads are in flight while it
 // stores the current one (two images a block where there are two). And the weights'
 // copy for cuDNN's NHWC kernels, whose planes (3 x 3) are no 16-byte multiple: one block
-// a filter.
+// a filter, as extra blocks of the input pass's launch or a launch of its own.
 #include <algorithm>
 
 #include <c10/cuda/CUDAException.h>
@@ -30,15 +30,36 @@ template <int VEC> __device__ __forceinline__ int chunk_at(int r, int j) {
   return j ^ ((r / VEC) % kChunks);
 }
 
+// Filter co of w[Cout][C][KHW] -> y[Cout][KHW][C] by one block: its C * KHW elements are
+// a few KB, so the reads KHW elements apart stay in L1. T: the element, or its bits.
+template <typename T>
+__device__ __forceinline__ void copy_filter(const T* __restrict__ w, T* __restrict__ y, int C, int KHW,
+                                            int64_t co) {
+  const int n = C * KHW;
+  const int64_t base = co * n;
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const int t = i / C, c = i - t * C;
+    y[base + i] = w[base + static_cast<int64_t>(c) * KHW + t];
+  }
+}
+
 // Blocks an SM to hold the registers at 40 (16-bit elements) and 48 (fp32), as with one
 // buffer: unbounded, the second image's addresses take them to 54-76 and cost blocks.
 template <typename T> constexpr int kBlocksPerSM = sizeof(T) == 4 ? 5 : 6;
 
-// EPI: the rows of `out` are the output channels (S = Cout), bias and `other` added.
+// EPI: the rows of `out` are the output channels (S = Cout), bias and `other` added. The
+// blocks from z = image_blocks on copy one filter each of `filter` (the input pass).
 template <typename T, bool EPI>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSM<T>)
     transpose_kernel(const ConvParams p, const T* __restrict__ in, T* __restrict__ out, int R, int S,
-                     int64_t images) {
+                     int64_t images, unsigned image_blocks, const FilterCopy filter) {
+  if (blockIdx.z >= image_blocks) {
+    const int64_t co = (static_cast<int64_t>(blockIdx.z - image_blocks) * gridDim.y + blockIdx.y) * gridDim.x +
+                       blockIdx.x;
+    if (co < filter.Cout)
+      copy_filter(static_cast<const T*>(filter.w), static_cast<T*>(filter.y), filter.C, filter.KHW, co);
+    return;
+  }
   constexpr int VEC = 16 / sizeof(T);
   constexpr int kChunks = kTile / VEC;
   constexpr int kMoves = kTile * kChunks / kThreads;  // 16-byte chunks a thread moves each way
@@ -70,9 +91,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<T>)
   };
   if (blockIdx.z < images) load(blockIdx.z, 0);
   int b = 0;
-  for (int64_t n = blockIdx.z; n < images; n += gridDim.z, b ^= 1) {
-    if (n + gridDim.z < images) {
-      load(n + gridDim.z, b ^ 1);  // its buffer's stores ended at the last barrier
+  for (int64_t n = blockIdx.z; n < images; n += image_blocks, b ^= 1) {
+    if (n + image_blocks < images) {
+      load(n + image_blocks, b ^ 1);  // its buffer's stores ended at the last barrier
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
@@ -101,62 +122,62 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM<T>)
   }
 }
 
-// The filters w[Cout][C][KHW] -> y[Cout][KHW][C], one block a filter: its C * KHW
-// elements are a few KB, so the reads KHW elements apart stay in L1. T: the element's bits.
+// The weights' copy alone: filter blockIdx.x. T: the element's bits.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) filter_transpose_kernel(const T* __restrict__ w, T* __restrict__ y,
-                                                                    int C, int KHW) {
-  const int n = C * KHW;
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * n;
-  for (int i = threadIdx.x; i < n; i += kThreads) {
-    const int t = i / C, c = i - t * C;
-    y[base + i] = w[base + static_cast<int64_t>(c) * KHW + t];
-  }
+__global__ void __launch_bounds__(kThreads) filter_transpose_kernel(const FilterCopy filter) {
+  copy_filter(static_cast<const T*>(filter.w), static_cast<T*>(filter.y), filter.C, filter.KHW, blockIdx.x);
+}
+
+template <typename T>
+void launch_filter(const FilterCopy& filter, cudaStream_t stream) {
+  filter_transpose_kernel<T><<<static_cast<unsigned>(filter.Cout), kThreads, 0, stream>>>(filter);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, bool EPI>
 void launch_t(const ConvParams& p, const void* in, void* out, int R, int S, int64_t images,
-              cudaStream_t stream) {
+              const FilterCopy& filter, cudaStream_t stream) {
+  constexpr int64_t kMaxZ = 65535;
+  const int64_t gx = (S + kTile - 1) / kTile, gy = (R + kTile - 1) / kTile;
   // two images a block where there are two: the second's reads beside the first's stores
-  const int64_t blocks_z = std::min<int64_t>((images + 1) / 2, 65535);
-  const dim3 grid(static_cast<unsigned>((S + kTile - 1) / kTile), static_cast<unsigned>((R + kTile - 1) / kTile),
-                  static_cast<unsigned>(blocks_z));
+  const int64_t image_blocks = std::min<int64_t>((images + 1) / 2, kMaxZ);
+  // then the filters, one a block, where the grid has room for them
+  const int64_t filter_blocks = (filter.Cout + gx * gy - 1) / (gx * gy);
+  const bool joined = image_blocks + filter_blocks <= kMaxZ;
+  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy),
+                  static_cast<unsigned>(image_blocks + (joined ? filter_blocks : 0)));
   transpose_kernel<T, EPI><<<grid, kThreads, 0, stream>>>(p, static_cast<const T*>(in), static_cast<T*>(out), R, S,
-                                                          images);
+                                                          images, static_cast<unsigned>(image_blocks), filter);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (!joined) launch_filter_to_nhwc(filter, sizeof(T), stream);
 }
 
 template <bool EPI>
 void launch_any(const ConvParams& p, const void* in, void* out, int R, int S, int64_t images, int elem_bytes,
-                bool bf16, cudaStream_t stream) {
+                bool bf16, const FilterCopy& filter, cudaStream_t stream) {
   dispatch_elem(elem_bytes, bf16, [&](auto e) {
-    launch_t<typename decltype(e)::type, EPI>(p, in, out, R, S, images, stream);
+    launch_t<typename decltype(e)::type, EPI>(p, in, out, R, S, images, filter, stream);
   });
 }
 
 }  // namespace
 
 void launch_to_nhwc(const void* x, void* y, int C, int HW, int64_t images, int elem_bytes, bool bf16,
-                    cudaStream_t stream) {
-  launch_any<false>(ConvParams{}, x, y, C, HW, images, elem_bytes, bf16, stream);
+                    const FilterCopy& filter, cudaStream_t stream) {
+  launch_any<false>(ConvParams{}, x, y, C, HW, images, elem_bytes, bf16, filter, stream);
 }
 
 void launch_epilogue_to_nchw(const ConvParams& p, int elem_bytes, bool bf16, cudaStream_t stream) {
   const int HW = p.OH * p.OW;
-  launch_any<true>(p, p.x, p.out, HW, p.Cout, p.M / HW, elem_bytes, bf16, stream);
+  launch_any<true>(p, p.x, p.out, HW, p.Cout, p.M / HW, elem_bytes, bf16, FilterCopy{}, stream);
 }
 
-void launch_filter_to_nhwc(const void* w, void* y, int C, int KHW, int64_t Cout, int elem_bytes,
-                           cudaStream_t stream) {
-  const auto blocks = static_cast<unsigned>(Cout);
+void launch_filter_to_nhwc(const FilterCopy& filter, int elem_bytes, cudaStream_t stream) {
   if (elem_bytes == 4) {
-    filter_transpose_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<const uint32_t*>(w),
-                                                             static_cast<uint32_t*>(y), C, KHW);
+    launch_filter<uint32_t>(filter, stream);
   } else {
-    filter_transpose_kernel<<<blocks, kThreads, 0, stream>>>(static_cast<const uint16_t*>(w),
-                                                             static_cast<uint16_t*>(y), C, KHW);
+    launch_filter<uint16_t>(filter, stream);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace fx_fuse

@@ -557,7 +557,26 @@ def test_cudnn_path_through_channels_last_data(cfg, kind, policy, kernel_path, m
     if kernel_path == "cudnn":
         kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, padding, dilation))
         assert re.search(r"\btranspose_kernel", kernels), kernels  # the input and NCHW passes
-        assert "filter_transpose_kernel" in kernels, kernels  # the weights by our copy
+        assert "filter_transpose_kernel" not in kernels, kernels  # the weights in the input's launch
+
+
+# The input and weights as cuDNN's path makes them channels-last: by one launch (dense NCHW
+# input of 16-byte chunks, weights of its dtype), or by Tensor.contiguous for the input
+# (planes of 49 pixels) and our copy alone for the weights; bit for bit either way.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "x_shape,w_shape",
+    [((2, 16, 28, 28), (24, 16, 3, 3)), ((3, 64, 40, 40), (200, 64, 3, 3)),
+     ((1, 32, 8, 8), (7, 32, 5, 5)), ((2, 16, 7, 7), (24, 16, 3, 3))],
+    ids=["28px", "cout200", "5x5", "unaligned_plane"],
+)
+def test_operands_to_channels_last_copies_exactly(x_shape, w_shape, dtype):
+    cl = torch.channels_last
+    x = torch.randn(x_shape, device=DEV).to(dtype)
+    w = torch.randn(w_shape, device=DEV).to(dtype)
+    y, wy = _cuda._extension().operands_to_channels_last(x, w)
+    assert y.is_contiguous(memory_format=cl) and torch.equal(y, x)
+    assert wy.is_contiguous(memory_format=cl) and torch.equal(wy, w)
 
 
 def test_cudnn_path_through_channels_last_data_unaligned(kernel_path):
