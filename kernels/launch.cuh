@@ -3,12 +3,9 @@
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAMacros.h>
 
-#include <array>
 #include <cstdint>
 #include <limits>
-#include <mutex>
 
 #include "api.h"
 #include "conv_relu_add.cuh"
@@ -16,18 +13,6 @@
 #include "tensor_map.h"
 
 namespace fx_fuse {
-
-// Raises Kernel's dynamic shared-memory limit to kBytes, once per device (the attribute
-// belongs to the function in each device's context), not at every launch.
-template <auto Kernel, int kBytes>
-void allow_dynamic_smem() {
-  static std::array<std::once_flag, C10_COMPILE_TIME_MAX_GPUS> done;
-  int device = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  std::call_once(done.at(static_cast<size_t>(device)), [] {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes));
-  });
-}
 
 template <Math MATH, bool AVEC, int BM, int BN, int WM, int WN, int MINB, bool WGMMA = false>
 void launch_tile(const ConvParams& p, cudaStream_t stream) {
@@ -38,7 +23,8 @@ void launch_tile(const ConvParams& p, cudaStream_t stream) {
               "fx_fuse::conv2d_relu_add: internal error: 128x128 tiles need K <= ",
               kSmemTableEntries);
   auto kernel = conv_relu_add_kernel<MATH, AVEC, BM, BN, WM, WN, MINB, WGMMA>;
-  allow_dynamic_smem<conv_relu_add_kernel<MATH, AVEC, BM, BN, WM, WN, MINB, WGMMA>, max_smem>();
+  C10_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem));
   const int64_t m_tiles = (p.M + BM - 1) / BM;
   const int64_t n_tiles = (p.Cout + BN - 1) / BN;
   kernel<<<static_cast<unsigned>(m_tiles * n_tiles), WM * WN * 32, smem, stream>>>(p);
@@ -108,7 +94,7 @@ template <Math MATH, bool CL, int BN, bool ROWS, bool PLANES = false>
 void launch_patch_t(const ConvParams& p, cudaStream_t stream) {
   constexpr int smem = patch_smem_bytes<MATH, BN, ROWS>();
   auto kernel = conv_relu_add_patch_kernel<MATH, CL, BN, ROWS, PLANES>;
-  allow_dynamic_smem<conv_relu_add_patch_kernel<MATH, CL, BN, ROWS, PLANES>, smem>();
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   const int sms = multiprocessors(device);
