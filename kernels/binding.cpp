@@ -434,15 +434,8 @@ void launch_transpose(const at::Tensor& x, at::Tensor& y, const FilterCopy& filt
                  c10::cuda::getCurrentCUDAStream());
 }
 
-}  // namespace
-
-at::Tensor to_channels_last(const at::Tensor& x) {
-  if (!transposes(x)) return x.contiguous(at::MemoryFormat::ChannelsLast);
-  auto y = at::empty_like(x, x.options(), at::MemoryFormat::ChannelsLast);
-  if (x.numel() > 0) launch_transpose(x, y, FilterCopy{});
-  return y;
-}
-
+// The weights dense in the channels-last layout, by one copy a filter where they are dense
+// CUDA tensors of 2- or 4-byte elements; otherwise Tensor.contiguous.
 at::Tensor filter_to_channels_last(const at::Tensor& weight) {
   if (!copies_filter(weight)) return weight.contiguous(at::MemoryFormat::ChannelsLast);
   auto y = at::empty_like(weight, weight.options(), at::MemoryFormat::ChannelsLast);
@@ -450,6 +443,15 @@ at::Tensor filter_to_channels_last(const at::Tensor& weight) {
   const c10::cuda::CUDAGuard guard(weight.device());
   launch_filter_to_nhwc(filter_copy(weight, y), static_cast<int>(weight.element_size()),
                         c10::cuda::getCurrentCUDAStream());
+  return y;
+}
+
+}  // namespace
+
+at::Tensor to_channels_last(const at::Tensor& x) {
+  if (!transposes(x)) return x.contiguous(at::MemoryFormat::ChannelsLast);
+  auto y = at::empty_like(x, x.options(), at::MemoryFormat::ChannelsLast);
+  if (x.numel() > 0) launch_transpose(x, y, FilterCopy{});
   return y;
 }
 

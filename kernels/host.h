@@ -37,11 +37,9 @@ void relu_add_out(const at::Tensor& y, const c10::optional<at::Tensor>& bias,
 // otherwise Tensor.contiguous.
 at::Tensor to_channels_last(const at::Tensor& x);
 
-// The weights dense in the channels-last layout, by one copy a filter where they are dense
-// CUDA tensors of 2- or 4-byte elements; otherwise Tensor.contiguous.
-at::Tensor filter_to_channels_last(const at::Tensor& weight);
-
-// Both of the above, in one launch where both take our copies (the same dtype and device).
+// `x` by to_channels_last and the weights dense in the channels-last layout, in one launch
+// where both take our copies (the same dtype and device; the weights dense CUDA filters of
+// 2- or 4-byte elements); otherwise each by its own copy.
 std::pair<at::Tensor, at::Tensor> operands_to_channels_last(const at::Tensor& x, const at::Tensor& weight);
 
 // The depthwise kernel: fills `out` (N, Cout, OH, OW), any strides, with relu(conv2d(x,

@@ -25,7 +25,7 @@ from torch._prims_common import suggest_memory_format
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from _timing import bench_ms, gpu_us, table  # noqa: E402
-from bench_conv import CASES, ConvReluAdd  # noqa: E402
+from bench_conv import CASES, MORE_CASES, ConvReluAdd  # noqa: E402
 
 import fx_fuse  # noqa: E402
 from fx_fuse import _cuda  # noqa: E402
@@ -138,11 +138,12 @@ def profile_backend(fn, x, label: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="resnet,stem,tiny")
+    parser.add_argument("--cases", default="resnet,stem,tiny",
+                        help="comma-separated parts of case names (the panel's and --more's)")
     parser.add_argument("--profile", default="", help="cProfile the backend on this case")
     parser.add_argument("--parts", action="store_true", help="time each step of the op")
     args = parser.parse_args()
-    cases = [c for c in CASES if any(key in c.name for key in args.cases.split(","))]
+    cases = [c for c in CASES + MORE_CASES if any(key in c.name for key in args.cases.split(","))]
     if args.parts:
         for case in cases:
             parts(case)
