@@ -222,6 +222,18 @@ SHAPES = [
     ("16 out 32 -> 16 32px b128", (128, 32, 32, 32), 16, 3, 1, 0, torch.float16),
     ("16 out 64 -> 16 56px b32", (32, 64, 56, 56), 16, 3, 1, 1, BF16),
     ("16 out 32 -> 16 32px b128", (128, 32, 32, 32), 16, 3, 1, 0, torch.float32),
+    # layers of few input and output channels (K = C_in x taps of 27-72), past the direct
+    # kernel's size rule: the KernelBench problem's own size (3 -> 16 at 32 px, 128 images)
+    # among them
+    ("small K 3 -> 16 32px b128", (128, 3, 32, 32), 16, 3, 1, 0, torch.float32),
+    ("small K 3 -> 16 32px b128", (128, 3, 32, 32), 16, 3, 1, 0, BF16),
+    ("small K 3 -> 16 32px b128 channels_last", (128, 3, 32, 32), 16, 3, 1, 0, torch.float32),
+    ("small K 3 -> 16 32px b32", (32, 3, 32, 32), 16, 3, 1, 0, torch.float32),
+    ("small K 3 -> 16 64px b128", (128, 3, 64, 64), 16, 3, 1, 1, torch.float32),
+    ("small K 3 -> 32 32px b128", (128, 3, 32, 32), 32, 3, 1, 1, torch.float32),
+    ("small K 3 -> 64 32px b128", (128, 3, 32, 32), 64, 3, 1, 1, torch.float32),
+    ("small K 8 -> 16 32px b128", (128, 8, 32, 32), 16, 3, 1, 1, torch.float32),
+    ("small K 3 -> 32 s2 224px b32", (32, 3, 224, 224), 32, 3, 2, 1, torch.float32),
     # NCHW layers under the patch rule's half a tile per SM (one to four images)
     ("few tiles 256 -> 256 64px b1", (1, 256, 64, 64), 256, 3, 1, 1, torch.float32),
     ("few tiles 256 -> 256 32px b2", (2, 256, 32, 32), 256, 3, 1, 1, torch.float32),

@@ -336,7 +336,7 @@ def _depthwise_pays(out_shape, taps: int, cpg: int, channels_last: bool) -> bool
     return pixels >= 784 or (pixels >= 196 and taps >= 25)
 
 
-def _direct_pays(macs: int, outputs: int, groups: int) -> bool:
+def _direct_pays(macs: int, outputs: int, groups: int, cout: int) -> bool:
     """The size rule for the direct kernel (one launch on the CUDA cores, the weights read
     as they are): dense convolutions of at most 2^23 multiply-adds and 2^17 output
     elements. There a call is a few microseconds of GPU time, and the other paths' second
@@ -350,8 +350,16 @@ def _direct_pays(macs: int, outputs: int, groups: int) -> bool:
     at 16 px (9.4 M multiply-adds) 13.1 / 11.1, 128 channels at 14 px 22.4 / 14.8, 3
     channels at 30 px output, batch 16 (230 K outputs) 8.5 / 6.3. Grouped convolutions keep
     their kernels: the direct kernel lost to cuDNN's grouped convolution on the one small
-    depthwise layer measured (256 channels at 7 px, batch 8: 10.0 / 4.2)."""
-    return groups == 1 and macs <= 1 << 23 and outputs <= 1 << 17
+    depthwise layer measured (256 channels at 7 px, batch 8: 10.0 / 4.2).
+
+    Dense layers of few input and output channels (K = C_in x taps <= 32, at most 32 output
+    channels) take it at any size: past 2^17 outputs the direct kernel computes eight
+    channels of a pixel a thread, where the tensor-core kernels spend 128-channel tiles
+    and 32-deep K slices on them (docs/performance.md, v83)."""
+    if groups != 1:
+        return False
+    small = macs <= 1 << 23 and outputs <= 1 << 17
+    return small or (macs <= 32 * outputs and cout <= 32)
 
 
 def _direct_runs(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
@@ -452,7 +460,9 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
         return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
     hopper = _use_wgmma(x.device)
     outputs = math.prod(out_shape)
-    direct = _direct_pays(outputs * math.prod(weight.shape[1:]), outputs, groups) and (
+    direct = _direct_pays(
+        outputs * math.prod(weight.shape[1:]), outputs, groups, weight.shape[0]
+    ) and (
         _direct_runs(x, weight, stride, padding, dilation)
     )
     patch_runs = (

@@ -624,12 +624,73 @@ void depthwise_conv2d_relu_add_out(const at::Tensor& x, const at::Tensor& weight
 
 namespace {
 
+// A layer's sizes as the direct kernel's shapes see them.
+struct DirectLayer {
+  int64_t images, cpg, groups, cout_pg, taps, OH, OW, cols_in, stride_h, span_h;
+
+  int64_t rows_in(int64_t rows) const { return (rows - 1) * stride_h + span_h; }
+  int64_t smem(int64_t rows, int64_t co_block) const {
+    return direct_smem_bytes(cpg, direct_window_pitch(rows_in(rows), cols_in), co_block, taps);
+  }
+  // Blocks of `rows` output rows and `co_block` channels; co_block = 0 where the grid is
+  // past its limits.
+  DirectShape shape(int64_t co_block, int64_t rows, int64_t split, int co_t) const {
+    DirectShape d{};
+    const int64_t bands = (OH + rows - 1) / rows;
+    const int64_t co_blocks = groups * ((cout_pg + co_block - 1) / co_block);
+    if (images * bands > std::numeric_limits<int32_t>::max() || co_blocks > 65535) return d;
+    d.cpg = static_cast<int>(cpg);
+    d.co_block = static_cast<int>(co_block);
+    d.co_blocks = static_cast<int>(co_blocks);
+    d.rows = static_cast<int>(rows);
+    d.bands = static_cast<int>(bands);
+    d.split = static_cast<int>(split);
+    d.rows_in = static_cast<int>(rows_in(rows));
+    d.cols_in = static_cast<int>(cols_in);
+    d.window_pitch = static_cast<int>(direct_window_pitch(d.rows_in, cols_in));
+    d.co_t = co_t;
+    return d;
+  }
+};
+
+// One output a thread: small blocks finish sooner on a GPU that small work leaves mostly
+// idle. A block takes up to one output per thread, as many channels of a group as a row
+// has room for (up to 64, fewer where their weights do not fit), then more rows, then more
+// lanes per output where a row of one channel is still fewer outputs than threads.
+DirectShape output_per_thread_shape(const DirectLayer& l) {
+  int64_t co_block = std::min<int64_t>({l.cout_pg, 64, std::max<int64_t>(1, kDirectThreads / l.OW)});
+  while (co_block > 1 && l.smem(1, co_block) > kDirectMaxSmem) co_block = (co_block + 1) / 2;
+  if (l.smem(1, co_block) > kDirectMaxSmem) return DirectShape{};
+  int64_t rows = 1, split = 1;
+  while (rows < l.OH && 2 * rows * co_block * l.OW <= kDirectThreads &&
+         l.smem(2 * rows, co_block) <= kDirectMaxSmem) {
+    rows *= 2;
+  }
+  while (2 * split <= std::min<int64_t>(l.cpg, 32) && 2 * split * rows * co_block * l.OW <= kDirectThreads) {
+    split *= 2;
+  }
+  return l.shape(co_block, rows, split, 1);
+}
+
+// Eight channels of a pixel a thread (co_t = kDirectCoT): up to 64 channels of a group a
+// block, in multiples of 8 (fewer where their weights do not fit), and about four items of
+// eight channels a thread, in bands of equal rows.
+DirectShape channels_per_thread_shape(const DirectLayer& l) {
+  int64_t co_block = std::min<int64_t>((l.cout_pg + kDirectCoT - 1) / kDirectCoT * kDirectCoT, 64);
+  while (co_block > kDirectCoT && l.smem(1, co_block) > kDirectMaxSmem) co_block -= kDirectCoT;
+  if (l.smem(1, co_block) > kDirectMaxSmem) return DirectShape{};
+  const int64_t rows_wanted = std::max<int64_t>(1, 4 * kDirectThreads / (co_block / kDirectCoT * l.OW));
+  const int64_t bands = (l.OH + rows_wanted - 1) / rows_wanted;
+  int64_t rows = (l.OH + bands - 1) / bands;
+  while (rows > 1 && l.smem(rows, co_block) > kDirectMaxSmem) rows = (rows + 1) / 2;
+  return l.shape(co_block, rows, 1, kDirectCoT);
+}
+
 // The direct kernel's shape for these arguments; co_block = 0 where it does not take them
 // (one channel's weights and one row's windows past shared memory, or the grid past its
-// limits). Small blocks finish sooner on a GPU that small work leaves mostly idle: a block
-// takes up to one output per thread, as many channels of a group as a row has room for
-// (up to 64, fewer where their weights do not fit), then more rows, then more lanes per
-// output where a row of one channel is still fewer outputs than threads.
+// limits). Layers of more than 2^17 outputs (past the direct kernel's size rule for small
+// layers, fx_fuse/_cuda.py) and of 8 or more output channels a group take eight channels
+// a thread where they fit; the others one output a thread.
 DirectShape direct_shape(const at::Tensor& x, const at::Tensor& weight, const std::vector<int64_t>& stride,
                          const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation) {
   const int64_t cpg = weight.size(1), groups = x.size(1) / cpg, cout_pg = weight.size(0) / groups;
@@ -637,36 +698,14 @@ DirectShape direct_shape(const at::Tensor& x, const at::Tensor& weight, const st
   const int64_t span_h = dilation[0] * (KH - 1) + 1, span_w = dilation[1] * (KW - 1) + 1;
   const int64_t OH = output_extent(x.size(2), padding[0], span_h, stride[0]);
   const int64_t OW = output_extent(x.size(3), padding[1], span_w, stride[1]);
-  const int64_t cols_in = (OW - 1) * stride[1] + span_w;
-  auto rows_in = [&](int64_t rows) { return (rows - 1) * stride[0] + span_h; };
-  auto smem = [&](int64_t rows, int64_t co_block) {
-    return direct_smem_bytes(cpg, direct_window_pitch(rows_in(rows), cols_in), co_block, KH * KW);
-  };
-  DirectShape d{};
-  if (OH <= 0 || OW <= 0) return d;
-  int64_t co_block = std::min<int64_t>({cout_pg, 64, std::max<int64_t>(1, kDirectThreads / OW)});
-  while (co_block > 1 && smem(1, co_block) > kDirectMaxSmem) co_block = (co_block + 1) / 2;
-  if (smem(1, co_block) > kDirectMaxSmem) return d;
-  int64_t rows = 1, split = 1;
-  while (rows < OH && 2 * rows * co_block * OW <= kDirectThreads && smem(2 * rows, co_block) <= kDirectMaxSmem) {
-    rows *= 2;
+  if (OH <= 0 || OW <= 0) return DirectShape{};
+  const DirectLayer layer{x.size(0), cpg, groups, cout_pg, KH * KW, OH, OW,
+                          (OW - 1) * stride[1] + span_w, stride[0], span_h};
+  if (x.size(0) * weight.size(0) * OH * OW > (int64_t{1} << 17) && cout_pg >= kDirectCoT) {
+    const DirectShape d = channels_per_thread_shape(layer);
+    if (d.co_block > 0) return d;
   }
-  while (2 * split <= std::min<int64_t>(cpg, 32) && 2 * split * rows * co_block * OW <= kDirectThreads) {
-    split *= 2;
-  }
-  const int64_t bands = (OH + rows - 1) / rows;
-  const int64_t co_blocks = groups * ((cout_pg + co_block - 1) / co_block);
-  if (x.size(0) * bands > std::numeric_limits<int32_t>::max() || co_blocks > 65535) return d;
-  d.cpg = static_cast<int>(cpg);
-  d.co_block = static_cast<int>(co_block);
-  d.co_blocks = static_cast<int>(co_blocks);
-  d.rows = static_cast<int>(rows);
-  d.bands = static_cast<int>(bands);
-  d.split = static_cast<int>(split);
-  d.rows_in = static_cast<int>(rows_in(rows));
-  d.cols_in = static_cast<int>(cols_in);
-  d.window_pitch = static_cast<int>(direct_window_pitch(d.rows_in, cols_in));
-  return d;
+  return output_per_thread_shape(layer);
 }
 
 }  // namespace

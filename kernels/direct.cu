@@ -13,6 +13,10 @@
 //     in fp32 (no TF32 rounding); where a block has fewer outputs than threads, `split`
 //     neighbouring lanes share an output, each summing every split-th input channel, and
 //     add their sums by shuffles;
+//   - or, where a block has many outputs a thread (larger layers of few input channels),
+//     each thread computes eight output channels of one pixel at a time: a window value
+//     read once serves eight multiply-adds, their weights two 16-byte loads that every
+//     lane of the warp reads alike;
 //   - the epilogue (bias, relu, `other`) runs before the only store.
 #include <c10/cuda/CUDAException.h>
 
@@ -34,14 +38,49 @@ __device__ __forceinline__ float load_or_zero(const T* ptr, bool in) {
   else return __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(bits)));
 }
 
-// K > 0: a K x K kernel, its taps unrolled; K == 0: sizes read at run time.
-template <typename T, int K>
-__global__ void __launch_bounds__(kDirectThreads) direct_conv_kernel(const ConvParams p, const DirectShape d) {
+static_assert(kDirectCoT == 8, "direct_pixel reads a pixel's weights as two float4s");
+
+// One pixel's kDirectCoT channels from group `grp` of the block's channels: the window
+// (at the pixel's first tap) times the weights staged [cpg x taps][co_block].
+template <int K>
+__device__ __forceinline__ void direct_pixel(const ConvParams& p, const DirectShape& d, const float* in,
+                                             const float* w_s, int grp, float (&acc)[kDirectCoT]) {
+  const int KH = K > 0 ? K : p.taps / p.KW, KW = K > 0 ? K : p.KW;
+  const int row_step = p.dil_h * d.cols_in, vecs = d.co_block / 4;  // float4s a weight row
+  const float4* wq = reinterpret_cast<const float4*>(w_s) + grp * (kDirectCoT / 4);
+#pragma unroll
+  for (int j = 0; j < kDirectCoT; ++j) acc[j] = 0.f;
+  for (int c = 0; c < d.cpg; ++c, in += d.window_pitch, wq += p.taps * vecs) {
+#pragma unroll
+    for (int ky = 0; ky < KH; ++ky)
+#pragma unroll
+      for (int kx = 0; kx < KW; ++kx) {
+        const float v = in[ky * row_step + kx * p.dil_w];
+        const float4* wt = wq + (ky * KW + kx) * vecs;
+        const float4 a = wt[0], b = wt[1];
+        acc[0] = fmaf(v, a.x, acc[0]);
+        acc[1] = fmaf(v, a.y, acc[1]);
+        acc[2] = fmaf(v, a.z, acc[2]);
+        acc[3] = fmaf(v, a.w, acc[3]);
+        acc[4] = fmaf(v, b.x, acc[4]);
+        acc[5] = fmaf(v, b.y, acc[5]);
+        acc[6] = fmaf(v, b.z, acc[6]);
+        acc[7] = fmaf(v, b.w, acc[7]);
+      }
+  }
+}
+
+// K > 0: a K x K kernel, its taps unrolled; K == 0: sizes read at run time. CO: output
+// channels a thread computes at a time (d.co_t: 1 or kDirectCoT).
+// (The eight-channel form asks for two blocks an SM: without a minimum ptxas holds it to
+// 40 registers and spills.)
+template <typename T, int K, int CO>
+__global__ void __launch_bounds__(kDirectThreads, CO == 1 ? 0 : 2) direct_conv_kernel(const ConvParams p, const DirectShape d) {
   extern __shared__ float smem[];
   const int tid = threadIdx.x;
   const int taps = p.taps, wk = d.cpg * taps, window_floats = d.rows_in * d.cols_in;
-  float* window = smem;                           // [cpg][window_pitch]: [rows_in][cols_in]
-  float* w_s = smem + d.cpg * d.window_pitch;     // [co_block][cpg][taps]
+  float* window = smem;                                                // [cpg][window_pitch]: [rows_in][cols_in]
+  float* w_s = smem + direct_weights_offset(d.cpg, d.window_pitch);  // CO = 1: [co_block][cpg][taps]
 
   // blockIdx.x: image n, band; blockIdx.y: group g, its channel block cb
   const int band = static_cast<int>(blockIdx.x % static_cast<uint32_t>(d.bands));
@@ -64,40 +103,72 @@ __global__ void __launch_bounds__(kDirectThreads) direct_conv_kernel(const ConvP
     window[c * d.window_pitch + rc] = load_or_zero(x + (c * p.x_sc + iy * p.x_sh + ix * p.x_sw), in);
   }
   const T* w = static_cast<const T*>(p.wprep) + static_cast<int64_t>(co0) * wk;  // (Cout, cpg, KH, KW)
+  if constexpr (CO == 1) {
 #pragma unroll 8
-  for (int i = tid; i < n_co * wk; i += kDirectThreads) w_s[i] = to_float(__ldg(w + i));
+    for (int i = tid; i < n_co * wk; i += kDirectThreads) w_s[i] = to_float(__ldg(w + i));
+  } else {
+    // [cpg x taps][co_block], zero past the group's channels
+#pragma unroll 4
+    for (int i = tid; i < wk * d.co_block; i += kDirectThreads) {
+      const int k = i / d.co_block, co = i - k * d.co_block;
+      w_s[i] = co < n_co ? to_float(__ldg(w + co * wk + k)) : 0.f;
+    }
+  }
   __syncthreads();
 
-  // Output q = base + tid / split of the block's n_co x pixels, channel-major; lane `part`
-  // of its split sums input channels part, part + split, ... Every thread walks the same
-  // bases (the shuffles need the whole warp).
-  const int KH = K > 0 ? K : taps / p.KW, KW = K > 0 ? K : p.KW;
-  const int row_step = p.dil_h * d.cols_in;
-  const int pixels = min(d.rows, p.OH - oy0) * p.OW, outputs = n_co * pixels;
-  const int part = tid & (d.split - 1), per_pass = kDirectThreads / d.split;
   T* out = static_cast<T*>(p.out);
-  for (int base = 0; base < outputs; base += per_pass) {
-    const int q = base + tid / d.split;
-    const bool live = q < outputs;
-    const int co = live ? q / pixels : 0, pix = live ? q - co * pixels : 0;
-    const int r = pix / p.OW, ow = pix - r * p.OW;
-    float acc = 0.f;
-    if (live) {
-      const float* in = window + part * d.window_pitch + r * p.stride_h * d.cols_in + ow * p.stride_w;
-      const float* wc = w_s + co * wk + part * taps;
-      for (int c = part; c < d.cpg; c += d.split, in += d.split * d.window_pitch, wc += d.split * taps) {
+  const int pixels = min(d.rows, p.OH - oy0) * p.OW;
+  if constexpr (CO == 1) {
+    // Output q = base + tid / split of the block's n_co x pixels, channel-major; lane
+    // `part` of its split sums input channels part, part + split, ... Every thread walks
+    // the same bases (the shuffles need the whole warp).
+    const int KH = K > 0 ? K : taps / p.KW, KW = K > 0 ? K : p.KW;
+    const int row_step = p.dil_h * d.cols_in;
+    const int outputs = n_co * pixels;
+    const int part = tid & (d.split - 1), per_pass = kDirectThreads / d.split;
+    for (int base = 0; base < outputs; base += per_pass) {
+      const int q = base + tid / d.split;
+      const bool live = q < outputs;
+      const int co = live ? q / pixels : 0, pix = live ? q - co * pixels : 0;
+      const int r = pix / p.OW, ow = pix - r * p.OW;
+      float acc = 0.f;
+      if (live) {
+        const float* in = window + part * d.window_pitch + r * p.stride_h * d.cols_in + ow * p.stride_w;
+        const float* wc = w_s + co * wk + part * taps;
+        for (int c = part; c < d.cpg; c += d.split, in += d.split * d.window_pitch, wc += d.split * taps) {
 #pragma unroll
-        for (int ky = 0; ky < KH; ++ky)
+          for (int ky = 0; ky < KH; ++ky)
 #pragma unroll
-          for (int kx = 0; kx < KW; ++kx) acc = fmaf(in[ky * row_step + kx * p.dil_w], wc[ky * KW + kx], acc);
+            for (int kx = 0; kx < KW; ++kx) acc = fmaf(in[ky * row_step + kx * p.dil_w], wc[ky * KW + kx], acc);
+        }
+      }
+      for (int lanes = d.split / 2; lanes > 0; lanes /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, lanes);
+      if (live && part == 0) {
+        const int c = co0 + co, oy = oy0 + r;
+        const float b = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
+        const float other = load_other(p, n * p.o_sn + c * p.o_sc + oy * p.o_sh + ow * p.o_sw);
+        out[n * p.y_sn + c * p.y_sc + oy * p.y_sh + ow * p.y_sw] = from_float<T>(fused_value(acc, b, other));
       }
     }
-    for (int lanes = d.split / 2; lanes > 0; lanes /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, lanes);
-    if (live && part == 0) {
-      const int c = co0 + co, oy = oy0 + r;
-      const float b = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
-      const float other = load_other(p, n * p.o_sn + c * p.o_sc + oy * p.o_sh + ow * p.o_sw);
-      out[n * p.y_sn + c * p.y_sc + oy * p.y_sh + ow * p.y_sw] = from_float<T>(fused_value(acc, b, other));
+  } else {
+    // Item i of the block's groups of CO channels (those with a channel of the group's
+    // n_co) x pixels, group-major: a warp's lanes take neighbouring pixels of one group.
+    const int items = (n_co + CO - 1) / CO * pixels;
+    for (int i = tid; i < items; i += kDirectThreads) {
+      const int grp = i / pixels, pix = i - grp * pixels;
+      const int r = pix / p.OW, ow = pix - r * p.OW, oy = oy0 + r;
+      float acc[CO];
+      direct_pixel<K>(p, d, window + r * p.stride_h * d.cols_in + ow * p.stride_w, w_s, grp, acc);
+#pragma unroll
+      for (int j = 0; j < CO; ++j) {
+        const int co = grp * CO + j;
+        if (co < n_co) {
+          const int c = co0 + co;
+          const float b = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
+          const float other = load_other(p, n * p.o_sn + c * p.o_sc + oy * p.o_sh + ow * p.o_sw);
+          out[n * p.y_sn + c * p.y_sc + oy * p.y_sh + ow * p.y_sw] = from_float<T>(fused_value(acc[j], b, other));
+        }
+      }
     }
   }
 }
@@ -106,10 +177,13 @@ template <typename T>
 void launch_direct_t(const ConvParams& p, const DirectShape& d, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(images(p) * d.bands), static_cast<unsigned>(d.co_blocks));
   const int smem = static_cast<int>(direct_smem_bytes(d.cpg, d.window_pitch, d.co_block, p.taps));
-  if (p.taps == 9 && p.KW == 3) {
-    direct_conv_kernel<T, 3><<<grid, kDirectThreads, smem, stream>>>(p, d);
+  const bool k3 = p.taps == 9 && p.KW == 3;
+  if (d.co_t == kDirectCoT) {
+    if (k3) direct_conv_kernel<T, 3, kDirectCoT><<<grid, kDirectThreads, smem, stream>>>(p, d);
+    else direct_conv_kernel<T, 0, kDirectCoT><<<grid, kDirectThreads, smem, stream>>>(p, d);
   } else {
-    direct_conv_kernel<T, 0><<<grid, kDirectThreads, smem, stream>>>(p, d);
+    if (k3) direct_conv_kernel<T, 3, 1><<<grid, kDirectThreads, smem, stream>>>(p, d);
+    else direct_conv_kernel<T, 0, 1><<<grid, kDirectThreads, smem, stream>>>(p, d);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -282,10 +282,14 @@ inline int depthwise_cl_smem_bytes(const DepthwiseClShape& d, int taps) {
 // `rows` output rows of one image for `co_block` output channels of one group from the
 // rows' input window (the group's cpg channels, window_pitch floats each: rows_in x
 // cols_in, zero in the padding) and the channels' weights, staged in shared memory as
-// floats (at most kDirectMaxSmem bytes); `split` neighbouring lanes share an output, each
-// summing every split-th input channel.
+// floats (at most kDirectMaxSmem bytes). A thread computes one output at a time
+// (co_t = 1), `split` neighbouring lanes sharing it, each summing every split-th input
+// channel; or, where a block has many outputs a thread (co_t = kDirectCoT), kDirectCoT
+// output channels of one pixel at a time, reading their weights as two 16-byte vectors
+// that every lane of a warp reads alike.
 constexpr int kDirectThreads = 256;
 constexpr int kDirectMaxSmem = 48 * 1024;
+constexpr int kDirectCoT = 8;
 
 struct DirectShape {
   int cpg;           // input channels per group
@@ -298,13 +302,22 @@ struct DirectShape {
   int cols_in;       // window columns: (OW - 1) * stride_w + span_w
   int window_pitch;  // floats per channel's window: rows_in x cols_in, made odd (a split's lanes
                      // read distinct banks)
+  int co_t;          // output channels a thread computes at a time: 1 or kDirectCoT (then
+                     // co_block is a multiple of it, the weights staged [cpg x taps][co_block],
+                     // zero past the group's channels)
 };
 
 constexpr int64_t direct_window_pitch(int64_t rows_in, int64_t cols_in) { return rows_in * cols_in | 1; }
 
+// Where a block's weights start in its shared memory, in floats: after the windows, at a
+// 16-byte boundary.
+constexpr int64_t direct_weights_offset(int64_t cpg, int64_t window_pitch) {
+  return (cpg * window_pitch + 3) / 4 * 4;
+}
+
 // A block's shared memory: the windows, then the weights.
 constexpr int64_t direct_smem_bytes(int64_t cpg, int64_t window_pitch, int64_t co_block, int64_t taps) {
-  return cpg * (window_pitch + co_block * taps) * static_cast<int64_t>(sizeof(float));
+  return (direct_weights_offset(cpg, window_pitch) + cpg * co_block * taps) * static_cast<int64_t>(sizeof(float));
 }
 
 // Weight preparation and the K-table. K order: (c, kh, kw) for channels-first input,

@@ -102,7 +102,8 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
     case(1, 16, 13, 12, 16, 5, 2, 0, 1, dtype, True, True, "scalar", groups=16)
     case(1, 512, 9, 10, 512, 7, 1, 3, 1, dtype, True, True, "chan", groups=512)
 # the direct kernel: dense and grouped, both layouts, padding past the kernel, stride and
-# dilation, several rows per block, several lanes per output (64 channels of 4 x 4 pixels)
+# dilation, several rows per block, several lanes per output (64 channels of 4 x 4 pixels),
+# eight channels a thread
 _cuda._direct_pays = lambda *args: True
 _cuda.forget_plans()
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -111,5 +112,10 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
         case(1, 8, 13, 11, 12, 5, 2, 1, 2, dtype, cl, True, "chan", groups=2)
         case(3, 64, 4, 4, 16, 3, 1, 0, 1, dtype, cl, True, "scalar")
         case(2, 16, 16, 16, 16, 3, 1, 1, 1, dtype, cl, True, "full", groups=16)
+        # eight channels a thread (past 2^17 outputs): 3x3 and 5x5 taps, a partial group of
+        # channels, two channel blocks, two groups
+        case(4, 3, 64, 64, 12, 3, 1, 1, 1, dtype, cl, True, "full")
+        case(3, 4, 60, 50, 80, 5, 2, 2, 1, dtype, cl, True, "chan")
+        case(2, 6, 48, 48, 32, 3, 1, 1, 2, dtype, cl, True, "scalar", groups=2)
 torch.cuda.synchronize()
 print("sanitize cases done")

@@ -278,11 +278,18 @@ def test_path_choice(
 
 def test_direct_kernel_size_rule():
     # dense convolutions of at most 2^23 multiply-adds and 2^17 outputs
-    assert _cuda._direct_pays(16 * 16 * 16 * 144, 16 * 16 * 16, 1)  # one 16 px image, 16 channels
-    assert _cuda._direct_pays(1 << 23, 1 << 17, 1)
-    assert not _cuda._direct_pays((1 << 23) + 1, 1 << 10, 1)
-    assert not _cuda._direct_pays(1 << 20, (1 << 17) + 1, 1)
-    assert not _cuda._direct_pays(1 << 10, 1 << 10, 2)  # grouped: the depthwise kernel or cuDNN
+    assert _cuda._direct_pays(16 * 16 * 16 * 144, 16 * 16 * 16, 1, 16)  # one 16 px image, 16 channels
+    assert _cuda._direct_pays(1 << 23, 1 << 17, 1, 64)
+    assert not _cuda._direct_pays((1 << 23) + 1, 1 << 10, 1, 64)
+    assert not _cuda._direct_pays(1 << 20, (1 << 17) + 1, 1, 64)
+    assert not _cuda._direct_pays(1 << 10, 1 << 10, 2, 64)  # grouped: the depthwise kernel or cuDNN
+    # few input and output channels (K <= 32, at most 32 output channels): any size
+    kernelbench = 128 * 16 * 30 * 30  # outputs of 3 -> 16 channels at 32 px, 128 images
+    assert _cuda._direct_pays(kernelbench * 27, kernelbench, 1, 16)
+    assert _cuda._direct_pays((1 << 30) * 32, 1 << 30, 1, 32)
+    assert not _cuda._direct_pays(kernelbench * 36, kernelbench, 1, 16)  # K = 36
+    assert not _cuda._direct_pays(kernelbench * 27, kernelbench, 1, 40)  # 40 channels
+    assert not _cuda._direct_pays(kernelbench * 27, kernelbench, 2, 16)  # grouped
 
 
 def test_cudnn_path_can_be_disabled(monkeypatch):

@@ -648,7 +648,10 @@ def test_patch_rule_falls_back_where_the_binding_does_not_take_the_input(monkeyp
     [
         ((1, 16, 16, 16, 16, 3, 3, 1, 1, 1), True),  # 0.6 M multiply-adds, 4 K outputs
         ((4, 64, 32, 32, 64, 3, 3, 1, 1, 1), False),  # 151 M multiply-adds
-        ((16, 3, 32, 32, 16, 3, 3, 1, 0, 1), False),  # 6.2 M multiply-adds, but 230 K outputs
+        # 230 K outputs, but K = 27 and 16 channels: eight channels a thread
+        ((16, 3, 32, 32, 16, 3, 3, 1, 0, 1), True),
+        ((16, 8, 32, 32, 16, 3, 3, 1, 0, 1), False),  # the same with K = 72
+        ((16, 3, 32, 32, 40, 3, 3, 1, 0, 1), False),  # the same with 40 channels
         # 37 K multiply-adds, but one output row's window of 4,096 channels is past shared
         # memory
         ((1, 4096, 3, 3, 1, 3, 3, 1, 1, 1), False),
@@ -670,6 +673,44 @@ def test_direct_kernel_runs_where_its_rule_says(cfg, direct, monkeypatch):
     out = run_op(x, w, b, other, stride, padding, dilation)
     assert_close64(out, reference64(x, w, b, other, stride, padding, dilation), "tf32",
                    rounding_scale64(x, w, stride, padding, dilation))
+
+
+# (N, C, H, W, Cout, KH, KW, stride, padding, dilation, groups): more than 2^17 outputs and
+# 8 or more output channels a group, where the direct kernel computes eight channels of a
+# pixel a thread
+EIGHT_CHANNEL_CONFIGS = [
+    (16, 3, 32, 32, 16, 3, 3, 1, 0, 1, 1),  # the KernelBench problem's layer, 16 images
+    (4, 3, 64, 64, 12, 3, 3, 1, 1, 1, 1),  # channels past a multiple of 8
+    (2, 8, 40, 44, 80, 3, 3, 2, 1, 1, 1),  # two channel blocks (64 and 16), stride 2
+    (3, 4, 50, 30, 24, 5, 3, (1, 2), (2, 1), (2, 1), 1),  # taps at run time, dilation
+    (1, 3, 150, 140, 32, 3, 3, 1, 1, 1, 1),  # several bands of rows
+    (2, 6, 48, 48, 32, 3, 3, 1, 1, 1, 2),  # two groups of 16 channels
+]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("policy", ["tf32", "fp16", "bf16"])
+@pytest.mark.parametrize("cfg", EIGHT_CHANNEL_CONFIGS, ids=lambda c: "x".join(map(str, c[:7])))
+def test_direct_kernel_eight_channels_a_thread(cfg, policy, layout, kernel_path):
+    """Layers of many outputs and few input channels: right on every path, and on the
+    direct kernel's eight-channel form where the direct kernel runs them (a full-size
+    `other` in channels-last, a per-channel one in NCHW)."""
+    *conv, groups = cfg
+    dtype = set_policy(policy)
+    x, w, b, stride, padding, dilation = make(tuple(conv), dtype, layout)
+    w = w[:, : x.shape[1] // groups].contiguous(memory_format=ops.output_memory_format(x, w))
+    shape = ops.output_shape(x, w, stride, padding, dilation)
+    other = (torch.randn(shape, device=DEV) if layout == "cl" else torch.randn(shape[1], 1, 1, device=DEV))
+    other = other.to(dtype)
+    kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, padding, dilation, groups))
+    if kernel_path == "direct":
+        assert re.search(r"direct_conv_kernel<[^>]*, 8>", kernels), kernels
+    out = run_op(x, w, b, other, stride, padding, dilation, groups)
+    conv64 = F.conv2d(x.double(), w.double(), b.double(), stride, padding, dilation, groups)
+    ref = torch.relu(conv64) + other.double()
+    scale = F.conv2d(x.double() ** 2, w.double() ** 2, None, stride, padding, dilation, groups).sqrt()
+    assert out.is_contiguous(memory_format=expected_format(x, w))
+    assert_close64(out, ref, policy, scale)
 
 
 def test_plans_are_remembered_per_signature(monkeypatch):
