@@ -336,7 +336,9 @@ def _depthwise_pays(out_shape, taps: int, cpg: int, channels_last: bool) -> bool
     return pixels >= 784 or (pixels >= 196 and taps >= 25)
 
 
-def _direct_pays(macs: int, outputs: int, groups: int, cout: int) -> bool:
+def _direct_pays(
+    macs: int, outputs: int, groups: int, cout: int, channels_last: bool
+) -> bool:
     """The size rule for the direct kernel (one launch on the CUDA cores, the weights read
     as they are): dense convolutions of at most 2^23 multiply-adds and 2^17 output
     elements. There a call is a few microseconds of GPU time, and the other paths' second
@@ -352,14 +354,20 @@ def _direct_pays(macs: int, outputs: int, groups: int, cout: int) -> bool:
     their kernels: the direct kernel lost to cuDNN's grouped convolution on the one small
     depthwise layer measured (256 channels at 7 px, batch 8: 10.0 / 4.2).
 
-    Dense layers of few input and output channels (K = C_in x taps <= 32, at most 32 output
-    channels) take it at any size: past 2^17 outputs the direct kernel computes eight
-    channels of a pixel a thread, where the tensor-core kernels spend 128-channel tiles
-    and 32-deep K slices on them (docs/performance.md, v83)."""
+    Larger NCHW layers of few input and output channels (K = C_in x taps <= 72, at most 16
+    output channels, 2^20 outputs or more) take it too: past 2^17 outputs it computes eight
+    channels of a pixel a thread, where the tensor-core kernels spend 128-channel tiles and
+    32-deep K slices on 16 channels. Measured on the H200 (docs/performance.md, v83), GPU
+    us, direct / the fastest other path: 3 -> 16 channels at 32 px, 128 images (the
+    KernelBench layer, 1.8 M outputs) 16 / 20 (bf16 16 / 22), at 64 px 70 / 77; 8 -> 16
+    channels at 32 px 25 / 35. Not with 32 images (0.46 M outputs: 13 / 7, too few blocks),
+    32 or 64 output channels (31 / 23, 61 / 24), channels-last input (29 / 20: the window's
+    loads are gathers) or the 3 -> 32 stride-2 stem at 224 px (116 / 64)."""
     if groups != 1:
         return False
-    small = macs <= 1 << 23 and outputs <= 1 << 17
-    return small or (macs <= 32 * outputs and cout <= 32)
+    if macs <= 1 << 23 and outputs <= 1 << 17:
+        return True
+    return not channels_last and cout <= 16 and macs <= 72 * outputs and outputs >= 1 << 20
 
 
 def _direct_runs(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
@@ -460,9 +468,9 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
         return ops.reference(input, weight, bias, other, stride, padding, dilation, groups)
     hopper = _use_wgmma(x.device)
     outputs = math.prod(out_shape)
-    direct = _direct_pays(
-        outputs * math.prod(weight.shape[1:]), outputs, groups, weight.shape[0]
-    ) and (
+    macs = outputs * math.prod(weight.shape[1:])
+    channels_last = x_format == torch.channels_last
+    direct = _direct_pays(macs, outputs, groups, weight.shape[0], channels_last) and (
         _direct_runs(x, weight, stride, padding, dilation)
     )
     patch_runs = (

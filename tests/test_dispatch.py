@@ -277,19 +277,22 @@ def test_path_choice(
 
 
 def test_direct_kernel_size_rule():
-    # dense convolutions of at most 2^23 multiply-adds and 2^17 outputs
-    assert _cuda._direct_pays(16 * 16 * 16 * 144, 16 * 16 * 16, 1, 16)  # one 16 px image, 16 channels
-    assert _cuda._direct_pays(1 << 23, 1 << 17, 1, 64)
-    assert not _cuda._direct_pays((1 << 23) + 1, 1 << 10, 1, 64)
-    assert not _cuda._direct_pays(1 << 20, (1 << 17) + 1, 1, 64)
-    assert not _cuda._direct_pays(1 << 10, 1 << 10, 2, 64)  # grouped: the depthwise kernel or cuDNN
-    # few input and output channels (K <= 32, at most 32 output channels): any size
+    # dense convolutions of at most 2^23 multiply-adds and 2^17 outputs, in either layout
+    for cl in (False, True):
+        assert _cuda._direct_pays(16 * 16 * 16 * 144, 16 * 16 * 16, 1, 16, cl)  # one 16 px image
+        assert _cuda._direct_pays(1 << 23, 1 << 17, 1, 64, cl)
+        assert not _cuda._direct_pays((1 << 23) + 1, 1 << 10, 1, 64, cl)
+        assert not _cuda._direct_pays(1 << 20, (1 << 17) + 1, 1, 64, cl)
+        assert not _cuda._direct_pays(1 << 10, 1 << 10, 2, 64, cl)  # grouped: depthwise or cuDNN
+    # NCHW layers of K <= 72, at most 16 output channels and 2^20 outputs or more
     kernelbench = 128 * 16 * 30 * 30  # outputs of 3 -> 16 channels at 32 px, 128 images
-    assert _cuda._direct_pays(kernelbench * 27, kernelbench, 1, 16)
-    assert _cuda._direct_pays((1 << 30) * 32, 1 << 30, 1, 32)
-    assert not _cuda._direct_pays(kernelbench * 36, kernelbench, 1, 16)  # K = 36
-    assert not _cuda._direct_pays(kernelbench * 27, kernelbench, 1, 40)  # 40 channels
-    assert not _cuda._direct_pays(kernelbench * 27, kernelbench, 2, 16)  # grouped
+    assert _cuda._direct_pays(kernelbench * 27, kernelbench, 1, 16, False)
+    assert _cuda._direct_pays((1 << 30) * 72, 1 << 30, 1, 16, False)
+    assert not _cuda._direct_pays(kernelbench * 27, kernelbench, 1, 16, True)  # channels-last
+    assert not _cuda._direct_pays(kernelbench * 73, kernelbench, 1, 16, False)  # K = 73
+    assert not _cuda._direct_pays(kernelbench * 27, kernelbench, 1, 17, False)  # 17 channels
+    assert not _cuda._direct_pays(kernelbench * 27, kernelbench, 2, 16, False)  # grouped
+    assert not _cuda._direct_pays((1 << 20) * 27 - 27, (1 << 20) - 1, 1, 16, False)  # fewer outputs
 
 
 def test_cudnn_path_can_be_disabled(monkeypatch):

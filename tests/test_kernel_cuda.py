@@ -648,10 +648,10 @@ def test_patch_rule_falls_back_where_the_binding_does_not_take_the_input(monkeyp
     [
         ((1, 16, 16, 16, 16, 3, 3, 1, 1, 1), True),  # 0.6 M multiply-adds, 4 K outputs
         ((4, 64, 32, 32, 64, 3, 3, 1, 1, 1), False),  # 151 M multiply-adds
-        # 230 K outputs, but K = 27 and 16 channels: eight channels a thread
-        ((16, 3, 32, 32, 16, 3, 3, 1, 0, 1), True),
-        ((16, 8, 32, 32, 16, 3, 3, 1, 0, 1), False),  # the same with K = 72
-        ((16, 3, 32, 32, 40, 3, 3, 1, 0, 1), False),  # the same with 40 channels
+        ((16, 3, 32, 32, 16, 3, 3, 1, 0, 1), False),  # 6.2 M multiply-adds, but 230 K outputs
+        # 1.8 M outputs, but K = 27 and 16 channels: eight channels a thread
+        ((128, 3, 32, 32, 16, 3, 3, 1, 0, 1), True),
+        ((128, 3, 32, 32, 24, 3, 3, 1, 0, 1), False),  # the same with 24 channels
         # 37 K multiply-adds, but one output row's window of 4,096 channels is past shared
         # memory
         ((1, 4096, 3, 3, 1, 3, 3, 1, 1, 1), False),
@@ -681,8 +681,8 @@ def test_direct_kernel_runs_where_its_rule_says(cfg, direct, monkeypatch):
 EIGHT_CHANNEL_CONFIGS = [
     (16, 3, 32, 32, 16, 3, 3, 1, 0, 1, 1),  # the KernelBench problem's layer, 16 images
     (4, 3, 64, 64, 12, 3, 3, 1, 1, 1, 1),  # channels past a multiple of 8
-    (2, 8, 40, 44, 80, 3, 3, 2, 1, 1, 1),  # two channel blocks (64 and 16), stride 2
-    (3, 4, 50, 30, 24, 5, 3, (1, 2), (2, 1), (2, 1), 1),  # taps at run time, dilation
+    (4, 8, 40, 44, 80, 3, 3, 2, 1, 1, 1),  # two channel blocks (64 and 16), stride 2
+    (10, 4, 50, 30, 24, 5, 3, (1, 2), (2, 1), (2, 1), 1),  # taps at run time, dilation
     (1, 3, 150, 140, 32, 3, 3, 1, 1, 1, 1),  # several bands of rows
     (2, 6, 48, 48, 32, 3, 3, 1, 1, 1, 2),  # two groups of 16 channels
 ]
