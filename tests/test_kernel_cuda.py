@@ -693,15 +693,15 @@ EIGHT_CHANNEL_CONFIGS = [
 @pytest.mark.parametrize("cfg", EIGHT_CHANNEL_CONFIGS, ids=lambda c: "x".join(map(str, c[:7])))
 def test_direct_kernel_eight_channels_a_thread(cfg, policy, layout, kernel_path):
     """Layers of many outputs and few input channels: right on every path, and on the
-    direct kernel's eight-channel form where the direct kernel runs them (a full-size
-    `other` in channels-last, a per-channel one in NCHW)."""
+    direct kernel's eight-channel form where the direct kernel runs them (with
+    channels-last input a full-size `other`, with NCHW input a per-channel one)."""
     *conv, groups = cfg
     dtype = set_policy(policy)
     x, w, b, stride, padding, dilation = make(tuple(conv), dtype, layout)
     w = w[:, : x.shape[1] // groups].contiguous(memory_format=ops.output_memory_format(x, w))
     shape = ops.output_shape(x, w, stride, padding, dilation)
-    other = (torch.randn(shape, device=DEV) if layout == "cl" else torch.randn(shape[1], 1, 1, device=DEV))
-    other = other.to(dtype)
+    other_shape = shape if layout == "cl" else (shape[1], 1, 1)
+    other = torch.randn(other_shape, device=DEV).to(dtype)
     kernels = _kernels_run(lambda: run_op(x, w, b, other, stride, padding, dilation, groups))
     if kernel_path == "direct":
         assert re.search(r"direct_conv_kernel<[^>]*, 8>", kernels), kernels
