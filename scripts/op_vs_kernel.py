@@ -29,14 +29,19 @@ import argparse
 import datetime
 import statistics
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-import fx_fuse  # noqa: F401  (registers the op)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from _timing import table  # noqa: E402
+
+import fx_fuse  # noqa: E402,F401  (registers the op)
 
 OP = torch.ops.fx_fuse.conv2d_relu_add.default
 IDLE_MHZ = 1980  # the SM clock of an idle H100 / H200
@@ -82,28 +87,32 @@ def flush_buffer() -> torch.Tensor:
     return torch.empty(int(256e6 // 4), dtype=torch.int, device="cuda")
 
 
+def flushed_calls(fn: Callable[[], object], cache: torch.Tensor, calls: int,
+                  sleep_cycles: int = 0) -> List[float]:
+    """``do_bench``'s loop for `calls` calls (zero `cache`, record, fn, record; no sync
+    between calls), then a sync: each call's ms by events. With `sleep_cycles`, the GPU
+    sleeps that many SM clocks after each call."""
+    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+             for _ in range(calls)]
+    for start, end in pairs:
+        cache.zero_()
+        start.record()
+        fn()
+        end.record()
+        if sleep_cycles:
+            torch.cuda._sleep(sleep_cycles)
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in pairs]
+
+
 def flushed_loop(fn: Callable[[], object], pause_ms: float = 0.0, calls: int = 20) -> str:
-    """``do_bench``'s loop (zero the buffer, record, fn, record; no sync between calls),
-    profiled; with `pause_ms`, the GPU sleeps that long after each call."""
+    """``do_bench``'s loop, profiled; with `pause_ms`, the GPU sleeps that long after each
+    call."""
     cache = flush_buffer()
     sleep_cycles = int(pause_ms * IDLE_MHZ * 1e3)  # the sleep counts SM clocks
-
-    def loop(n: int) -> list:
-        pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                 for _ in range(n)]
-        for start, end in pairs:
-            cache.zero_()
-            start.record()
-            fn()
-            end.record()
-            if sleep_cycles:
-                torch.cuda._sleep(sleep_cycles)
-        torch.cuda.synchronize()
-        return [start.elapsed_time(end) for start, end in pairs]
-
-    loop(5)
+    flushed_calls(fn, cache, 5, sleep_cycles)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        times = loop(calls)
+        times = flushed_calls(fn, cache, calls, sleep_cycles)
     kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
                      key=lambda e: e.time_range.start)
     flushes = [i for i, e in enumerate(kernels) if "fill" in e.name.lower()]
@@ -193,36 +202,21 @@ def sustained(fn: Callable[[], object], seconds: float = 3.0) -> str:
     blocks, begin = [], time.time()
     while time.time() < begin + seconds:
         start_s = time.time()
-        pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                 for _ in range(20 if len(blocks) < 5 else 100)]
-        for start, end in pairs:
-            cache.zero_()
-            start.record()
-            fn()
-            end.record()
-        torch.cuda.synchronize()
-        blocks.append((start_s, time.time(), len(pairs),
-                       statistics.median(s.elapsed_time(e) for s, e in pairs)))
+        times = flushed_calls(fn, cache, 20 if len(blocks) < 5 else 100)
+        blocks.append((start_s, time.time(), len(times), statistics.median(times)))
     time.sleep(0.1)
     smi.terminate()
     samples = smi_samples(smi)
     rows, calls = [], 0
     for t0, t1, n, ms in blocks:
         inside = [(mhz, watts) for t, mhz, watts in samples if t0 <= t < t1]
-        mhz = statistics.median(m for m, _ in inside) if inside else float("nan")
-        watts = statistics.median(w for _, w in inside) if inside else float("nan")
-        rows.append((f"{calls + 1}-{calls + n}", f"{(t0 - begin) * 1e3:.0f}", f"{ms:.3f}",
-                     f"{mhz:.0f}", f"{watts:.0f}"))
+        mhz = f"{statistics.median(m for m, _ in inside):.0f}" if inside else "-"
+        watts = f"{statistics.median(w for _, w in inside):.0f}" if inside else "-"
+        rows.append((f"{calls + 1}-{calls + n}", f"{(t0 - begin) * 1e3:.0f}", f"{ms:.3f}", mhz, watts))
         calls += n
     idle = [mhz for t, mhz, _ in samples if begin - 1.0 <= t < begin]
     head = f"SM clock idle before the loop: {statistics.median(idle):.0f} MHz\n" if idle else ""
     return head + table(rows, ["calls", "ms from the start", "op ms (median)", "SM MHz", "board W"])
-
-
-def table(rows, headers) -> str:
-    from tabulate import tabulate
-
-    return tabulate(rows, headers=headers, disable_numparse=True)
 
 
 def main() -> None:
