@@ -125,11 +125,11 @@ def run_op(x, w, b, other, stride, padding, dilation, groups=1):
     return out
 
 
-def rounding_scale64(x, w, stride, padding, dilation):
+def rounding_scale64(x, w, stride, padding, dilation, groups=1):
     """Per output element, the size of the error that rounding its products makes: the root
     of the sum of the squared products. An output of a few elements whose sums cancel would
     otherwise be held to an error relative to a result near zero."""
-    return F.conv2d(x.double() ** 2, w.double() ** 2, None, stride, padding, dilation).sqrt()
+    return F.conv2d(x.double() ** 2, w.double() ** 2, None, stride, padding, dilation, groups).sqrt()
 
 
 def assert_close64(out, ref, policy, scale=None):
@@ -706,11 +706,9 @@ def test_direct_kernel_eight_channels_a_thread(cfg, policy, layout, kernel_path)
     if kernel_path == "direct":
         assert re.search(r"direct_conv_kernel<[^>]*, 8>", kernels), kernels
     out = run_op(x, w, b, other, stride, padding, dilation, groups)
-    conv64 = F.conv2d(x.double(), w.double(), b.double(), stride, padding, dilation, groups)
-    ref = torch.relu(conv64) + other.double()
-    scale = F.conv2d(x.double() ** 2, w.double() ** 2, None, stride, padding, dilation, groups).sqrt()
+    ref = reference64(x, w, b, other, stride, padding, dilation, groups)
     assert out.is_contiguous(memory_format=expected_format(x, w))
-    assert_close64(out, ref, policy, scale)
+    assert_close64(out, ref, policy, rounding_scale64(x, w, stride, padding, dilation, groups))
 
 
 def test_plans_are_remembered_per_signature(monkeypatch):
