@@ -672,17 +672,19 @@ DirectShape output_per_thread_shape(const DirectLayer& l) {
   return l.shape(co_block, rows, split, 1);
 }
 
-// Eight channels of a pixel a thread (co_t = kDirectCoT): up to 64 channels of a group a
-// block, in multiples of 8 (fewer where their weights do not fit), and about four items of
-// eight channels a thread, in bands of equal rows.
+// Eight channels of four pixels of a column a thread (co_t = kDirectCoT, kDirectRowT
+// rows): up to 64 channels of a group a block, in multiples of 8 (fewer where their
+// weights do not fit), and about one item of eight channels x four rows a thread, in bands
+// of equal rows, a multiple of four.
 DirectShape channels_per_thread_shape(const DirectLayer& l) {
   int64_t co_block = std::min<int64_t>((l.cout_pg + kDirectCoT - 1) / kDirectCoT * kDirectCoT, 64);
-  while (co_block > kDirectCoT && l.smem(1, co_block) > kDirectMaxSmem) co_block -= kDirectCoT;
-  if (l.smem(1, co_block) > kDirectMaxSmem) return DirectShape{};
-  const int64_t rows_wanted = std::max<int64_t>(1, 4 * kDirectThreads / (co_block / kDirectCoT * l.OW));
-  const int64_t bands = (l.OH + rows_wanted - 1) / rows_wanted;
-  int64_t rows = (l.OH + bands - 1) / bands;
-  while (rows > 1 && l.smem(rows, co_block) > kDirectMaxSmem) rows = (rows + 1) / 2;
+  while (co_block > kDirectCoT && l.smem(kDirectRowT, co_block) > kDirectMaxSmem) co_block -= kDirectCoT;
+  if (l.smem(kDirectRowT, co_block) > kDirectMaxSmem) return DirectShape{};
+  const int64_t quads_wanted = std::max<int64_t>(1, kDirectThreads / (co_block / kDirectCoT * l.OW));
+  const int64_t bands = (l.OH + kDirectRowT * quads_wanted - 1) / (kDirectRowT * quads_wanted);
+  const int64_t rows_per_band = (l.OH + bands - 1) / bands;
+  int64_t rows = (rows_per_band + kDirectRowT - 1) / kDirectRowT * kDirectRowT;
+  while (rows > kDirectRowT && l.smem(rows, co_block) > kDirectMaxSmem) rows -= kDirectRowT;
   return l.shape(co_block, rows, 1, kDirectCoT);
 }
 

@@ -14,9 +14,10 @@
 //     neighbouring lanes share an output, each summing every split-th input channel, and
 //     add their sums by shuffles;
 //   - or, where a block has many outputs a thread (larger layers of few input channels),
-//     each thread computes eight output channels of one pixel at a time: a window value
-//     read once serves eight multiply-adds, their weights two 16-byte loads that every
-//     lane of the warp reads alike;
+//     each thread computes eight output channels of four pixels of one column at a time
+//     (docs/performance.md, v83-v84): a window value read once serves eight multiply-adds
+//     per pixel it is a tap of, a tap's eight weights (two 16-byte loads that every lane
+//     of the warp reads alike) the four pixels;
 //   - the epilogue (bias, relu, `other`) runs before the only store.
 #include <c10/cuda/CUDAException.h>
 
@@ -38,36 +39,87 @@ __device__ __forceinline__ float load_or_zero(const T* ptr, bool in) {
   else return __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(bits)));
 }
 
-static_assert(kDirectCoT == 8, "direct_pixel reads a pixel's weights as two float4s");
+static_assert(kDirectCoT == 8, "direct_tile reads a tap's weights as two float4s");
 
-// One pixel's kDirectCoT channels from group `grp` of the block's channels: the window
-// (at the pixel's first tap) times the weights staged [cpg x taps][co_block].
+// acc[r][j] += v[r] * the tap's weights of the thread's kDirectCoT channels (two float4s at wt).
+__device__ __forceinline__ void fma_tap(float (&acc)[kDirectRowT][kDirectCoT], const float (&v)[kDirectRowT],
+                                        const float4* wt) {
+  const float4 a = wt[0], b = wt[1];
+#pragma unroll
+  for (int r = 0; r < kDirectRowT; ++r) {
+    acc[r][0] = fmaf(v[r], a.x, acc[r][0]);
+    acc[r][1] = fmaf(v[r], a.y, acc[r][1]);
+    acc[r][2] = fmaf(v[r], a.z, acc[r][2]);
+    acc[r][3] = fmaf(v[r], a.w, acc[r][3]);
+    acc[r][4] = fmaf(v[r], b.x, acc[r][4]);
+    acc[r][5] = fmaf(v[r], b.y, acc[r][5]);
+    acc[r][6] = fmaf(v[r], b.z, acc[r][6]);
+    acc[r][7] = fmaf(v[r], b.w, acc[r][7]);
+  }
+}
+
+// kDirectRowT pixels of one column (output rows a stride_h apart in the window) times
+// kDirectCoT channels from group `grp` of the block's channels: the window at the first
+// pixel's first tap, the weights staged [cpg x taps][co_block]. A tap's weights serve the
+// column's pixels; with 3 x 3 taps a unit row stride and dilation, a column's window values
+// are read once for its three row taps.
 template <int K>
-__device__ __forceinline__ void direct_pixel(const ConvParams& p, const DirectShape& d, const float* in,
-                                             const float* w_s, int grp, float (&acc)[kDirectCoT]) {
+__device__ __forceinline__ void direct_tile(const ConvParams& p, const DirectShape& d, const float* in,
+                                            const float* w_s, int grp,
+                                            float (&acc)[kDirectRowT][kDirectCoT]) {
   const int KH = K > 0 ? K : p.taps / p.KW, KW = K > 0 ? K : p.KW;
-  const int row_step = p.dil_h * d.cols_in, vecs = d.co_block / 4;  // float4s a weight row
+  const int vecs = d.co_block / 4;  // float4s a weight row
   const float4* wq = reinterpret_cast<const float4*>(w_s) + grp * (kDirectCoT / 4);
 #pragma unroll
-  for (int j = 0; j < kDirectCoT; ++j) acc[j] = 0.f;
+  for (int r = 0; r < kDirectRowT; ++r)
+#pragma unroll
+    for (int j = 0; j < kDirectCoT; ++j) acc[r][j] = 0.f;
+  if constexpr (K > 0) {
+    if (p.stride_h == 1 && p.dil_h == 1) {
+      constexpr int kSpan = kDirectRowT + K - 1;  // window rows of the column
+      for (int c = 0; c < d.cpg; ++c, in += d.window_pitch, wq += p.taps * vecs) {
+#pragma unroll
+        for (int kx = 0; kx < KW; ++kx) {
+          float col[kSpan];
+#pragma unroll
+          for (int t = 0; t < kSpan; ++t) col[t] = in[t * d.cols_in + kx * p.dil_w];
+#pragma unroll
+          for (int ky = 0; ky < KH; ++ky) {
+            float v[kDirectRowT];
+#pragma unroll
+            for (int r = 0; r < kDirectRowT; ++r) v[r] = col[r + ky];
+            fma_tap(acc, v, wq + (ky * KW + kx) * vecs);
+          }
+        }
+      }
+      return;
+    }
+  }
+  const int row_step = p.dil_h * d.cols_in, pixel_step = p.stride_h * d.cols_in;
   for (int c = 0; c < d.cpg; ++c, in += d.window_pitch, wq += p.taps * vecs) {
 #pragma unroll
     for (int ky = 0; ky < KH; ++ky)
 #pragma unroll
       for (int kx = 0; kx < KW; ++kx) {
-        const float v = in[ky * row_step + kx * p.dil_w];
-        const float4* wt = wq + (ky * KW + kx) * vecs;
-        const float4 a = wt[0], b = wt[1];
-        acc[0] = fmaf(v, a.x, acc[0]);
-        acc[1] = fmaf(v, a.y, acc[1]);
-        acc[2] = fmaf(v, a.z, acc[2]);
-        acc[3] = fmaf(v, a.w, acc[3]);
-        acc[4] = fmaf(v, b.x, acc[4]);
-        acc[5] = fmaf(v, b.y, acc[5]);
-        acc[6] = fmaf(v, b.z, acc[6]);
-        acc[7] = fmaf(v, b.w, acc[7]);
+        float v[kDirectRowT];
+#pragma unroll
+        for (int r = 0; r < kDirectRowT; ++r) v[r] = in[r * pixel_step + ky * row_step + kx * p.dil_w];
+        fma_tap(acc, v, wq + (ky * KW + kx) * vecs);
       }
   }
+}
+
+// relu(acc + bias) + other for output (n, c, oy, ow), stored: the epilogue of both forms.
+template <typename T>
+__device__ __forceinline__ void store_fused(const ConvParams& p, int64_t n, int c, int oy, int ow, float acc,
+                                            float bias) {
+  const float other = load_other(p, n * p.o_sn + c * p.o_sc + oy * p.o_sh + ow * p.o_sw);
+  static_cast<T*>(p.out)[n * p.y_sn + c * p.y_sc + oy * p.y_sh + ow * p.y_sw] = from_float<T>(fused_value(acc, bias, other));
+}
+
+template <typename T>
+__device__ __forceinline__ float channel_bias(const ConvParams& p, int c) {
+  return p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
 }
 
 // K > 0: a K x K kernel, its taps unrolled; K == 0: sizes read at run time. CO: output
@@ -116,15 +168,14 @@ __global__ void __launch_bounds__(kDirectThreads, CO == 1 ? 0 : 2) direct_conv_k
   }
   __syncthreads();
 
-  T* out = static_cast<T*>(p.out);
-  const int pixels = min(d.rows, p.OH - oy0) * p.OW;
+  const int live_rows = min(d.rows, p.OH - oy0);
   if constexpr (CO == 1) {
     // Output q = base + tid / split of the block's n_co x pixels, channel-major; lane
     // `part` of its split sums input channels part, part + split, ... Every thread walks
     // the same bases (the shuffles need the whole warp).
     const int KH = K > 0 ? K : taps / p.KW, KW = K > 0 ? K : p.KW;
     const int row_step = p.dil_h * d.cols_in;
-    const int outputs = n_co * pixels;
+    const int pixels = live_rows * p.OW, outputs = n_co * pixels;
     const int part = tid & (d.split - 1), per_pass = kDirectThreads / d.split;
     for (int base = 0; base < outputs; base += per_pass) {
       const int q = base + tid / d.split;
@@ -143,30 +194,29 @@ __global__ void __launch_bounds__(kDirectThreads, CO == 1 ? 0 : 2) direct_conv_k
         }
       }
       for (int lanes = d.split / 2; lanes > 0; lanes /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, lanes);
-      if (live && part == 0) {
-        const int c = co0 + co, oy = oy0 + r;
-        const float b = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
-        const float other = load_other(p, n * p.o_sn + c * p.o_sc + oy * p.o_sh + ow * p.o_sw);
-        out[n * p.y_sn + c * p.y_sc + oy * p.y_sh + ow * p.y_sw] = from_float<T>(fused_value(acc, b, other));
-      }
+      if (live && part == 0) store_fused<T>(p, n, co0 + co, oy0 + r, ow, acc, channel_bias<T>(p, co0 + co));
     }
   } else {
     // Item i of the block's groups of CO channels (those with a channel of the group's
-    // n_co) x pixels, group-major: a warp's lanes take neighbouring pixels of one group.
-    const int items = (n_co + CO - 1) / CO * pixels;
+    // n_co) x columns of kDirectRowT rows (the band's rows in steps of kDirectRowT) x
+    // columns, group-major: a warp's lanes take neighbouring columns of one group, so that
+    // each of its stores writes a row's neighbouring pixels.
+    const int columns = (live_rows + kDirectRowT - 1) / kDirectRowT * p.OW;
+    const int items = (n_co + CO - 1) / CO * columns;
     for (int i = tid; i < items; i += kDirectThreads) {
-      const int grp = i / pixels, pix = i - grp * pixels;
-      const int r = pix / p.OW, ow = pix - r * p.OW, oy = oy0 + r;
-      float acc[CO];
-      direct_pixel<K>(p, d, window + r * p.stride_h * d.cols_in + ow * p.stride_w, w_s, grp, acc);
+      const int grp = i / columns, column = i - grp * columns;
+      const int quad = column / p.OW, ow = column - quad * p.OW, r0 = quad * kDirectRowT;
+      float acc[kDirectRowT][CO];
+      direct_tile<K>(p, d, window + r0 * p.stride_h * d.cols_in + ow * p.stride_w, w_s, grp, acc);
 #pragma unroll
       for (int j = 0; j < CO; ++j) {
         const int co = grp * CO + j;
         if (co < n_co) {
-          const int c = co0 + co;
-          const float b = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
-          const float other = load_other(p, n * p.o_sn + c * p.o_sc + oy * p.o_sh + ow * p.o_sw);
-          out[n * p.y_sn + c * p.y_sc + oy * p.y_sh + ow * p.y_sw] = from_float<T>(fused_value(acc[j], b, other));
+          const float b = channel_bias<T>(p, co0 + co);
+#pragma unroll
+          for (int r = 0; r < kDirectRowT; ++r) {
+            if (r0 + r < live_rows) store_fused<T>(p, n, co0 + co, oy0 + r0 + r, ow, acc[r][j], b);
+          }
         }
       }
     }

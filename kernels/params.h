@@ -285,11 +285,12 @@ inline int depthwise_cl_smem_bytes(const DepthwiseClShape& d, int taps) {
 // floats (at most kDirectMaxSmem bytes). A thread computes one output at a time
 // (co_t = 1), `split` neighbouring lanes sharing it, each summing every split-th input
 // channel; or, where a block has many outputs a thread (co_t = kDirectCoT), kDirectCoT
-// output channels of one pixel at a time, reading their weights as two 16-byte vectors
-// that every lane of a warp reads alike.
+// output channels of kDirectRowT pixels of one column at a time, reading a tap's weights
+// as two 16-byte vectors that every lane of a warp reads alike.
 constexpr int kDirectThreads = 256;
 constexpr int kDirectMaxSmem = 48 * 1024;
 constexpr int kDirectCoT = 8;
+constexpr int kDirectRowT = 4;
 
 struct DirectShape {
   int cpg;           // input channels per group
@@ -304,7 +305,7 @@ struct DirectShape {
                      // read distinct banks)
   int co_t;          // output channels a thread computes at a time: 1 or kDirectCoT (then
                      // co_block is a multiple of it, the weights staged [cpg x taps][co_block],
-                     // zero past the group's channels)
+                     // zero past the group's channels, and rows a multiple of kDirectRowT)
 };
 
 constexpr int64_t direct_window_pitch(int64_t rows_in, int64_t cols_in) { return rows_in * cols_in | 1; }

@@ -112,9 +112,11 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
         case(1, 8, 13, 11, 12, 5, 2, 1, 2, dtype, cl, True, "chan", groups=2)
         case(3, 64, 4, 4, 16, 3, 1, 0, 1, dtype, cl, True, "scalar")
         case(2, 16, 16, 16, 16, 3, 1, 1, 1, dtype, cl, True, "full", groups=16)
-        # eight channels a thread (past 2^17 outputs): 3x3 and 5x5 taps, a partial group of
-        # channels, two channel blocks, two groups
+        # eight channels of four rows a thread (past 2^17 outputs): 3x3 and 5x5 taps, a
+        # partial group of channels, a band's last rows not a multiple of four, two channel
+        # blocks, two groups
         case(4, 3, 64, 64, 12, 3, 1, 1, 1, dtype, cl, True, "full")
+        case(4, 3, 63, 50, 16, 3, 1, 0, 1, dtype, cl, True, "chan")
         case(3, 4, 60, 50, 80, 5, 2, 2, 1, dtype, cl, True, "chan")
         case(2, 6, 48, 48, 32, 3, 1, 1, 2, dtype, cl, True, "scalar", groups=2)
 torch.cuda.synchronize()

@@ -676,12 +676,15 @@ def test_direct_kernel_runs_where_its_rule_says(cfg, direct, monkeypatch):
 
 
 # (N, C, H, W, Cout, KH, KW, stride, padding, dilation, groups): more than 2^17 outputs and
-# 8 or more output channels a group, where the direct kernel computes eight channels of a
-# pixel a thread
+# 8 or more output channels a group, where the direct kernel computes eight channels of four
+# rows a thread
 EIGHT_CHANNEL_CONFIGS = [
-    (16, 3, 32, 32, 16, 3, 3, 1, 0, 1, 1),  # the KernelBench problem's layer, 16 images
+    # the KernelBench problem's layer, 16 images (a band's last rows not a multiple of four)
+    (16, 3, 32, 32, 16, 3, 3, 1, 0, 1, 1),
     (4, 3, 64, 64, 12, 3, 3, 1, 1, 1, 1),  # channels past a multiple of 8
     (4, 8, 40, 44, 80, 3, 3, 2, 1, 1, 1),  # two channel blocks (64 and 16), stride 2
+    (8, 3, 36, 36, 16, 3, 3, 1, 2, 2, 1),  # 3x3 taps with a row dilation
+    (24, 5, 33, 47, 8, 3, 3, (1, 2), 1, (1, 3), 1),  # column stride and dilation
     (10, 4, 50, 30, 24, 5, 3, (1, 2), (2, 1), (2, 1), 1),  # taps at run time, dilation
     (1, 3, 150, 140, 32, 3, 3, 1, 1, 1, 1),  # several bands of rows
     (2, 6, 48, 48, 32, 3, 3, 1, 1, 1, 2),  # two groups of 16 channels
