@@ -39,6 +39,43 @@ __device__ __forceinline__ float load_or_zero(const T* ptr, bool in) {
   else return __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(bits)));
 }
 
+// The window of the group's cpg channels (rows_in x cols_in each, window_pitch apart),
+// zero in the padding, from x at the group's first channel: an element a thread at a time
+// (windows of a few columns), every load of a thread issued before the first lands
+// (unrolled: the loads do not wait on the shared stores between them).
+template <typename T>
+__device__ __forceinline__ void stage_window_elements(const ConvParams& p, const DirectShape& d, const T* x,
+                                                      int iy0, float* window) {
+  const int window_floats = d.rows_in * d.cols_in;
+#pragma unroll 8
+  for (int i = threadIdx.x; i < d.cpg * window_floats; i += kDirectThreads) {
+    const int c = i / window_floats, rc = i - c * window_floats;
+    const int r = rc / d.cols_in, iy = iy0 + r, ix = rc - r * d.cols_in - p.pad_w;
+    const bool in = static_cast<unsigned>(iy) < static_cast<unsigned>(p.H) &&
+                    static_cast<unsigned>(ix) < static_cast<unsigned>(p.W);
+    window[c * d.window_pitch + rc] = load_or_zero(x + (c * p.x_sc + iy * p.x_sh + ix * p.x_sw), in);
+  }
+}
+
+// The same a row at a time, a warp's lanes along the row: one division a row, none an
+// element (wide windows).
+template <typename T>
+__device__ __forceinline__ void stage_window_rows(const ConvParams& p, const DirectShape& d, const T* x, int iy0,
+                                                  float* window) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll 4
+  for (int row = threadIdx.x / 32; row < d.cpg * d.rows_in; row += kDirectThreads / 32) {
+    const int c = row / d.rows_in, r = row - c * d.rows_in, iy = iy0 + r;
+    const bool row_in = static_cast<unsigned>(iy) < static_cast<unsigned>(p.H);
+    const T* src = x + (c * p.x_sc + iy * p.x_sh);
+    float* dst = window + c * d.window_pitch + r * d.cols_in;
+    for (int col = lane; col < d.cols_in; col += 32) {
+      const int ix = col - p.pad_w;
+      dst[col] = load_or_zero(src + ix * p.x_sw, row_in && static_cast<unsigned>(ix) < static_cast<unsigned>(p.W));
+    }
+  }
+}
+
 static_assert(kDirectCoT == 8, "direct_tile reads a tap's weights as two float4s");
 
 // acc[r][j] += v[r] * the tap's weights of the thread's kDirectCoT channels (two float4s at wt).
@@ -109,7 +146,7 @@ __device__ __forceinline__ void direct_tile(const ConvParams& p, const DirectSha
   }
 }
 
-// relu(acc + bias) + other for output (n, c, oy, ow), stored: the epilogue of both forms.
+// relu(acc + bias) + other for output (n, c, oy, ow), stored: the epilogue of one output.
 template <typename T>
 __device__ __forceinline__ void store_fused(const ConvParams& p, int64_t n, int c, int oy, int ow, float acc,
                                             float bias) {
@@ -122,6 +159,25 @@ __device__ __forceinline__ float channel_bias(const ConvParams& p, int c) {
   return p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
 }
 
+// The epilogue of a thread's tile (direct_tile): channels c0 ... c0 + channels - 1 of rows
+// oy ... oy + rows - 1 at column ow, their addresses stepped from the first output's.
+template <typename T>
+__device__ __forceinline__ void store_tile(const ConvParams& p, int64_t n, int c0, int oy, int ow,
+                                           const float (&acc)[kDirectRowT][kDirectCoT], int channels, int rows) {
+  T* y = static_cast<T*>(p.out) + (n * p.y_sn + c0 * p.y_sc + oy * p.y_sh + ow * p.y_sw);
+  int64_t o = n * p.o_sn + c0 * p.o_sc + oy * p.o_sh + ow * p.o_sw;
+#pragma unroll
+  for (int j = 0; j < kDirectCoT; ++j, y += p.y_sc, o += p.o_sc) {
+    if (j < channels) {
+      const float b = channel_bias<T>(p, c0 + j);
+#pragma unroll
+      for (int r = 0; r < kDirectRowT; ++r) {
+        if (r < rows) y[r * p.y_sh] = from_float<T>(fused_value(acc[r][j], b, load_other(p, o + r * p.o_sh)));
+      }
+    }
+  }
+}
+
 // K > 0: a K x K kernel, its taps unrolled; K == 0: sizes read at run time. CO: output
 // channels a thread computes at a time (d.co_t: 1 or kDirectCoT).
 // (The eight-channel form asks for two blocks an SM: without a minimum ptxas holds it to
@@ -130,7 +186,7 @@ template <typename T, int K, int CO>
 __global__ void __launch_bounds__(kDirectThreads, CO == 1 ? 0 : 2) direct_conv_kernel(const ConvParams p, const DirectShape d) {
   extern __shared__ float smem[];
   const int tid = threadIdx.x;
-  const int taps = p.taps, wk = d.cpg * taps, window_floats = d.rows_in * d.cols_in;
+  const int taps = p.taps, wk = d.cpg * taps;
   float* window = smem;                                                // [cpg][window_pitch]: [rows_in][cols_in]
   float* w_s = smem + direct_weights_offset(d.cpg, d.window_pitch);  // CO = 1: [co_block][cpg][taps]
 
@@ -143,17 +199,9 @@ __global__ void __launch_bounds__(kDirectThreads, CO == 1 ? 0 : 2) direct_conv_k
   const int co0 = g * cout_pg + cb * d.co_block, n_co = min(d.co_block, cout_pg - cb * d.co_block);
   const int oy0 = band * d.rows, iy0 = oy0 * p.stride_h - p.pad_h;
 
-  // Every load of the stage issued before the first lands (unrolled: the loads do not wait
-  // on the shared stores between them).
   const T* x = static_cast<const T*>(p.x) + n * p.x_sn + static_cast<int64_t>(g) * d.cpg * p.x_sc;
-#pragma unroll 8
-  for (int i = tid; i < d.cpg * window_floats; i += kDirectThreads) {
-    const int c = i / window_floats, rc = i - c * window_floats;
-    const int r = rc / d.cols_in, iy = iy0 + r, ix = rc - r * d.cols_in - p.pad_w;
-    const bool in = static_cast<unsigned>(iy) < static_cast<unsigned>(p.H) &&
-                    static_cast<unsigned>(ix) < static_cast<unsigned>(p.W);
-    window[c * d.window_pitch + rc] = load_or_zero(x + (c * p.x_sc + iy * p.x_sh + ix * p.x_sw), in);
-  }
+  if constexpr (CO == 1) stage_window_elements(p, d, x, iy0, window);
+  else stage_window_rows(p, d, x, iy0, window);
   const T* w = static_cast<const T*>(p.wprep) + static_cast<int64_t>(co0) * wk;  // (Cout, cpg, KH, KW)
   if constexpr (CO == 1) {
 #pragma unroll 8
@@ -208,17 +256,7 @@ __global__ void __launch_bounds__(kDirectThreads, CO == 1 ? 0 : 2) direct_conv_k
       const int quad = column / p.OW, ow = column - quad * p.OW, r0 = quad * kDirectRowT;
       float acc[kDirectRowT][CO];
       direct_tile<K>(p, d, window + r0 * p.stride_h * d.cols_in + ow * p.stride_w, w_s, grp, acc);
-#pragma unroll
-      for (int j = 0; j < CO; ++j) {
-        const int co = grp * CO + j;
-        if (co < n_co) {
-          const float b = channel_bias<T>(p, co0 + co);
-#pragma unroll
-          for (int r = 0; r < kDirectRowT; ++r) {
-            if (r0 + r < live_rows) store_fused<T>(p, n, co0 + co, oy0 + r0 + r, ow, acc[r][j], b);
-          }
-        }
-      }
+      store_tile<T>(p, n, co0 + grp * CO, oy0 + r0, ow, acc, min(CO, n_co - grp * CO), min(kDirectRowT, live_rows - r0));
     }
   }
 }
