@@ -649,6 +649,11 @@ struct DirectLayer {
     d.cols_in = static_cast<int>(cols_in);
     d.window_pitch = static_cast<int>(direct_window_pitch(d.rows_in, cols_in));
     d.co_t = co_t;
+    if (co_t == kDirectCoT) {
+      d.window_rows = fast_div(static_cast<uint32_t>(d.rows_in));
+      d.tile_columns = fast_div(static_cast<uint32_t>(rows / kDirectRowT * OW));
+      d.out_cols = fast_div(static_cast<uint32_t>(OW));
+    }
     return d;
   }
 };

@@ -129,17 +129,40 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
   return __float2bfloat16_rn(v);
 }
 
-// `other` at element offset `off`, or the number. Plain loads: __ldg is inline asm without
-// side effects, which the compiler may hoist above the kind's test and so read through a
-// null `other`.
-__device__ __forceinline__ float load_other(const ConvParams& p, int64_t off) {
+// Calls f with a null pointer to `other`'s element type (const void* where `other` is a
+// number), so that a loop over many outputs can test the kind once (other_tag_t, other_at).
+template <typename F>
+__device__ __forceinline__ decltype(auto) with_other_type(const ConvParams& p, F&& f) {
   switch (p.other_kind) {
-    case kOtherF32: return static_cast<const float*>(p.other)[off];
-    case kOtherF16: return __half2float(static_cast<const __half*>(p.other)[off]);
-    case kOtherBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p.other)[off]);
-    case kOtherF64: return static_cast<float>(static_cast<const double*>(p.other)[off]);
-    default: return p.other_scalar;
+    case kOtherF32: return f(static_cast<const float*>(nullptr));
+    case kOtherF16: return f(static_cast<const __half*>(nullptr));
+    case kOtherBF16: return f(static_cast<const __nv_bfloat16*>(nullptr));
+    case kOtherF64: return f(static_cast<const double*>(nullptr));
+    default: return f(static_cast<const void*>(nullptr));
   }
+}
+
+// The element type that with_other_type's pointer `Tag` points to.
+template <typename Tag>
+using other_tag_t = std::remove_const_t<std::remove_pointer_t<Tag>>;
+
+// `other` of element type O at element offset `off`, or the number (O = void). Plain
+// loads: __ldg is inline asm without side effects, which the compiler may hoist above the
+// kind's test and so read through a null `other`.
+template <typename O>
+__device__ __forceinline__ float other_at(const ConvParams& p, int64_t off) {
+  if constexpr (std::is_void_v<O>) {
+    return p.other_scalar;
+  } else if constexpr (std::is_same_v<O, float> || std::is_same_v<O, double>) {
+    return static_cast<float>(static_cast<const O*>(p.other)[off]);
+  } else {
+    return to_float(static_cast<const O*>(p.other)[off]);
+  }
+}
+
+// `other` at element offset `off`, or the number.
+__device__ __forceinline__ float load_other(const ConvParams& p, int64_t off) {
+  return with_other_type(p, [&](auto tag) { return other_at<other_tag_t<decltype(tag)>>(p, off); });
 }
 
 // relu(acc + bias) + other: NaN propagates (only v < 0 becomes 0, as in torch.relu), by

@@ -57,18 +57,19 @@ __device__ __forceinline__ void stage_window_elements(const ConvParams& p, const
   }
 }
 
-// The same a row at a time, a warp's lanes along the row: one division a row, none an
-// element (wide windows).
+// The same a row at a time, a warp's lanes along the row: a multiply-high a row for its
+// channel and row, no division (wide windows).
 template <typename T>
 __device__ __forceinline__ void stage_window_rows(const ConvParams& p, const DirectShape& d, const T* x, int iy0,
                                                   float* window) {
   const int lane = threadIdx.x % 32;
 #pragma unroll 4
   for (int row = threadIdx.x / 32; row < d.cpg * d.rows_in; row += kDirectThreads / 32) {
-    const int c = row / d.rows_in, r = row - c * d.rows_in, iy = iy0 + r;
+    const QuotRem cr = divmod(row, d.window_rows);
+    const int c = cr.q, iy = iy0 + cr.r;
     const bool row_in = static_cast<unsigned>(iy) < static_cast<unsigned>(p.H);
     const T* src = x + (c * p.x_sc + iy * p.x_sh);
-    float* dst = window + c * d.window_pitch + r * d.cols_in;
+    float* dst = window + c * d.window_pitch + cr.r * d.cols_in;
     for (int col = lane; col < d.cols_in; col += 32) {
       const int ix = col - p.pad_w;
       dst[col] = load_or_zero(src + ix * p.x_sw, row_in && static_cast<unsigned>(ix) < static_cast<unsigned>(p.W));
@@ -160,22 +161,28 @@ __device__ __forceinline__ float channel_bias(const ConvParams& p, int c) {
 }
 
 // The epilogue of a thread's tile (direct_tile): channels c0 ... c0 + channels - 1 of rows
-// oy ... oy + rows - 1 at column ow, their addresses stepped from the first output's.
+// oy ... oy + rows - 1 at column ow, their addresses stepped from the first output's, the
+// kind of `other` tested once.
 template <typename T>
 __device__ __forceinline__ void store_tile(const ConvParams& p, int64_t n, int c0, int oy, int ow,
                                            const float (&acc)[kDirectRowT][kDirectCoT], int channels, int rows) {
-  T* y = static_cast<T*>(p.out) + (n * p.y_sn + c0 * p.y_sc + oy * p.y_sh + ow * p.y_sw);
-  int64_t o = n * p.o_sn + c0 * p.o_sc + oy * p.o_sh + ow * p.o_sw;
+  with_other_type(p, [&](auto tag) {
+    T* y = static_cast<T*>(p.out) + (n * p.y_sn + c0 * p.y_sc + oy * p.y_sh + ow * p.y_sw);
+    int64_t o = n * p.o_sn + c0 * p.o_sc + oy * p.o_sh + ow * p.o_sw;
 #pragma unroll
-  for (int j = 0; j < kDirectCoT; ++j, y += p.y_sc, o += p.o_sc) {
-    if (j < channels) {
-      const float b = channel_bias<T>(p, c0 + j);
+    for (int j = 0; j < kDirectCoT; ++j, y += p.y_sc, o += p.o_sc) {
+      if (j < channels) {
+        const float b = channel_bias<T>(p, c0 + j);
 #pragma unroll
-      for (int r = 0; r < kDirectRowT; ++r) {
-        if (r < rows) y[r * p.y_sh] = from_float<T>(fused_value(acc[r][j], b, load_other(p, o + r * p.o_sh)));
+        for (int r = 0; r < kDirectRowT; ++r) {
+          if (r < rows) {
+            const float other = other_at<other_tag_t<decltype(tag)>>(p, o + r * p.o_sh);
+            y[r * p.y_sh] = from_float<T>(fused_value(acc[r][j], b, other));
+          }
+        }
       }
     }
-  }
+  });
 }
 
 // K > 0: a K x K kernel, its taps unrolled; K == 0: sizes read at run time. CO: output
@@ -246,14 +253,14 @@ __global__ void __launch_bounds__(kDirectThreads, CO == 1 ? 0 : 2) direct_conv_k
     }
   } else {
     // Item i of the block's groups of CO channels (those with a channel of the group's
-    // n_co) x columns of kDirectRowT rows (the band's rows in steps of kDirectRowT) x
-    // columns, group-major: a warp's lanes take neighbouring columns of one group, so that
-    // each of its stores writes a row's neighbouring pixels.
-    const int columns = (live_rows + kDirectRowT - 1) / kDirectRowT * p.OW;
-    const int items = (n_co + CO - 1) / CO * columns;
+    // n_co) x quads of kDirectRowT rows x columns, group-major: a warp's lanes take
+    // neighbouring columns of one group, so that each of its stores writes a row's
+    // neighbouring pixels. Quads past the band's last row (the image's last band) are idle.
+    const int items = (n_co + CO - 1) / CO * static_cast<int>(d.tile_columns.d);
     for (int i = tid; i < items; i += kDirectThreads) {
-      const int grp = i / columns, column = i - grp * columns;
-      const int quad = column / p.OW, ow = column - quad * p.OW, r0 = quad * kDirectRowT;
+      const QuotRem gc = divmod(i, d.tile_columns), qc = divmod(gc.r, d.out_cols);
+      const int grp = gc.q, ow = qc.r, r0 = qc.q * kDirectRowT;
+      if (r0 >= live_rows) continue;
       float acc[kDirectRowT][CO];
       direct_tile<K>(p, d, window + r0 * p.stride_h * d.cols_in + ow * p.stride_w, w_s, grp, acc);
       store_tile<T>(p, n, co0 + grp * CO, oy0 + r0, ow, acc, min(CO, n_co - grp * CO), min(kDirectRowT, live_rows - r0));

@@ -306,6 +306,9 @@ struct DirectShape {
   int co_t;          // output channels a thread computes at a time: 1 or kDirectCoT (then
                      // co_block is a multiple of it, the weights staged [cpg x taps][co_block],
                      // zero past the group's channels, and rows a multiple of kDirectRowT)
+  // co_t = kDirectCoT: the divisors of a staged row's index (rows_in: its channel and row)
+  // and of an item's (rows / kDirectRowT x OW: its channel group; OW: its rows and column)
+  FastDiv window_rows, tile_columns, out_cols;
 };
 
 constexpr int64_t direct_window_pitch(int64_t rows_in, int64_t cols_in) { return rows_in * cols_in | 1; }
