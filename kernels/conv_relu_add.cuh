@@ -165,6 +165,12 @@ __device__ __forceinline__ float load_other(const ConvParams& p, int64_t off) {
   return with_other_type(p, [&](auto tag) { return other_at<other_tag_t<decltype(tag)>>(p, off); });
 }
 
+// The bias of output channel c as a float (0 without a bias).
+template <typename T>
+__device__ __forceinline__ float channel_bias(const ConvParams& p, int c) {
+  return p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
+}
+
 // relu(acc + bias) + other: NaN propagates (only v < 0 becomes 0, as in torch.relu), by
 // max.NaN (sm_80): one instruction where a compare and a select would be two.
 __device__ __forceinline__ float fused_value(float acc, float bias, float other) {

@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(kDwThreads, CO == 1 && KH == 3 && S == 1 ? 8 :
   for (int co = 0; co < CO; ++co) {
     if (co >= n_co) break;
     const int c = co0 + co;
-    const float b = p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
+    const float b = channel_bias<T>(p, c);
     int64_t o = n * p.o_sn + c * p.o_sc + oy * p.o_sh + ox * p.o_sw;
     T* y = out + (n * p.y_sn + c * p.y_sc + oy * p.y_sh + ox * p.y_sw);
     float other = load_other(p, o);  // once per column where it does not vary by row

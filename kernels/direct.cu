@@ -155,11 +155,6 @@ __device__ __forceinline__ void store_fused(const ConvParams& p, int64_t n, int 
   static_cast<T*>(p.out)[n * p.y_sn + c * p.y_sc + oy * p.y_sh + ow * p.y_sw] = from_float<T>(fused_value(acc, bias, other));
 }
 
-template <typename T>
-__device__ __forceinline__ float channel_bias(const ConvParams& p, int c) {
-  return p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
-}
-
 // The epilogue of a thread's tile (direct_tile): channels c0 ... c0 + channels - 1 of rows
 // oy ... oy + rows - 1 at column ow, their addresses stepped from the first output's, the
 // kind of `other` tested once.

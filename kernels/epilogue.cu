@@ -12,30 +12,13 @@
 namespace fx_fuse {
 namespace {
 
-// Division by a fixed divisor d in [1, 2^31) of numbers below 2^31 with a multiply-high and
-// a shift (the divisor's magic number computed on the host).
-struct FastDiv {
-  uint32_t d, magic, shift;
-  explicit FastDiv(uint32_t divisor) : d(divisor), shift(0) {
-    while (shift < 32 && (1ull << shift) < divisor) ++shift;
-    magic = static_cast<uint32_t>(((1ull << 32) * ((1ull << shift) - divisor)) / divisor + 1);
-  }
-  __device__ __forceinline__ uint32_t div(uint32_t n) const {
-    return (__umulhi(n, magic) + n) >> shift;
-  }
-};
-
-// The pass's sizes: per image, Cout channels of plane = OH * OW pixels (< 2^31 elements).
+// The pass's sizes: per image, Cout channels of plane = OH * OW pixels (< 2^31 elements),
+// the divisors by FastDiv (params.h).
 struct EpilogueShape {
   FastDiv plane, ow, cout;
   uint32_t per_image;
   int64_t images;
 };
-
-template <typename T>
-__device__ __forceinline__ float channel_bias(const ConvParams& p, int c) {
-  return p.bias != nullptr ? to_float(static_cast<const T*>(p.bias)[c]) : 0.f;
-}
 
 // p.x: y (N, Cout, OH, OW) with strides x_s*; p.out with strides y_s* (may be y itself:
 // each element is read and written by one thread); p.bias ([Cout] or null) and p.other as
@@ -51,13 +34,16 @@ __global__ void conv_epilogue_kernel(const ConvParams p, const EpilogueShape s,
          r += gridDim.x * blockDim.x) {
       uint32_t c, pixel;
       if (channels_last) {
-        pixel = s.cout.div(r);
-        c = r - pixel * s.cout.d;
+        const QuotRem pc = divmod(r, s.cout);
+        pixel = pc.q;
+        c = pc.r;
       } else {
-        c = s.plane.div(r);
-        pixel = r - c * s.plane.d;
+        const QuotRem cp = divmod(r, s.plane);
+        c = cp.q;
+        pixel = cp.r;
       }
-      const uint32_t h = s.ow.div(pixel), w = pixel - h * s.ow.d;
+      const QuotRem hw = divmod(pixel, s.ow);
+      const uint32_t h = hw.q, w = hw.r;
       const float v = to_float(y[n * p.x_sn + c * p.x_sc + h * p.x_sh + w * p.x_sw]);
       const float o = load_other(p, n * p.o_sn + c * p.o_sc + h * p.o_sh + w * p.o_sw);
       out[n * p.y_sn + c * p.y_sc + h * p.y_sh + w * p.y_sw] =
@@ -79,16 +65,16 @@ __global__ void conv_epilogue_vec_kernel(const ConvParams p, const FastDiv per_c
   for (uint32_t g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
     uint4 v = y[g];
     T* e = reinterpret_cast<T*>(&v);
-    const uint32_t q = per_channel.div(g);
+    const QuotRem q = divmod(g, per_channel);
     if constexpr (CL) {
-      const int c0 = static_cast<int>(g - q * per_channel.d) * VEC;
+      const int c0 = static_cast<int>(q.r) * VEC;
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const int c = c0 + i;
         e[i] = from_float<T>(fused_value(to_float(e[i]), channel_bias<T>(p, c), load_other(p, c * p.o_sc)));
       }
     } else {
-      const int c = static_cast<int>(q - cout.div(q) * cout.d);
+      const int c = static_cast<int>(divmod(q.q, cout).r);
       const float b = channel_bias<T>(p, c), o = load_other(p, c * p.o_sc);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) e[i] = from_float<T>(fused_value(to_float(e[i]), b, o));
@@ -104,18 +90,18 @@ void launch_epilogue_t(const ConvParams& p, bool channels_last, bool vector, cud
   if (vector) {
     constexpr int VEC = 16 / sizeof(T);
     const uint32_t groups = static_cast<uint32_t>(p.M * p.Cout / VEC);
-    const FastDiv per_channel(channels_last ? p.Cout / VEC : plane / VEC);
+    const FastDiv per_channel = fast_div(channels_last ? p.Cout / VEC : plane / VEC);
     const uint32_t blocks = (groups + threads - 1) / threads;
     const unsigned grid = blocks < 8192 ? blocks : 8192;
     if (channels_last) {
-      conv_epilogue_vec_kernel<T, true><<<grid, threads, 0, stream>>>(p, per_channel, FastDiv(p.Cout), groups);
+      conv_epilogue_vec_kernel<T, true><<<grid, threads, 0, stream>>>(p, per_channel, fast_div(p.Cout), groups);
     } else {
-      conv_epilogue_vec_kernel<T, false><<<grid, threads, 0, stream>>>(p, per_channel, FastDiv(p.Cout), groups);
+      conv_epilogue_vec_kernel<T, false><<<grid, threads, 0, stream>>>(p, per_channel, fast_div(p.Cout), groups);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  const EpilogueShape s{FastDiv(plane), FastDiv(p.OW), FastDiv(p.Cout), plane * p.Cout,
+  const EpilogueShape s{fast_div(plane), fast_div(p.OW), fast_div(p.Cout), plane * p.Cout,
                         p.M / plane};
   const int64_t x_blocks = (s.per_image + threads - 1) / threads;
   const dim3 grid(static_cast<unsigned>(x_blocks < 4096 ? x_blocks : 4096),
