@@ -714,6 +714,19 @@ def test_direct_kernel_eight_channels_a_thread(cfg, policy, layout, kernel_path)
     assert_close64(out, ref, policy, rounding_scale64(x, w, stride, padding, dilation, groups))
 
 
+@pytest.mark.parametrize("policy", ["tf32", "fp16"])
+@pytest.mark.parametrize("kind", OTHER_KINDS)
+def test_direct_kernel_eight_channels_every_kind_of_other(kind, policy, kernel_path):
+    """The eight-channel form's epilogue tests the kind of `other` once a tile, then runs
+    its outputs with the element type known: every kind right (a band's last rows not a
+    multiple of four), and on every path."""
+    dtype = set_policy(policy)
+    args = make((8, 3, 34, 37, 16, 3, 3, 1, 0, 1), dtype)  # 143 K outputs
+    kernels = _kernels_run(lambda: assert_other_kind_matches(args, kind, dtype, policy))
+    if kernel_path == "direct":
+        assert re.search(r"direct_conv_kernel<[^>]*, 8>", kernels), kernels
+
+
 def test_plans_are_remembered_per_signature(monkeypatch):
     """The planner runs once per call signature: again for a new shape or a changed switch,
     not for new data of the same signature."""
