@@ -337,7 +337,7 @@ def _depthwise_pays(out_shape, taps: int, cpg: int, channels_last: bool) -> bool
 
 
 def _direct_pays(
-    macs: int, outputs: int, groups: int, cout: int, channels_last: bool
+    macs: int, outputs: int, groups: int, cout: int, channels_last: bool, strided: bool
 ) -> bool:
     """The size rule for the direct kernel (one launch on the CUDA cores, the weights read
     as they are): dense convolutions of at most 2^23 multiply-adds and 2^17 output
@@ -354,20 +354,28 @@ def _direct_pays(
     their kernels: the direct kernel lost to cuDNN's grouped convolution on the one small
     depthwise layer measured (256 channels at 7 px, batch 8: 10.0 / 4.2).
 
-    Larger NCHW layers of few input and output channels (K = C_in x taps <= 72, at most 16
-    output channels, 2^20 outputs or more) take it too: past 2^17 outputs it computes eight
-    channels of a pixel a thread, where the tensor-core kernels spend 128-channel tiles and
-    32-deep K slices on 16 channels. Measured on the H200 (docs/performance.md, v83), GPU
-    us, direct / the fastest other path: 3 -> 16 channels at 32 px, 128 images (the
-    KernelBench layer, 1.8 M outputs) 16 / 20 (bf16 16 / 22), at 64 px 70 / 77; 8 -> 16
-    channels at 32 px 25 / 35. Not with 32 images (0.46 M outputs: 13 / 7, too few blocks),
-    32 or 64 output channels (31 / 23, 61 / 24), channels-last input (29 / 20: the window's
-    loads are gathers) or the 3 -> 32 stride-2 stem at 224 px (116 / 64)."""
+    Larger NCHW layers of few input and output channels take it too (stride 1, at most 32
+    output channels, K = C_in x taps times the output channels at most 1152, 2^20 outputs
+    or more): past 2^17 outputs it computes eight channels of four pixels a thread, where
+    the tensor-core kernels spend 128-channel tiles and 32-deep K slices on a few channels.
+    Its time follows the multiply-adds (K x channels a pixel), theirs the pixels. Measured
+    on the H200 (docs/performance.md, v84c), GPU us, direct / the fastest other path, 128
+    images: 3 -> 16 channels at 32 px (the KernelBench layer) 10.3 / 19.8 (bf16 9.8 /
+    22.4), at 64 px 38 / 77; 3 -> 32 at 32 px 16.8 / 23.0; 8 -> 16 at 32 px (K x channels
+    1152) 18.6 / 34.7. Not with 32 images (0.46 M outputs: 7.4 / 7.3), 64 output channels
+    (K x channels 1728: 32.4 / 24.6), channels-last input (28.3 / 19.6: the window's loads
+    and the stores are gathers) or the 3 -> 32 stride-2 stem at 224 px (69.9 / 64.4)."""
     if groups != 1:
         return False
     if macs <= 1 << 23 and outputs <= 1 << 17:
         return True
-    return not channels_last and cout <= 16 and macs <= 72 * outputs and outputs >= 1 << 20
+    return (
+        not channels_last
+        and not strided
+        and cout <= 32
+        and macs * cout <= 1152 * outputs
+        and outputs >= 1 << 20
+    )
 
 
 def _direct_runs(x: Tensor, weight: Tensor, stride, padding, dilation) -> bool:
@@ -470,7 +478,8 @@ def plan(input, weight, bias, other, stride, padding, dilation, groups):
     outputs = math.prod(out_shape)
     macs = outputs * math.prod(weight.shape[1:])
     channels_last = x_format == torch.channels_last
-    direct = _direct_pays(macs, outputs, groups, weight.shape[0], channels_last) and (
+    strided = any(s > 1 for s in stride)
+    direct = _direct_pays(macs, outputs, groups, weight.shape[0], channels_last, strided) and (
         _direct_runs(x, weight, stride, padding, dilation)
     )
     patch_runs = (

@@ -278,21 +278,29 @@ def test_path_choice(
 
 def test_direct_kernel_size_rule():
     # dense convolutions of at most 2^23 multiply-adds and 2^17 outputs, in either layout
-    for cl in (False, True):
-        assert _cuda._direct_pays(16 * 16 * 16 * 144, 16 * 16 * 16, 1, 16, cl)  # one 16 px image
-        assert _cuda._direct_pays(1 << 23, 1 << 17, 1, 64, cl)
-        assert not _cuda._direct_pays((1 << 23) + 1, 1 << 10, 1, 64, cl)
-        assert not _cuda._direct_pays(1 << 20, (1 << 17) + 1, 1, 64, cl)
-        assert not _cuda._direct_pays(1 << 10, 1 << 10, 2, 64, cl)  # grouped: depthwise or cuDNN
-    # NCHW layers of K <= 72, at most 16 output channels and 2^20 outputs or more
+    # and at any stride
+    for cl, strided in ((False, False), (True, False), (False, True)):
+        assert _cuda._direct_pays(16 * 16 * 16 * 144, 16 * 16 * 16, 1, 16, cl, strided)  # 16 px
+        assert _cuda._direct_pays(1 << 23, 1 << 17, 1, 64, cl, strided)
+        assert not _cuda._direct_pays((1 << 23) + 1, 1 << 10, 1, 64, cl, strided)
+        assert not _cuda._direct_pays(1 << 20, (1 << 17) + 1, 1, 64, cl, strided)
+        # grouped: the depthwise kernels or cuDNN
+        assert not _cuda._direct_pays(1 << 10, 1 << 10, 2, 64, cl, strided)
+    # NCHW stride-1 layers of at most 32 output channels, K x channels <= 1152 and 2^20
+    # outputs or more
     kernelbench = 128 * 16 * 30 * 30  # outputs of 3 -> 16 channels at 32 px, 128 images
-    assert _cuda._direct_pays(kernelbench * 27, kernelbench, 1, 16, False)
-    assert _cuda._direct_pays((1 << 30) * 72, 1 << 30, 1, 16, False)
-    assert not _cuda._direct_pays(kernelbench * 27, kernelbench, 1, 16, True)  # channels-last
-    assert not _cuda._direct_pays(kernelbench * 73, kernelbench, 1, 16, False)  # K = 73
-    assert not _cuda._direct_pays(kernelbench * 27, kernelbench, 1, 17, False)  # 17 channels
-    assert not _cuda._direct_pays(kernelbench * 27, kernelbench, 2, 16, False)  # grouped
-    assert not _cuda._direct_pays((1 << 20) * 27 - 27, (1 << 20) - 1, 1, 16, False)  # fewer outputs
+    assert _cuda._direct_pays(kernelbench * 27, kernelbench, 1, 16, False, False)
+    assert _cuda._direct_pays(kernelbench * 2 * 27, kernelbench * 2, 1, 32, False, False)
+    assert _cuda._direct_pays((1 << 30) * 72, 1 << 30, 1, 16, False, False)  # 8 -> 16
+    assert _cuda._direct_pays((1 << 30) * 36, 1 << 30, 1, 32, False, False)  # 4 -> 32
+    assert not _cuda._direct_pays((1 << 30) * 37, 1 << 30, 1, 32, False, False)  # K = 37
+    assert not _cuda._direct_pays(kernelbench * 73, kernelbench, 1, 16, False, False)  # K = 73
+    assert not _cuda._direct_pays(kernelbench * 9, kernelbench, 1, 33, False, False)  # 33 channels
+    assert not _cuda._direct_pays(kernelbench * 27, kernelbench, 1, 16, True, False)  # channels-last
+    assert not _cuda._direct_pays(kernelbench * 27, kernelbench, 1, 16, False, True)  # strided
+    assert not _cuda._direct_pays(kernelbench * 27, kernelbench, 2, 16, False, False)  # grouped
+    # fewer outputs
+    assert not _cuda._direct_pays((1 << 20) * 27 - 27, (1 << 20) - 1, 1, 16, False, False)
 
 
 def test_cudnn_path_can_be_disabled(monkeypatch):

@@ -649,9 +649,11 @@ def test_patch_rule_falls_back_where_the_binding_does_not_take_the_input(monkeyp
         ((1, 16, 16, 16, 16, 3, 3, 1, 1, 1), True),  # 0.6 M multiply-adds, 4 K outputs
         ((4, 64, 32, 32, 64, 3, 3, 1, 1, 1), False),  # 151 M multiply-adds
         ((16, 3, 32, 32, 16, 3, 3, 1, 0, 1), False),  # 6.2 M multiply-adds, but 230 K outputs
-        # 1.8 M outputs, but K = 27 and 16 channels: eight channels a thread
+        # 1.8 M outputs, but K = 27 and 16 channels: eight channels of four pixels a thread
         ((128, 3, 32, 32, 16, 3, 3, 1, 0, 1), True),
-        ((128, 3, 32, 32, 24, 3, 3, 1, 0, 1), False),  # the same with 24 channels
+        ((128, 3, 32, 32, 32, 3, 3, 1, 0, 1), True),  # the same with 32 channels
+        ((128, 3, 32, 32, 64, 3, 3, 1, 0, 1), False),  # with 64 channels
+        ((128, 3, 64, 64, 16, 3, 3, 2, 0, 1), False),  # the first layer at stride 2
         # 37 K multiply-adds, but one output row's window of 4,096 channels is past shared
         # memory
         ((1, 4096, 3, 3, 1, 3, 3, 1, 1, 1), False),
