@@ -234,6 +234,8 @@ SHAPES = [
     ("small K 3 -> 64 32px b128", (128, 3, 32, 32), 64, 3, 1, 1, torch.float32),
     ("small K 8 -> 16 32px b128", (128, 8, 32, 32), 16, 3, 1, 1, torch.float32),
     ("small K 3 -> 32 s2 224px b32", (32, 3, 224, 224), 32, 3, 2, 1, torch.float32),
+    ("small K 4 -> 32 32px b128", (128, 4, 32, 32), 32, 3, 1, 1, torch.float32),
+    ("small K 3 -> 32 64px b64", (64, 3, 64, 64), 32, 3, 1, 1, BF16),
     # NCHW layers under the patch rule's half a tile per SM (one to four images)
     ("few tiles 256 -> 256 64px b1", (1, 256, 64, 64), 256, 3, 1, 1, torch.float32),
     ("few tiles 256 -> 256 32px b2", (2, 256, 32, 32), 256, 3, 1, 1, torch.float32),
