@@ -697,7 +697,7 @@ DirectShape channels_per_thread_shape(const DirectLayer& l) {
 // (one channel's weights and one row's windows past shared memory, or the grid past its
 // limits). Layers of more than 2^17 outputs (past the direct kernel's size rule for small
 // layers, fx_fuse/_cuda.py) and of 8 or more output channels a group take eight channels
-// a thread where they fit; the others one output a thread.
+// of four pixels a thread where they fit; the others one output a thread.
 DirectShape direct_shape(const at::Tensor& x, const at::Tensor& weight, const std::vector<int64_t>& stride,
                          const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation) {
   const int64_t cpg = weight.size(1), groups = x.size(1) / cpg, cout_pg = weight.size(0) / groups;

@@ -103,7 +103,7 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
     case(1, 512, 9, 10, 512, 7, 1, 3, 1, dtype, True, True, "chan", groups=512)
 # the direct kernel: dense and grouped, both layouts, padding past the kernel, stride and
 # dilation, several rows per block, several lanes per output (64 channels of 4 x 4 pixels),
-# eight channels a thread
+# eight channels of four rows a thread
 _cuda._direct_pays = lambda *args: True
 _cuda.forget_plans()
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
