@@ -81,7 +81,8 @@ enum OtherKind : int { kOtherScalar = 0, kOtherF32 = 1, kOtherF16 = 2, kOtherBF1
 // shift (Granlund and Montgomery, "Division by invariant integers using multiplication",
 // 1994: mul = floor(2^32 (2^shift - d) / d) + 1, shift = ceil(log2(d)); the sum fits 32
 // bits where n < 2^31): three instructions (divmod), where a division is a dependent chain
-// through the reciprocal unit. The patch kernel walks its tiles by three.
+// through the reciprocal unit. The patch kernel walks its tiles by three; the direct
+// kernel's eight-channel form and the epilogue pass split their indices by it.
 struct FastDiv {
   uint32_t d, mul, shift;
 };
